@@ -1,0 +1,3 @@
+"""Thin: the podflow task collection for ``invoke`` (same as the ``wf`` console script)."""
+
+from workflow.cli import ns  # noqa: F401

@@ -1,0 +1,53 @@
+"""Entry point: ``python3 podagent.pyz OP`` with a JSON request on stdin.
+
+Every op is a function ``(request: dict) -> result`` registered in a module's ``OPS``.
+The answer is ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {...}}``
+between markers; the exit code is 0 either way unless the agent itself broke.
+"""
+
+import json
+import sys
+import traceback
+
+from . import state, sweep, tasks
+from .protocol import AgentError, encode
+
+OPS = {}
+for _module in (state, tasks, sweep):
+    OPS.update(_module.OPS)
+
+#: Long-running entry points (the task wrapper, the sweep runner) take argv, not JSON.
+COMMANDS = {}
+for _module in (tasks, sweep):
+    COMMANDS.update(getattr(_module, "COMMANDS", {}))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        sys.stderr.write("usage: podagent OP  (ops: %s)\n" % ", ".join(sorted(OPS)))
+        return 2
+    op, rest = argv[0], argv[1:]
+    if op in COMMANDS:
+        return COMMANDS[op](rest) or 0
+    try:
+        if op not in OPS:
+            raise AgentError("input", "unknown podagent op %r" % op)
+        raw = sys.stdin.read()
+        try:
+            request = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            raise AgentError("protocol", "request is not JSON: %s" % exc)
+        doc = {"ok": True, "result": OPS[op](request)}
+    except AgentError as exc:
+        doc = {"ok": False, "error": exc.to_doc()}
+    except Exception as exc:  # noqa: BLE001 - report, never die silently
+        doc = {"ok": False, "error": {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, exc),
+                                      "traceback": traceback.format_exc()[-2000:]}}
+    sys.stdout.write(encode(doc))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

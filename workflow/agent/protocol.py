@@ -1,0 +1,42 @@
+"""The wire format between the engine and the podagent, shared by both sides.
+
+Payloads are wrapped in markers so that login banners, ``.bashrc`` noise or a stray
+print cannot break parsing (SkyPilot's ``encode_payload`` idea).
+"""
+
+import json
+
+BEGIN = "<<<PODFLOW-BEGIN>>>"
+END = "<<<PODFLOW-END>>>"
+
+#: Exit code of the launcher snippet when the agent file is not on the pod yet.
+EXIT_AGENT_MISSING = 197
+
+
+def encode(doc):
+    """One response document as the text the agent prints."""
+    return "\n" + BEGIN + "\n" + json.dumps(doc, sort_keys=True) + "\n" + END + "\n"
+
+
+def decode(text):
+    """The last document between markers in ``text``; ValueError when there is none."""
+    end = text.rfind(END)
+    start = text.rfind(BEGIN, 0, end if end >= 0 else None)
+    if start < 0 or end < 0:
+        raise ValueError("no podagent response markers in output")
+    return json.loads(text[start + len(BEGIN) : end])
+
+
+class AgentError(Exception):
+    """An error the agent reports back: ``kind`` picks the engine's error type."""
+
+    def __init__(self, kind, message, **extra):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+        self.extra = extra
+
+    def to_doc(self):
+        doc = {"kind": self.kind, "message": self.message}
+        doc.update(self.extra)
+        return doc

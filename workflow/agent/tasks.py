@@ -1,0 +1,4 @@
+"""Tracked tasks on the pod (filled by the tracked-tasks issue)."""
+
+OPS = {}
+COMMANDS = {}

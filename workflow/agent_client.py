@@ -1,0 +1,123 @@
+"""The engine's side of the podagent: package it, install it once, call it in one exec.
+
+The agent is zipped from ``workflow/agent/`` deterministically; its content hash names
+the file on the pod, so a changed agent is installed beside the old one and never
+half-replaced. A call costs exactly one remote exec once the agent is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from workflow.agent import protocol
+from workflow.errors import (
+    CheckFailed,
+    InputError,
+    PodflowError,
+    RemoteCommandFailed,
+    RemoteProtocolError,
+    TransitionRefused,
+    WaitTimeout,
+)
+from workflow.transport.base import Transport
+
+AGENT_DIR = Path(__file__).parent / "agent"
+# $0 = python, $1 = agent path (a leading ~/ is the pod user's home), then op and args.
+_LAUNCHER = (
+    'p="$1"; shift; case "$p" in "~/"*) p="$HOME/${p#\\~/}";; esac; '
+    'test -f "$p" || exit %d; exec "$0" "$p" "$@"' % protocol.EXIT_AGENT_MISSING
+)
+
+
+@lru_cache(maxsize=None)
+def agent_bundle() -> bytes:
+    """The zipapp bytes: ``podagent/*.py`` plus a top-level ``__main__.py``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        def add(name: str, data: bytes) -> None:
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+
+        add("__main__.py", b"import sys\nfrom podagent.__main__ import main\nsys.exit(main())\n")
+        for src in sorted(AGENT_DIR.glob("*.py")):
+            add(f"podagent/{src.name}", src.read_bytes())
+    return buf.getvalue()
+
+
+def agent_hash() -> str:
+    return hashlib.sha256(agent_bundle()).hexdigest()[:16]
+
+
+def _error_from(doc: Dict[str, Any], op: str) -> PodflowError:
+    kind, message = doc.get("kind"), doc.get("message", "podagent error")
+    if kind == "refused":
+        return TransitionRefused(doc.get("command") or op, doc.get("current", "?"), doc.get("allowed", []))
+    if kind == "input":
+        return InputError(message)
+    if kind == "timeout":
+        return WaitTimeout(message)
+    if kind in ("corrupt", "protocol", "io"):
+        return RemoteProtocolError(message)
+    if kind == "check":
+        return CheckFailed(message)
+    if kind == "internal":
+        return RemoteCommandFailed(f"podagent {op}", 1, doc.get("traceback", message))
+    return RemoteCommandFailed(f"podagent {op}", 1, message)
+
+
+class AgentClient:
+    """Calls podagent ops on one transport; installs the agent on first use."""
+
+    def __init__(self, transport: Transport, outputs_dir: str, *, python: str = "python3",
+                 state_file: Optional[str] = None):
+        self.transport = transport
+        self.outputs_dir = outputs_dir.rstrip("/")
+        self.python = python
+        self.state_file = state_file
+        self.calls = 0  # remote execs made, for tests and benches
+        self._installed = False
+
+    @property
+    def agent_path(self) -> str:
+        return f"{self.outputs_dir}/_control/agent/podagent-{agent_hash()}.pyz"
+
+    def install(self) -> None:
+        self.transport.write_file_atomic(self.agent_path, agent_bundle(), mode=0o644)
+        self.calls += 1
+        self._installed = True
+
+    def argv(self, op: str, *args: str) -> list:
+        """The argv that runs ``op`` (used to start long-running agent commands too)."""
+        return ["sh", "-c", _LAUNCHER, self.python, self.agent_path, op, *args]
+
+    def call(self, op: str, timeout: Optional[float] = None, **request: Any) -> Any:
+        """Run one op and return its ``result``; agent errors become typed errors."""
+        request.setdefault("outputs_dir", self.outputs_dir)
+        if self.state_file:
+            request.setdefault("state_file", self.state_file)
+        payload = json.dumps(request).encode()
+        for attempt in (1, 2):
+            self.calls += 1
+            res = self.transport.run(self.argv(op), input=payload, timeout=timeout)
+            if res.exit_code == protocol.EXIT_AGENT_MISSING and attempt == 1:
+                self.install()
+                continue
+            break
+        try:
+            doc = protocol.decode(res.stdout)
+        except ValueError:
+            tail = (res.stdout + res.stderr)[-2000:]
+            if res.exit_code in (126, 127) or "python3" in res.stderr and "not found" in res.stderr:
+                raise RemoteCommandFailed(f"podagent {op}", res.exit_code, tail,
+                                          hint="the pod needs python3 >= 3.8 on PATH") from None
+            raise RemoteProtocolError(f"podagent {op} gave no parsable answer (exit {res.exit_code}):\n{tail}") from None
+        if not doc.get("ok"):
+            raise _error_from(doc.get("error") or {}, op)
+        return doc.get("result")

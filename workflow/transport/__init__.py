@@ -1,0 +1,20 @@
+"""Transports: how the engine reaches the pod (``local`` or ``ssh``)."""
+
+from __future__ import annotations
+
+from workflow.transport.base import RunResult, Transport
+
+__all__ = ["RunResult", "Transport", "open_transport"]
+
+
+def open_transport(config) -> Transport:
+    """The transport for ``config``'s pod. SSH modules are imported only when needed
+    (cold start of ``wf --help`` must stay fast)."""
+    provider = config.pod.provider
+    if provider == "local":
+        from workflow.transport.local import LocalTransport
+
+        return LocalTransport()
+    from workflow.transport.ssh import open_ssh_transport  # noqa: PLC0415
+
+    return open_ssh_transport(config)

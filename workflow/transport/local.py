@@ -1,0 +1,79 @@
+"""The embedded ``local`` transport: the "pod" is this machine, no SSH.
+
+Used by the demo and by anyone without a GPU box; the pod's files live under
+``.podflow/local-pod/`` unless the config points elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+from workflow.transport.base import RunResult, Transport
+
+
+def _expand(path: str) -> str:
+    return os.path.expanduser(path)
+
+
+class LocalTransport(Transport):
+    kind = "local"
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        input: Optional[bytes] = None,
+        timeout: Optional[float] = None,
+    ) -> RunResult:
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        try:
+            proc = subprocess.run(
+                list(argv),
+                env=full_env,
+                cwd=_expand(cwd) if cwd else None,
+                input=input if input is not None else b"",
+                capture_output=True,
+                timeout=timeout,
+            )
+        except FileNotFoundError as exc:
+            return RunResult(127, "", f"{argv[0]}: {exc.strerror}\n")
+        except subprocess.TimeoutExpired as exc:
+            out = (exc.stdout or b"").decode(errors="replace")
+            return RunResult(124, out, f"timed out after {timeout}s\n")
+        return RunResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+
+    def put(self, local: Path, remote: str) -> None:
+        dest = Path(_expand(remote))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(local, dest)
+
+    def get(self, remote: str, local: Path) -> None:
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(_expand(remote), local)
+
+    def read_file(self, remote: str) -> bytes:
+        return Path(_expand(remote)).read_bytes()
+
+    def write_file_atomic(self, remote: str, data: bytes, mode: int = 0o644) -> None:
+        dest = Path(_expand(remote))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, dest)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
