@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from invoke import Collection, Task
 
-from workflow.cli import config_tasks, demo_tasks, fsm_tasks, pod_tasks, task_tasks, workflow_tasks
+from workflow.cli import (
+    config_tasks,
+    demo_tasks,
+    fsm_tasks,
+    pod_tasks,
+    provider_tasks,
+    sweep_tasks,
+    task_tasks,
+    workflow_tasks,
+)
 
-GROUPS = (config_tasks, pod_tasks, workflow_tasks, task_tasks, fsm_tasks, demo_tasks)
+GROUPS = (config_tasks, sweep_tasks, provider_tasks, pod_tasks, workflow_tasks, task_tasks, fsm_tasks, demo_tasks)
 
 
 def build_collection() -> Collection:

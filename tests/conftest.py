@@ -1,0 +1,37 @@
+"""Shared fixtures. Each test gets a fresh project dir and HOME; nothing of the user's
+(``~/.ssh/config``, tmux server, known_hosts) is read or touched."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("WF_CONFIG", "WF_ENV_FILE", "REMOTE_SSH_PASSWORD", "TMUX", "TMUX_TMPDIR"):
+        monkeypatch.delenv(var, raising=False)
+    for var in list(os.environ):
+        if var.startswith("WF__"):
+            monkeypatch.delenv(var, raising=False)
+    from workflow import runtime
+
+    runtime.reset()
+    yield home
+    runtime.reset()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """An empty project directory, made the cwd."""
+    root = tmp_path / "project"
+    (root / "configs").mkdir(parents=True)
+    monkeypatch.chdir(root)
+    return root
