@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,12 @@ class Transport(abc.ABC):
         cwd: Optional[str] = None,
         input: Optional[bytes] = None,
         timeout: Optional[float] = None,
+        on_stdout: Optional[Callable[[str], None]] = None,
     ) -> RunResult:
         """Run ``argv`` on the pod and wait for it. ``env`` adds non-secret variables
         (they may be visible in ``ps`` on the pod); pass secrets through ``input``.
+        ``on_stdout`` receives stdout text as it arrives (for follow/streaming); the
+        result still holds all of it. ``timeout`` ends the wait with exit 124.
         Raises ``ConnectionFailed`` when the pod cannot be reached; a non-zero exit is
         not an error here (see ``RunResult.exit_code``)."""
 

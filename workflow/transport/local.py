@@ -6,12 +6,16 @@ Used by the demo and by anyone without a GPU box; the pod's files live under
 
 from __future__ import annotations
 
+import codecs
 import os
+import select
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from workflow.transport.base import RunResult, Transport
 
@@ -31,9 +35,12 @@ class LocalTransport(Transport):
         cwd: Optional[str] = None,
         input: Optional[bytes] = None,
         timeout: Optional[float] = None,
+        on_stdout: Optional[Callable[[str], None]] = None,
     ) -> RunResult:
         full_env = dict(os.environ)
         full_env.update(env or {})
+        if on_stdout is not None:
+            return self._run_streaming(argv, full_env, cwd, input, timeout, on_stdout)
         try:
             proc = subprocess.run(
                 list(argv),
@@ -49,6 +56,41 @@ class LocalTransport(Transport):
             out = (exc.stdout or b"").decode(errors="replace")
             return RunResult(124, out, f"timed out after {timeout}s\n")
         return RunResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+
+    @staticmethod
+    def _run_streaming(argv, env, cwd, input, timeout, on_stdout) -> RunResult:
+        try:
+            proc = subprocess.Popen(list(argv), env=env, cwd=_expand(cwd) if cwd else None,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except FileNotFoundError as exc:
+            return RunResult(127, "", f"{argv[0]}: {exc.strerror}\n")
+        err: list = []
+        reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+        reader.start()
+        proc.stdin.write(input or b"")
+        proc.stdin.close()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = []
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        fd = proc.stdout.fileno()
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                proc.kill()
+                proc.wait()
+                return RunResult(124, "".join(out), f"timed out after {timeout}s\n")
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            text = decoder.decode(chunk)
+            out.append(text)
+            on_stdout(text)
+        code = proc.wait()
+        reader.join()
+        return RunResult(code, "".join(out), (err[0] if err else b"").decode(errors="replace"))
 
     def put(self, local: Path, remote: str) -> None:
         dest = Path(_expand(remote))
