@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional
 from workflow.agent import protocol
 from workflow.errors import (
     CheckFailed,
+    CorruptRemoteFile,
     InputError,
     PodflowError,
     RemoteCommandFailed,
@@ -63,7 +64,9 @@ def _error_from(doc: Dict[str, Any], op: str) -> PodflowError:
         return InputError(message)
     if kind == "timeout":
         return WaitTimeout(message)
-    if kind in ("corrupt", "protocol", "io"):
+    if kind == "corrupt":
+        return CorruptRemoteFile(message, hint="fix or remove the file by hand; podflow never overwrites it")
+    if kind in ("protocol", "io"):
         return RemoteProtocolError(message)
     if kind == "check":
         return CheckFailed(message)

@@ -112,6 +112,12 @@ class RemoteProtocolError(PodflowError):
     exit_code = ExitCode.UNREACHABLE
 
 
+class CorruptRemoteFile(PodflowError):
+    """A status or state file on the pod is unparsable; it is reported, never replaced."""
+
+    exit_code = ExitCode.REMOTE_FAILED
+
+
 class WaitTimeout(PodflowError):
     """A wait (task-wait, sweep-wait) ran out of time; the remote work goes on."""
 
