@@ -11,6 +11,7 @@ from invoke import Collection, Task
 
 from workflow.cli import (
     config_tasks,
+    data_tasks,
     demo_tasks,
     fsm_tasks,
     pod_tasks,
@@ -20,7 +21,7 @@ from workflow.cli import (
     workflow_tasks,
 )
 
-GROUPS = (config_tasks, sweep_tasks, provider_tasks, pod_tasks, workflow_tasks, task_tasks, fsm_tasks, demo_tasks)
+GROUPS = (config_tasks, sweep_tasks, provider_tasks, pod_tasks, data_tasks, workflow_tasks, task_tasks, fsm_tasks, demo_tasks)
 
 
 def build_collection() -> Collection:
