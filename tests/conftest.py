@@ -35,3 +35,4 @@ def project(tmp_path, monkeypatch):
     (root / "configs").mkdir(parents=True)
     monkeypatch.chdir(root)
     return root
+from sshd import SshPod, ssh_client_keys, ssh_pod, ssh_session_dir  # noqa: F401,E402
