@@ -46,6 +46,9 @@ class Section(Mapping):
     def __len__(self) -> int:
         return len(self._data)
 
+    def __repr__(self) -> str:
+        return f"Section({self._prefix.rstrip('.') or '<root>'}: {dict(self._data)!r})"
+
 
 @dataclass(frozen=True)
 class Config:
