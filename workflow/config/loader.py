@@ -90,7 +90,8 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _display(path: Path, root: Path) -> str:
+def display_path(path: Path, root: Path) -> str:
+    """A path as shown to the user: relative to the project root when inside it."""
     try:
         return str(path.resolve().relative_to(root.resolve()))
     except ValueError:
@@ -434,22 +435,22 @@ def load_config(
     cfg_path, chosen_by = config_path(path, env, root)
     used: Optional[Path] = None
     if cfg_path.is_file():
-        if b.add_yaml(cfg_path, _display(cfg_path, root)):
+        if b.add_yaml(cfg_path, display_path(cfg_path, root)):
             used = cfg_path
     elif chosen_by:
-        b.problem(Origin("file", _display(cfg_path, root)), None, f"config file not found (set by {chosen_by})")
+        b.problem(Origin("file", display_path(cfg_path, root)), None, f"config file not found (set by {chosen_by})")
 
     if env.get("WF_ENV_FILE"):
         env_path = Path(os.path.expanduser(env["WF_ENV_FILE"]))
         env_path = env_path if env_path.is_absolute() else root / env_path
         if not env_path.is_file():
-            b.problem(Origin("env-file", _display(env_path, root)), None, "env file not found (set by WF_ENV_FILE)")
+            b.problem(Origin("env-file", display_path(env_path, root)), None, "env file not found (set by WF_ENV_FILE)")
             env_path = None
     else:
         env_path = cfg_path.with_name(ENV_FILE_NAME)
         env_path = env_path if env_path.is_file() else None
     if env_path is not None:
-        shown = _display(env_path, root)
+        shown = display_path(env_path, root)
         try:
             entries, bad = parse_env_file(env_path)
         except (OSError, UnicodeDecodeError) as exc:
