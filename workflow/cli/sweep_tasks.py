@@ -48,7 +48,7 @@ def sweep_validate(c, csv=None, json=False):
         g = r.gpus or default_gpus
         counts[g] = counts.get(g, 0) + 1
     cpu = runtime.config().sweep.nproc_per_node
-    parts = [f"{g if g else f'all visible (no GPUs: CPU, {cpu} process(es))'} for {n}"
+    parts = [f"{n} x {g if g else f'all visible (no GPUs: {cpu} CPU process(es))'}"
              for g, n in sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))]
     print(f"{path}: {len(rows)} run{'s' if len(rows) != 1 else ''} OK; GPUs per run: {', '.join(parts)}")
     width = max(len(r.run_id) for r in rows)
