@@ -9,11 +9,11 @@ import json
 import sys
 import traceback
 
-from . import state, sweep, tasks
+from . import data, state, sweep, tasks
 from .protocol import AgentError, encode
 
 OPS = {}
-for _module in (state, tasks, sweep):
+for _module in (state, tasks, sweep, data):
     OPS.update(_module.OPS)
 
 #: Long-running entry points (the task wrapper, the sweep runner) take argv, not JSON.
