@@ -141,7 +141,10 @@ def main(argv=None):
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optim"])
         start_step = int(ckpt["step"])
-    ddp = nn.parallel.DistributedDataParallel(model) if distributed else model
+    if distributed:
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
+    else:
+        ddp = model
 
     def emit(doc):
         if main_rank:

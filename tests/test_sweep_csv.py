@@ -87,9 +87,10 @@ def test_every_bad_row_reported_with_its_line():
             + "g0,c.json,1,,,\n"                 # 9 ok (trailing empty field)
             + "\n"                               # 10 blank
             + "multi,c.json,1,,\"two\nlines\"\n"  # 11-12 ok
-            + "seedf,c.json,1.5,,\n")            # 13 bad seed
+            + "seedf,c.json,1.5,,\n"            # 13 bad seed
+            + "OK1,c.json,1,,\n")               # 14 differs only by case
     found = problems(text)
-    assert [line for line, _ in found] == [3, 4, 5, 6, 7, 8, 13]
+    assert [line for line, _ in found] == [3, 4, 5, 6, 7, 8, 13, 14]
     msgs = dict(found)
     assert "invalid run_id '../x'" in msgs[3]
     assert "invalid run_id 'a;b'" in msgs[4]
@@ -97,6 +98,7 @@ def test_every_bad_row_reported_with_its_line():
     assert "config is empty" in msgs[6]
     assert "seed must be an integer" in msgs[7]
     assert "cannot split overrides" in msgs[8]
+    assert "'OK1' differs only by case from 'ok1' (first at line 2)" in msgs[14]
 
 
 def test_bad_gpus_and_timeout():
@@ -199,3 +201,12 @@ def test_cli_template_then_validate_then_refuse(project):
     assert r.returncode == 2 and "refusing to overwrite" in r.stderr and "Traceback" not in r.stderr
     r = wf("sweep-validate", "--csv", "other.csv", cwd=project)
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_cli_validate_uses_sweep_csv_from_config(project):
+    (project / "configs" / "workflow.yaml").write_text("sweep:\n  csv: my/runs.csv\n")
+    (project / "my").mkdir()
+    (project / "my" / "runs.csv").write_text("run_id,config,seed,overrides,notes,gpus\na,c.json,1,,,2\nb,c.json,2,,,\n")
+    r = wf("sweep-validate", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert "runs.csv: 2 runs OK" in r.stdout and "1 x 2" in r.stdout

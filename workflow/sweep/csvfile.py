@@ -180,16 +180,19 @@ def parse_sweep_csv(text: str, *, source: str = "<csv>") -> List[SweepRow]:
         raise SweepCsvError(source, problems)
 
     rows: List[SweepRow] = []
-    seen: Dict[str, int] = {}
+    seen: Dict[str, Tuple[int, str]] = {}
     body = [(line, fields) for line, fields in records[1:] if not fields[0].lstrip().startswith("#")]
     for line, fields in body:
         row, row_problems = _parse_row(line, fields, index, len(columns))
         problems.extend(row_problems)
         run_id = fields[index["run_id"]].strip() if index["run_id"] < len(fields) else ""
-        if run_id and run_id in seen:
-            problems.append(Problem(line, f"duplicate run_id '{run_id}' (first at line {seen[run_id]})"))
+        key = run_id.lower()  # run dirs must not collide on a case-insensitive disk either
+        if run_id and key in seen:
+            first_line, first_id = seen[key]
+            what = "duplicate run_id" if first_id == run_id else f"run_id '{run_id}' differs only by case from"
+            problems.append(Problem(line, f"{what} '{first_id}' (first at line {first_line})"))
             continue
-        seen.setdefault(run_id, line)
+        seen.setdefault(key, (line, run_id))
         if row is not None:
             rows.append(row)
     if not body and not problems:
