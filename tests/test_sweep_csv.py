@@ -63,10 +63,10 @@ def test_overrides_with_shell_metacharacters_are_literal_separate_args():
 
 
 def test_bom_crlf_blank_lines_comments_and_optional_columns():
-    text = ("\ufeffrun_id,config,seed,overrides,notes,gpus,timeout_secs\r\n\r\n"
+    text = ("\ufeff# comment before the header\r\nrun_id,config,seed,overrides,notes,gpus,timeout_secs\r\n\r\n"
             "a,c.json,1,,,2,30\r\n# a comment row\r\n,,,,,,\r\nb,c.json,2,,,,\r\n")
     rows = parse_sweep_csv(text)
-    assert [(r.run_id, r.line, r.gpus, r.timeout_secs) for r in rows] == [("a", 3, 2, 30), ("b", 6, None, None)]
+    assert [(r.run_id, r.line, r.gpus, r.timeout_secs) for r in rows] == [("a", 4, 2, 30), ("b", 7, None, None)]
 
 
 def test_bom_in_a_file(tmp_path):

@@ -153,6 +153,7 @@ def parse_sweep_csv(text: str, *, source: str = "<csv>") -> List[SweepRow]:
     if text.find("\x00") >= 0 and not problems:
         problems.append(Problem(text[: text.find("\x00")].count("\n") + 1, "NUL character in the file"))
 
+    records = [(line, fields) for line, fields in records if not fields[0].lstrip().startswith("#")]
     if not records:
         if not problems:
             problems.append(Problem(0, "the file is empty (no header, no runs)"))
@@ -181,7 +182,7 @@ def parse_sweep_csv(text: str, *, source: str = "<csv>") -> List[SweepRow]:
 
     rows: List[SweepRow] = []
     seen: Dict[str, Tuple[int, str]] = {}
-    body = [(line, fields) for line, fields in records[1:] if not fields[0].lstrip().startswith("#")]
+    body = records[1:]
     for line, fields in body:
         row, row_problems = _parse_row(line, fields, index, len(columns))
         problems.extend(row_problems)

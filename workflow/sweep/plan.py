@@ -189,7 +189,7 @@ def plan_runs(
         raise InputError(f"gpu_count must be a non-negative integer, got {gpu_count!r}")
 
     if workdir is None:
-        remote_workdir = config.get("remote.workdir", None) if hasattr(config, "get") else None
+        remote_workdir = config.get("remote.workdir", None)
         if not remote_workdir:
             raise ConfigError("remote.workdir is not set")
         workdir = posixpath.join(remote_workdir, sweep.get("workdir") or ".")
