@@ -250,7 +250,7 @@ def list_runs(outputs):
 
 def run_manifest(request):
     """``{outputs_dir, runs: [ids] | null, files: bool, exclude_checkpoints, sha256: {run: [paths]},
-    stable_before_ns}`` -> ``{now, runs: {id: {exists, state, ended, files: [...]}}}``.
+    stable_before_ns: int | {run: int}}`` -> ``{now, runs: {id: {exists, state, ended, files: [...]}}}``.
 
     ``runs: null`` means every run dir. A file's ``sha256`` is computed only when asked
     for and when it did not change since ``stable_before_ns`` (a run still writing).
@@ -283,8 +283,8 @@ def run_manifest(request):
                 listing = [item for item in listing if item[0] in keep]
             files = [{"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns} for p, st in listing]
             wanted = set(sha_wanted.get(run, []))
-            todo = [f for f in files if f["path"] in wanted
-                    and (stable_before is None or f["mtime_ns"] < stable_before)]
+            before = stable_before.get(run) if isinstance(stable_before, dict) else stable_before
+            todo = [f for f in files if f["path"] in wanted and (before is None or f["mtime_ns"] < before)]
             for f, digest in zip(todo, _hash_many([os.path.join(run_dir, f["path"]) for f in todo])):
                 f["sha256"] = digest
             entry["files"] = files

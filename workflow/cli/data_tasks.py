@@ -2,4 +2,101 @@
 
 from __future__ import annotations
 
-from workflow.cli.boundary import print_json, wf_task  # noqa: F401
+import sys
+
+from workflow.cli.boundary import print_json, wf_task
+
+
+def _progress(json_out: bool):
+    from workflow import runtime
+    from workflow.datapush import stderr_progress
+
+    level = runtime.config().get("progress", "milestones")
+    if level == "realtime" or (level == "milestones" and sys.stderr.isatty()):
+        return stderr_progress
+    return None
+
+
+def _size(n: int) -> str:
+    from workflow.datapush import _human
+
+    return _human(n)
+
+
+@wf_task(help={"path": "local directory to push", "name": "name under remote.data_dir (default: the directory's name)",
+               "json": "print one JSON document"})
+def push_data(c, path, name=None, json=False):
+    """Push a local dataset to remote.data_dir/<name>: manifest, upload, verify every SHA-256, place.
+
+    Pushing unchanged data again transfers nothing. A checksum that differs on the pod
+    fails (exit 1) naming the files; nothing is placed, and the next push re-sends them.
+    """
+    from workflow import runtime
+    from workflow.datapush import push_data as push, validate_name
+
+    if name is not None:
+        validate_name(name, "dataset name")
+    cfg = runtime.config()
+    result = push(runtime.transport(), runtime.agent(), cfg.remote.data_dir, cfg.local_path(path), name,
+                  progress=_progress(json))
+    if json:
+        print_json(result.to_doc())
+        return
+    s = result.rsync
+    print(f"{result.name}: {result.files} files, {_size(result.bytes)} verified and placed at {result.placed}")
+    print(f"  sent {s.files_transferred} files ({_size(s.bytes_transferred)}) in {result.seconds:.1f}s"
+          + (f"; re-sent {len(result.resent)} bad file(s)" if result.resent else ""))
+
+
+def _fetcher(json_out: bool):
+    from workflow import runtime
+    from workflow.sweep.fetch import Fetcher
+
+    cfg = runtime.config()
+    return Fetcher(runtime.transport(), runtime.agent(), cfg.remote.outputs_dir,
+                   cfg.local_path(cfg.local.artifacts_dir), config=cfg, progress=_progress(json_out))
+
+
+def _print_table(result) -> None:
+    rows = [("RUN", "STATE", "FILES", "BYTES", "FETCH")]
+    for r in result.runs:
+        fetch = "complete" if r.complete else ("partial (run still writing)" if r.in_flux or not r.ended else "partial")
+        rows.append((r.run_id, r.state or "-", str(r.files), _size(r.bytes), fetch))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    s = result.rsync
+    if s is not None:
+        print(f"transferred {s.files_transferred} files ({_size(s.bytes_transferred)}) in {result.seconds:.1f}s")
+
+
+@wf_task(help={"run_id": "the run to fetch (a run_id of the sweep CSV)",
+               "exclude_checkpoints": "leave out *.pt, *.pth, *.ckpt, *.safetensors and checkpoint*/ dirs",
+               "json": "print one JSON document"})
+def fetch_run(c, run_id, exclude_checkpoints=False, json=False):
+    """Fetch one run dir into local.artifacts_dir/<run_id>/ (incremental, verified, safe while it runs)."""
+    from workflow.sweep.fetch import validate_run_id
+
+    validate_run_id(run_id)
+    result = _fetcher(json).fetch_run(run_id, exclude_checkpoints=exclude_checkpoints)
+    if json:
+        doc = result.runs[0].to_doc()
+        doc["rsync"] = result.rsync.to_doc() if result.rsync else None
+        doc["seconds"] = round(result.seconds, 3)
+        print_json(doc)
+        return
+    _print_table(result)
+
+
+@wf_task(help={"exclude_checkpoints": "leave out *.pt, *.pth, *.ckpt, *.safetensors and checkpoint*/ dirs",
+               "json": "print one JSON document"})
+def fetch_all(c, exclude_checkpoints=False, json=False):
+    """Fetch every run dir under remote.outputs_dir in one rsync; prints run, files, bytes, state."""
+    result = _fetcher(json).fetch_all(exclude_checkpoints=exclude_checkpoints)
+    if json:
+        print_json(result.to_doc())
+        return
+    if not result.runs:
+        print("no runs on the pod yet", file=sys.stderr)
+        return
+    _print_table(result)
