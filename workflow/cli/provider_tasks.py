@@ -1,5 +1,117 @@
-"""provider tasks (SPEC §3)."""
+"""provider tasks: find offers, rent a pod and wait until it is usable, see it, take it down (SPEC §3, §7)."""
 
 from __future__ import annotations
 
-from workflow.cli.boundary import print_json, wf_task  # noqa: F401
+import time
+
+from workflow import runtime
+from workflow.cli.boundary import print_json, wf_task
+
+
+def _money(v) -> str:
+    return "?" if v is None else f"${v:.3f}"
+
+
+def _dur(secs) -> str:
+    if secs is None:
+        return "?"
+    secs = int(max(0, secs))
+    h, m = divmod(secs // 60, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{secs % 60:02d}s"
+
+
+@wf_task(help={"json": "print one JSON document: provider, spec, offers (cheapest first)"})
+def offers(c, json=False):
+    """List offers matching pod.offer (or its preset), cheapest first.
+
+    Filters: pod.offer.gpu, num_gpus, min_gpu_ram_gb, min_reliability, max_price_per_hour,
+    regions; or pod.offer.preset: api-only, inference-24g, finetune-40g.
+    """
+    from workflow.providers.lifecycle import list_offers
+
+    doc = list_offers(runtime.config())
+    if json:
+        print_json({**doc, "offers": [o.as_dict() for o in doc["offers"]]})
+        return
+    rows = doc["offers"]
+    if not rows:
+        print(f"no {doc['provider']} offers match")
+        return
+    print(f"{'offer':<28} {'gpu':<24} {'n':>2} {'GB':>5} {'rel':>5} {'$/h':>8}  region")
+    for o in rows:
+        rel = "-" if o.reliability is None else f"{o.reliability:.3f}"
+        ram = "-" if o.gpu_ram_gb is None else f"{o.gpu_ram_gb:.0f}"
+        print(f"{o.id:<28} {o.gpu[:24]:<24} {o.num_gpus:>2} {ram:>5} {rel:>5} {o.price_per_hour:>8.3f}  {o.region or '-'}")
+
+
+@wf_task(help={"json": "print one JSON document: pod, endpoint, offer, skipped offers, stage timings"})
+def pod_up(c, json=False):
+    """Rent a pod (or use pod.target / the session's pod) and wait until SSH really runs a command.
+
+    Offers are tried cheapest first, at most pod.max_offer_attempts; one taken meanwhile
+    or never usable within pod.ready_timeout_secs is skipped (and destroyed if it was
+    rented). Ends in state POD_READY.
+    """
+    from workflow.providers.lifecycle import pod_up as up
+
+    res = up(runtime.config())
+    if json:
+        print_json(res.as_dict())
+        return
+    for s in res.skipped:
+        print(f"skipped offer {s['offer']}: {s['reason']}")
+    pod = res.pod
+    what = f"{res.provider} pod {pod.id}" if pod and res.provider not in ("local", "ssh") else res.provider
+    print(f"pod ready: {what} at {res.endpoint} in {res.seconds:.1f}s (state {res.state})")
+    if pod and pod.price_per_hour is not None:
+        print(f"price: {_money(pod.price_per_hour)}/h")
+
+
+@wf_task(help={"json": "print one JSON document: provider state, endpoint, uptime, price, cost, fsm state, ttl"})
+def pod_status(c, json=False):
+    """Show the pod: provider state, endpoint, uptime, price per hour and cost so far, FSM state, ttl."""
+    from workflow.providers.lifecycle import pod_status as status
+
+    doc = status(runtime.config())
+    if json:
+        print_json(doc)
+        return
+    pod = doc.get("pod")
+    if pod is None:
+        print(f"provider: {doc['provider']}: no pod for this project" + (f" ({doc['error']})" if doc.get("error") else ""))
+        return
+    print(f"provider: {doc['provider']}  pod: {pod['id']}" + (f" ({pod['name']})" if pod.get("name") else ""))
+    print(f"state: {pod['state']} ({pod.get('provider_state') or '-'})")
+    print(f"endpoint: {doc.get('endpoint') or '-'}")
+    if doc["provider"] not in ("local", "ssh"):
+        print(f"uptime: {_dur(doc.get('uptime_secs'))}")
+        print(f"price: {_money(doc.get('price_per_hour'))}/h, cost so far: {_money(doc.get('cost_so_far'))}")
+        if doc.get("ttl"):
+            left = doc.get("ttl_left_secs")
+            print(f"ttl: {doc['ttl']} ({'expired' if left is not None and left <= 0 else _dur(left) + ' left'})")
+    fsm = doc.get("fsm_state") or f"unknown ({doc.get('fsm_error', 'pod not reachable')})"
+    print(f"workflow state: {fsm}" + ("  (adopted: no state file before)" if doc.get("adopted") else ""))
+    if doc.get("stop_or_destroy"):
+        print(f"note: {doc['stop_or_destroy']}")
+
+
+@wf_task(help={"destroy": "destroy the pod for good (its disk is lost) instead of stopping it",
+               "force": "with --destroy: destroy even if runs on the pod were never fetched",
+               "json": "print one JSON document"})
+def pod_down(c, destroy=False, force=False, json=False):
+    """Stop the pod (disk kept), or --destroy it; refuses to destroy unfetched runs without --force.
+
+    Lium pods, and RunPod pods without a volume, can only be destroyed.
+    """
+    from workflow.providers.lifecycle import pod_down as down
+
+    doc = down(runtime.config(), destroy=destroy, force=force)
+    if json:
+        print_json(doc)
+        return
+    if doc["action"] == "none":
+        print(doc["message"])
+    elif doc["action"] == "stop":
+        print(f"stopped {doc['provider']} pod {doc['pod_id']}")
+    else:
+        print(f"destroyed {doc['provider']} pod {doc['pod_id']}" + (" (forced)" if doc.get("forced") else ""))

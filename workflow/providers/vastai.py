@@ -1,0 +1,268 @@
+"""Vast.ai through the ``vastai`` SDK (``pip install 'podflow[vastai]'``).
+
+The API's quirks (seed 001) are normalised here and nowhere else:
+
+- the instance id after a rent is in ``new_contract``, or ``instances.id``, or neither
+  (then the instance is found by its label);
+- instance responses are wrapped in ``instances`` (sometimes a list);
+- the IP is ``public_ipaddr`` (``public_ip`` accepted too);
+- the state is ``actual_status`` / ``cur_state`` / ``status``;
+- SSH: the direct port (``ports["22/tcp"]`` on ``public_ipaddr``) first, then the
+  proxy (``ssh_host``:``ssh_port``, e.g. ``ssh2.vast.ai``); the user is ``root``;
+- an offer taken meanwhile answers ``no_such_ask`` (404).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+from workflow.errors import ProviderError
+from workflow.providers.base import (
+    CreateRequest,
+    Offer,
+    OfferSpec,
+    OfferUnavailable,
+    PodGone,
+    PodInfo,
+    PodState,
+    Provider,
+    env_key,
+    import_sdk,
+    parse_time,
+)
+from workflow.transport.endpoint import Endpoint
+
+DEFAULT_IMAGE = "pytorch/pytorch:latest"
+
+
+def unwrap(resp: Any) -> Any:
+    """``{"instances": X}`` -> X; a one-element list -> its element."""
+    if isinstance(resp, dict) and "instances" in resp and not {"id", "actual_status"} & set(resp):
+        resp = resp["instances"]
+    if isinstance(resp, list):
+        resp = resp[0] if resp else None
+    return resp
+
+
+def instance_id_from(resp: Any) -> Optional[str]:
+    """The new instance's id from a rent answer, wherever this answer put it."""
+    if not isinstance(resp, dict):
+        return None
+    for key in ("new_contract", "instance_id", "id"):
+        if resp.get(key) not in (None, "", False):
+            return str(resp[key])
+    inner = resp.get("instances")
+    if isinstance(inner, dict) and inner.get("id") is not None:
+        return str(inner["id"])
+    if isinstance(inner, list) and inner and isinstance(inner[0], dict) and inner[0].get("id") is not None:
+        return str(inner[0]["id"])
+    return None
+
+
+def raw_state(inst: Dict[str, Any]) -> str:
+    return str(inst.get("actual_status") or inst.get("cur_state") or inst.get("status") or "")
+
+
+def ssh_endpoints(inst: Dict[str, Any]) -> List[Endpoint]:
+    """Direct port first, then Vast's SSH proxy."""
+    out: List[Endpoint] = []
+    ip = inst.get("public_ipaddr") or inst.get("public_ip")
+    ports = inst.get("ports") or {}
+    mapping = ports.get("22/tcp") if isinstance(ports, dict) else None
+    if ip and mapping:
+        first = mapping[0] if isinstance(mapping, list) else mapping
+        host_port = first.get("HostPort") if isinstance(first, dict) else first
+        if host_port:
+            out.append(Endpoint(host=str(ip).strip(), port=int(host_port)))
+    if inst.get("ssh_host") and inst.get("ssh_port"):
+        proxy = Endpoint(host=str(inst["ssh_host"]).strip(), port=int(inst["ssh_port"]))
+        if proxy not in out:
+            out.append(proxy)
+    return out
+
+
+class VastProvider(Provider):
+    name = "vastai"
+    can_create = can_stop = can_start = can_destroy = True
+    default_user = "root"
+    status_map = {
+        "running": PodState.RUNNING,
+        "loading": PodState.STARTING,
+        "created": PodState.PENDING,
+        "scheduling": PodState.PENDING,
+        "creating": PodState.PENDING,
+        "exited": PodState.STOPPED,
+        "stopped": PodState.STOPPED,
+        "inactive": PodState.STOPPED,
+        "offline": PodState.ERROR,
+        "error": PodState.ERROR,
+        "destroyed": PodState.TERMINATED,
+        "deleted": PodState.TERMINATED,
+    }
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._sdk = None
+
+    @property
+    def sdk(self):
+        if self._sdk is None:
+            vastai = import_sdk("vastai", self.name, "vastai")
+            key = env_key("VAST_API_KEY", self.name)
+            self._sdk = vastai.VastAI(api_key=key, server_url=os.environ.get("VAST_URL") or None,
+                                      raw=True, quiet=True)
+        return self._sdk
+
+    # ---- errors ------------------------------------------------------------------
+
+    @staticmethod
+    def _status(exc: BaseException) -> Optional[int]:
+        resp = getattr(exc, "response", None)
+        return getattr(resp, "status_code", None)
+
+    @staticmethod
+    def _body(exc: BaseException) -> Dict[str, Any]:
+        resp = getattr(exc, "response", None)
+        try:
+            doc = resp.json()
+            return doc if isinstance(doc, dict) else {}
+        except Exception:
+            return {}
+
+    def is_transient(self, exc: BaseException) -> bool:
+        import requests
+
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+            return True
+        status = self._status(exc)
+        return status is not None and (status >= 500 or status == 429)
+
+    def describe_error(self, exc: BaseException) -> str:
+        status = self._status(exc)
+        if status is not None:
+            body = self._body(exc)
+            msg = body.get("msg") or body.get("error") or ""
+            return f"HTTP {status}{': ' + str(msg) if msg else ''}"
+        return f"{type(exc).__name__}: {exc}"
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        import requests
+
+        try:
+            return self.api(what, fn, *args, **kwargs)
+        except requests.RequestException as exc:
+            if self._status(exc) == 404:
+                raise PodGone(self.name, f"{what}: not found") from None
+            raise ProviderError(self.name, f"{what} failed: {self.describe_error(exc)}") from None
+
+    # ---- contract ----------------------------------------------------------------
+
+    def search_offers(self, spec: OfferSpec) -> List[Offer]:
+        query: Dict[str, Any] = {}
+        if spec.num_gpus is not None:
+            query["num_gpus"] = {"eq" if spec.num_gpus_exact else "gte": spec.num_gpus}
+        if spec.min_gpu_ram_gb is not None:
+            query["gpu_ram"] = {"gte": spec.min_gpu_ram_gb * 1000}  # MB, as the CLI's offers_mult
+        if spec.min_reliability is not None:
+            query["reliability2"] = {"gte": spec.min_reliability}
+        if spec.max_price_per_hour is not None:
+            query["dph_total"] = {"lte": spec.max_price_per_hour}
+        if spec.gpu:
+            query["gpu_name"] = {"eq": spec.gpu.replace("_", " ")}
+        rows = self._call("search offers", self.sdk.search_offers, query=query, order="dph_total",
+                          limit=64, storage=float(self.config.pod.disk_gb or 10))
+        offers = []
+        for row in rows or []:
+            try:
+                offers.append(Offer(
+                    provider=self.name, id=str(row["id"]), gpu=str(row.get("gpu_name") or ""),
+                    num_gpus=int(row.get("num_gpus") or 0),
+                    price_per_hour=float(row.get("dph_total") or row.get("dph") or 0.0),
+                    gpu_ram_gb=(float(row["gpu_ram"]) / 1000.0) if row.get("gpu_ram") is not None else None,
+                    reliability=_float(row.get("reliability2", row.get("reliability"))),
+                    region=(str(row.get("geolocation")).strip() if row.get("geolocation") else None),
+                    description=f"machine {row.get('machine_id', '?')}, {row.get('cpu_name') or 'cpu ?'}",
+                ))
+            except (KeyError, TypeError, ValueError):
+                continue
+        return offers
+
+    def create(self, offer: Offer, request: CreateRequest) -> PodInfo:
+        import requests
+
+        try:
+            resp = self.sdk.create_instance(
+                id=int(offer.id), image=request.image or DEFAULT_IMAGE, disk=float(request.disk_gb),
+                label=request.name, ssh=True, direct=True,
+                template_hash=request.template_id or None,
+            )
+        except requests.RequestException as exc:
+            body = self._body(exc)
+            if self._status(exc) == 404 or "no_such_ask" in str(body.get("error", "")):
+                raise OfferUnavailable(f"offer {offer.id} is gone ({body.get('error') or 'no_such_ask'})") from None
+            if self.is_transient(exc):
+                found = self._by_label(request.name)
+                if found is None:
+                    raise OfferUnavailable(f"rent of offer {offer.id} failed ({self.describe_error(exc)})") from None
+                resp = {"new_contract": found}
+            else:
+                raise ProviderError(self.name, f"rent of offer {offer.id} failed: {self.describe_error(exc)}") from None
+        if isinstance(resp, dict) and resp.get("success") is False:
+            err = str(resp.get("error") or resp.get("msg") or "refused")
+            raise OfferUnavailable(f"offer {offer.id}: {err}")
+        pod_id = instance_id_from(resp) or self._by_label(request.name)
+        if pod_id is None:
+            raise ProviderError(self.name, f"rented offer {offer.id} but the API named no instance and none is labelled "
+                                           f"{request.name!r}", hint="check 'vastai show instances' and destroy it if unwanted")
+        try:
+            if request.public_key:
+                self._call("attach ssh key", self.sdk.attach_ssh, int(pod_id), request.public_key)
+            return self.get(pod_id)
+        except BaseException:
+            self.destroy(pod_id)  # only what this attempt created
+            raise
+
+    def _by_label(self, label: str) -> Optional[str]:
+        for inst in self._call("list instances", self.sdk.show_instances) or []:
+            if isinstance(inst, dict) and inst.get("label") == label:
+                return str(inst.get("id"))
+        return None
+
+    def _info(self, inst: Dict[str, Any]) -> PodInfo:
+        raw = raw_state(inst)
+        return PodInfo(
+            provider=self.name, id=str(inst.get("id")), name=str(inst.get("label") or ""),
+            state=self.map_state(raw), raw_state=raw, endpoints=self.with_user(ssh_endpoints(inst)),
+            price_per_hour=_float(inst.get("dph_total")), gpu=str(inst.get("gpu_name") or ""),
+            num_gpus=inst.get("num_gpus"), created_at=parse_time(inst.get("start_date")),
+            started_at=parse_time(inst.get("start_date")), has_volume=True,
+        )
+
+    def get(self, pod_id: str) -> PodInfo:
+        inst = unwrap(self._call(f"show instance {pod_id}", self.sdk.show_instance, int(pod_id)))
+        if not inst:
+            raise PodGone(self.name, f"instance {pod_id} not found")
+        return self._info(inst)
+
+    def list(self) -> List[PodInfo]:
+        return [self._info(i) for i in self._call("list instances", self.sdk.show_instances) or [] if isinstance(i, dict)]
+
+    def stop(self, pod_id: str) -> None:
+        self._call(f"stop instance {pod_id}", self.sdk.stop_instance, int(pod_id))
+
+    def start(self, pod_id: str) -> None:
+        self._call(f"start instance {pod_id}", self.sdk.start_instance, int(pod_id))
+
+    def destroy(self, pod_id: str) -> None:
+        try:
+            self._call(f"destroy instance {pod_id}", self.sdk.destroy_instance, int(pod_id))
+        except PodGone:
+            pass
+
+
+def _float(v) -> Optional[float]:
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
