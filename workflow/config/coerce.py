@@ -23,10 +23,9 @@ def _structured(text: str, want: str) -> Any:
     import yaml
 
     try:
-        value = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError:
-        raise ValueError(f"not valid JSON/YAML flow syntax for {want}") from None
-    return value
+        return None  # falls through to "expected <type> ..., got '<text>'"
 
 
 def coerce(text: str, node: Schema) -> Any:
@@ -35,6 +34,8 @@ def coerce(text: str, node: Schema) -> Any:
     low = text.strip().lower()
     if "null" in types and low in NULL:
         return None
+    if "string" in types:
+        return text  # a string is what env holds: never guess "7" (a pod name) is a number
     for t in types:
         if t == "boolean":
             if low in TRUE:
@@ -63,8 +64,6 @@ def coerce(text: str, node: Schema) -> Any:
                 value = _structured(text, "a mapping")
                 if isinstance(value, dict):
                     return value
-    if "string" in types:
-        return text
     hint = ""
     if "array" in types:
         hint = " (write a list as JSON or YAML flow: [a, b])"

@@ -50,6 +50,38 @@ class Section(Mapping):
         return f"Section({self._prefix.rstrip('.') or '<root>'}: {dict(self._data)!r})"
 
 
+class _Values(Mapping):
+    """``Config.data``: the whole config as a read-only mapping.
+
+    The config has a section named ``data`` (checks, download), which the dataclass
+    field of the same name hides from ``cfg.data.checks``; attribute access here falls
+    through to that section, so both ``cfg.data["pod"]`` and ``cfg.data.checks`` work.
+    """
+
+    def __init__(self, values: Mapping[str, Any]):
+        self._values = MappingProxyType(dict(values))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        section = self._values.get("data")
+        if isinstance(section, Mapping):
+            return getattr(Section(section, "data."), name)
+        raise AttributeError(f"config has no key 'data.{name}'")
+
+    def __repr__(self) -> str:
+        return f"ConfigValues({dict(self._values)!r})"
+
+
 @dataclass(frozen=True)
 class Config:
     """The effective config of one invocation."""
@@ -64,7 +96,7 @@ class Config:
     """Project root: relative local paths are resolved against it."""
 
     def __post_init__(self):
-        object.__setattr__(self, "data", MappingProxyType(dict(self.data)))
+        object.__setattr__(self, "data", _Values(self.data))
         object.__setattr__(self, "sources", MappingProxyType(dict(self.sources)))
 
     def get(self, dotted: str, default: Any = _MISSING) -> Any:

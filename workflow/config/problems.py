@@ -82,4 +82,4 @@ class ConfigProblems(ConfigError):
         else:
             lines = "\n".join(f"  {p}" for p in self.problems)
             text = f"invalid config ({len(self.problems)} problems):\n{lines}"
-        super().__init__(text, hint="fix the lines above, then run 'wf config-validate'")
+        super().__init__(text, hint="after fixing, 'wf config-validate' checks again")
