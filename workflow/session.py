@@ -150,9 +150,13 @@ def clear(config=None, *, root: Optional[os.PathLike] = None) -> None:
 
 
 def record_fetched(run_id: str, *, config=None, root: Optional[os.PathLike] = None,
-                   dest: Optional[str] = None, provider: Optional[str] = None) -> Session:
+                   dest: Optional[os.PathLike] = None, provider: Optional[str] = None,
+                   complete: bool = True, **details: Any) -> Session:
     """Note that ``run_id`` was fetched to this machine (called by ``fetch-run``/``fetch-all``).
 
+    ``complete=False`` (a partial fetch, or a run still writing) is not counted as
+    fetched: a later fetch must finish it before ``pod-down --destroy`` lets it go.
+    ``details`` (files, bytes, state...) are stored beside it, JSON-serialisable only.
     Creates the session when there is none yet (e.g. the ``local`` or ``ssh`` provider,
     whose pods are never rented), so ``pod-down`` can always tell fetched from unfetched.
     """
@@ -162,7 +166,11 @@ def record_fetched(run_id: str, *, config=None, root: Optional[os.PathLike] = No
         if current is None:
             current = Session(provider=provider or (config.pod.provider if config is not None else "local"))
         fetched = dict(current.fetched)
-        fetched[str(run_id)] = {"at": time.time(), "dest": str(dest) if dest is not None else None}
+        extra = {k: v for k, v in details.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))}
+        if complete:
+            fetched[str(run_id)] = {"at": time.time(), "dest": str(dest) if dest is not None else None, **extra}
+        else:
+            fetched.pop(str(run_id), None)
         new = replace(current, fetched=fetched, updated_at=time.time())
         _write(p, new)
         return new
