@@ -193,7 +193,7 @@ class RsyncStats:
                 "seconds": round(self.seconds, 3), "vanished": self.vanished}
 
 
-_ITEM_PREFIX = "\x1f"  # marks our --out-format lines among rsync's other output
+_ITEM_PREFIX = "@@pf@@ "  # marks our --out-format lines among rsync's other output
 _PROGRESS_RE = re.compile(r"^\s*[\d,]+\s+\d+%")
 
 
@@ -265,7 +265,7 @@ def run_rsync(args: Sequence[str], *, transport, progress: Optional[Progress] = 
     transferred = []
     for line in lines:
         if line.startswith(_ITEM_PREFIX):
-            item, _, path = line[1:].partition(" ")
+            item, _, path = line[len(_ITEM_PREFIX):].partition(" ")
             if item[:2] in (">f", "<f") or (item[:1] == "c" and item[1:2] == "f"):
                 transferred.append(path)
     return RsyncStats(
