@@ -58,8 +58,9 @@ def pod_up(c, json=False):
     if json:
         print_json(res.as_dict())
         return
-    for s in res.skipped:
-        print(f"skipped offer {s['offer']}: {s['reason']}")
+    if str(runtime.config().get("progress", "")) == "quiet":  # otherwise progress already said so
+        for s in res.skipped:
+            print(f"skipped offer {s['offer']}: {s['reason']}")
     pod = res.pod
     what = f"{res.provider} pod {pod.id}" if pod and res.provider not in ("local", "ssh") else res.provider
     print(f"pod ready: {what} at {res.endpoint} in {res.seconds:.1f}s (state {res.state})")
@@ -112,6 +113,6 @@ def pod_down(c, destroy=False, force=False, json=False):
     if doc["action"] == "none":
         print(doc["message"])
     elif doc["action"] == "stop":
-        print(f"stopped {doc['provider']} pod {doc['pod_id']}")
+        print(f"stopped {doc['provider']} pod {doc['pod_id']} ({doc['message']})")
     else:
         print(f"destroyed {doc['provider']} pod {doc['pod_id']}" + (" (forced)" if doc.get("forced") else ""))

@@ -107,6 +107,11 @@ class PodInfo:
         }
 
 
+def _norm(name: str) -> str:
+    """GPU names compared without case, spaces, '_' or '-': "RTX 4090" ~ "RTX4090" ~ "rtx_4090"."""
+    return "".join(ch for ch in name.lower() if ch not in " _-")
+
+
 @dataclass(frozen=True)
 class OfferSpec:
     """What ``offers`` and ``pod-up`` look for (config ``pod.offer.*`` or a preset)."""
@@ -126,7 +131,7 @@ class OfferSpec:
     def matches(self, offer: Offer) -> Tuple[bool, str]:
         """(ok, why not) for one offer: the filters applied client-side for every provider,
         so a provider API that ignores a filter cannot hand back a wrong machine."""
-        if self.gpu and self.gpu.replace("_", " ").lower() not in offer.gpu.replace("_", " ").lower():
+        if self.gpu and _norm(self.gpu) not in _norm(offer.gpu):
             return False, f"gpu {offer.gpu!r} is not {self.gpu!r}"
         if self.num_gpus is not None:
             if self.num_gpus_exact and offer.num_gpus != self.num_gpus:

@@ -33,15 +33,15 @@ def _say(config) -> Say:
 
 
 def parse_ttl(value: Any) -> Optional[float]:
-    """``pod.ttl`` in seconds: a number of hours, or ``90m`` / ``8h`` / ``2d`` / ``3600s``."""
+    """``pod.ttl`` in seconds: a number of seconds, or ``90m`` / ``8h`` / ``2d`` / ``3600s``."""
     if value in (None, "", 0):
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value) * 3600.0
+        return float(value)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value).lower())
     if not m:
-        raise InputError(f"pod.ttl: {value!r} is not a duration (e.g. 90m, 8h, 2d, or hours as a number)")
-    n, unit = float(m.group(1)), m.group(2) or "h"
+        raise InputError(f"pod.ttl: {value!r} is not a duration (e.g. 90m, 8h, 2d, or seconds)")
+    n, unit = float(m.group(1)), m.group(2) or "s"
     return n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
@@ -301,7 +301,9 @@ def pod_status(config) -> Dict[str, Any]:
     started = pod.started_at or created
     price = pod.price_per_hour if pod.price_per_hour is not None else (s.price_per_hour if s else None)
     doc["pod"] = pod.as_dict()
-    doc["endpoint"] = str(pod.endpoint) if pod.endpoint else (str(s.endpoint()) if s and s.host else None)
+    used = s.endpoint() if s and s.pod_id == pod.id and s.host else None
+    same = [e for e in pod.endpoints if used is not None and (e.host, e.port) == (used.host, used.port)]
+    doc["endpoint"] = str(same[0]) if same else (str(pod.endpoint) if pod.endpoint else (str(used) if used else None))
     doc["created_at"] = created
     doc["uptime_secs"] = round(now - started, 1) if started and pod.state == PodState.RUNNING else 0.0
     doc["price_per_hour"] = price
@@ -384,8 +386,8 @@ def pod_down(config, *, destroy: bool = False, force: bool = False) -> Dict[str,
         if reason:
             raise UnsupportedAction(provider.name, "stop", hint=f"{reason}; 'wf pod-down --destroy' removes it")
         provider.stop(pod.id)
-        say(f"stopped {provider.name} pod {pod.id} (disk kept; storage is still billed; 'wf pod-up' starts it)")
-        return {"provider": provider.name, "pod_id": pod.id, "action": "stop"}
+        return {"provider": provider.name, "pod_id": pod.id, "action": "stop",
+                "message": "disk kept; storage is still billed; 'wf pod-up' starts it again"}
 
     unfetched: List[str] = []
     reachable = pod.state == PodState.RUNNING and bool(pod.endpoints)
@@ -409,5 +411,4 @@ def pod_down(config, *, destroy: bool = False, force: bool = False) -> Dict[str,
             say(f"warning: state not reset on the pod ({exc.message})")
     provider.destroy(pod.id)
     sessions.clear(config)
-    say(f"destroyed {provider.name} pod {pod.id}")
     return {"provider": provider.name, "pod_id": pod.id, "action": "destroy", "forced": force}

@@ -244,7 +244,7 @@ class LiumProvider(Provider):
                 return
 
     def stop_unsupported_reason(self, pod) -> Optional[str]:
-        return "Lium pods cannot be stopped, only destroyed ('wf pod-down --destroy')"
+        return "Lium pods cannot be stopped, only destroyed"
 
 
 def _gpu_ram_gb(specs: Any) -> Optional[float]:
