@@ -264,10 +264,11 @@ SetEnv {setenv}
         self.stop()
         self.start()
 
-    def _children(self) -> list:
+    def _connection_pids(self) -> list:
+        """This sshd's per-connection processes (``sshd: user [priv]`` and its child)."""
         if self.proc is None:
             return []
-        kids = []
+        parent, comm = {}, {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -275,14 +276,19 @@ SetEnv {setenv}
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == self.proc.pid:
-                kids.append(int(entry.name))
-        return kids
+            name, rest = stat.split(" (", 1)[1].rsplit(")", 1)
+            parent[int(entry.name)] = int(rest.split()[1])
+            comm[int(entry.name)] = name
+        found, frontier = [], {self.proc.pid}
+        while frontier:
+            kids = {pid for pid, ppid in parent.items() if ppid in frontier and comm.get(pid) == "sshd"}
+            found.extend(kids)
+            frontier = kids
+        return found
 
     def drop_connections(self) -> None:
         """Kill this sshd's per-connection processes: every client sees its link die."""
-        for pid in self._children():
+        for pid in self._connection_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

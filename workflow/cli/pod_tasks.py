@@ -1,5 +1,69 @@
-"""pod tasks (SPEC §3)."""
+"""pod tasks: reach the pod (check-connection, remote-exec) and set up SSH keys (setup-keys).
+
+``pod-up``, ``pod-down``, ``pod-status`` and ``offers`` live in ``provider_tasks``.
+"""
 
 from __future__ import annotations
 
-from workflow.cli.boundary import print_json, wf_task  # noqa: F401
+import sys
+
+from invoke import Exit
+
+from workflow import runtime
+from workflow.cli.boundary import print_json, wf_task
+
+
+@wf_task(help={"json": "print one JSON document: user, host, python, gpus, disk"})
+def check_connection(c, json=False):
+    """Connect to the pod and show user, host, python, GPUs and free disk (one remote exec)."""
+    from workflow.transport.probe import check_connection as check
+
+    doc = check(runtime.config(), runtime.transport())
+    if json:
+        print_json(doc)
+        return
+    print(f"connected: {doc['endpoint']} ({doc['transport']})"
+          + (f" in {doc['connect_ms']} ms" if doc.get("connect_ms") is not None else ""))
+    print(f"user: {doc['user']}")
+    print(f"host: {doc['host']}")
+    print(f"python: {doc['python'] or 'not found'} ({doc['python_bin']})")
+    gpus = doc["gpus"]
+    print("gpus: " + ("none" if not gpus else "; ".join(f"{g['index']}: {g['name']} {g['memory']}" for g in gpus)))
+    free = doc.get("disk_free_bytes")
+    if free is None:
+        print("disk free: unknown")
+    else:
+        print(f"disk free: {free / 2**30:.1f} GiB at {doc['disk_path']} (for {doc['outputs_dir']})")
+
+
+@wf_task(help={"cmd": "shell command line, run by the pod user's login shell",
+               "timeout_secs": "give up waiting after N seconds (exit 124; the command may go on)"})
+def remote_exec(c, cmd, timeout_secs=None):
+    """Run CMD on the pod through its shell, streaming output; exits with CMD's exit code.
+
+    stderr is merged into stdout (as on a terminal). remote.env is set for the command.
+    """
+    from workflow.transport.probe import remote_exec as rexec
+
+    def out(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    code = rexec(runtime.config(), runtime.transport(), cmd,
+                 timeout=float(timeout_secs) if timeout_secs else None, on_stdout=out)
+    if code != 0:
+        raise Exit(code=code)
+
+
+@wf_task
+def setup_keys(c):
+    """Create the SSH key (pod.identity_file, ed25519, no passphrase) and install it on the pod.
+
+    With REMOTE_SSH_PASSWORD in the environment the public key is added to the pod
+    user's ~/.ssh/authorized_keys (once; a re-run adds nothing) and a key-only login is
+    verified. Without it, prints NO_PASSWORD_MODE and the public key between
+    PUBLIC_KEY_START and PUBLIC_KEY_END, to paste into the provider's dashboard.
+    """
+    from workflow.transport.keys import setup_keys as setup
+
+    setup(runtime.config(), out=print)
