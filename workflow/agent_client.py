@@ -13,7 +13,7 @@ import json
 import zipfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from workflow.agent import protocol
 from workflow.errors import (
@@ -100,15 +100,18 @@ class AgentClient:
         """The argv that runs ``op`` (used to start long-running agent commands too)."""
         return ["sh", "-c", _LAUNCHER, self.python, self.agent_path, op, *args]
 
-    def call(self, op: str, timeout: Optional[float] = None, **request: Any) -> Any:
-        """Run one op and return its ``result``; agent errors become typed errors."""
+    def call(self, op: str, timeout: Optional[float] = None, on_stdout: Optional[Callable[[str], None]] = None,
+             **request: Any) -> Any:
+        """Run one op and return its ``result``; agent errors become typed errors.
+        ``on_stdout`` receives the op's output as it arrives (streaming ops such as
+        ``task.logs`` with ``follow``); the answer's marker block comes last."""
         request.setdefault("outputs_dir", self.outputs_dir)
         if self.state_file:
             request.setdefault("state_file", self.state_file)
         payload = json.dumps(request).encode()
         for attempt in (1, 2):
             self.calls += 1
-            res = self.transport.run(self.argv(op), input=payload, timeout=timeout)
+            res = self.transport.run(self.argv(op), input=payload, timeout=timeout, on_stdout=on_stdout)
             if res.exit_code == protocol.EXIT_AGENT_MISSING and attempt == 1:
                 self.install()
                 continue
