@@ -45,7 +45,9 @@ class GpuType:
     community_price: Optional[float] = 0.34
     max_count: int = 8
     capacity: int = 5
-    """pods that can still be created; 0 answers 400 (taken meanwhile)"""
+    """pods that can still be created; 0: the catalog says NONE"""
+    snatched: bool = False
+    """the catalog still lists it, but the capacity went meanwhile: create answers 400"""
     timeline: Timeline = field(default_factory=Timeline)
 
 
@@ -155,7 +157,7 @@ class FakeRunpod(FakeApi):
         g = self.gpus.get(gpu_req.get("id"))
         if g is None:
             return problem(400, "Bad Request", f"unknown GPU type {gpu_req.get('id')!r}")
-        if g.capacity <= 0:
+        if g.capacity <= 0 or g.snatched:
             return problem(400, "Bad Request",
                            "There are no longer any instances available with the requested specifications.")
         g.capacity -= 1
