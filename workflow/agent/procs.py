@@ -194,7 +194,7 @@ def job_env(extra=None):
     secrets, plus ``extra``; ``HOME`` is the pod user's own."""
     env = dict(os.environ)
     for key in list(env):
-        if key.startswith("TMUX") or key in ENGINE_SECRETS:
+        if key in ("TMUX", "TMUX_PANE") or key in ENGINE_SECRETS:
             del env[key]
     for key, value in (extra or {}).items():
         if not isinstance(key, str) or not ENV_NAME_RE.match(key):
