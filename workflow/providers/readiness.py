@@ -227,9 +227,10 @@ def wait_usable(
     done("tcp", f"port open at {endpoint}")
 
     # 3. auth, 4. command: one connection, retried from the start on failure
-    key = load_key(identity_file)
+    key_path = endpoint.identity_file or identity_file  # e.g. an ~/.ssh/config alias's IdentityFile
+    key = load_key(key_path)
     if key is None and password is None:
-        raise PodNeverReady(f"no SSH key at {identity_file} and REMOTE_SSH_PASSWORD is not set", "auth",
+        raise PodNeverReady(f"no SSH key at {key_path} and REMOTE_SSH_PASSWORD is not set", "auth",
                             hint="run 'wf setup-keys' to create the key")
     command = "nvidia-smi -L" if require_cuda else "echo podflow-ready"
     back = _Backoff("auth", deadline)
