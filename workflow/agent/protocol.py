@@ -15,7 +15,10 @@ EXIT_AGENT_MISSING = 197
 
 def encode(doc):
     """One response document as the text the agent prints."""
-    return "\n" + BEGIN + "\n" + json.dumps(doc, sort_keys=True) + "\n" + END + "\n"
+    # "<" only occurs inside JSON strings: escaping it keeps marker text that a payload
+    # carries (a task's command, a log line) from being taken for the markers.
+    body = json.dumps(doc, sort_keys=True).replace("<", "\\u003c")
+    return "\n" + BEGIN + "\n" + body + "\n" + END + "\n"
 
 
 def decode(text):
