@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from invoke import Program
 
 from workflow import __version__
@@ -11,4 +14,10 @@ program = Program(namespace=ns, version=__version__, name="podflow", binary="wf"
 
 
 def main() -> None:
-    program.run()
+    try:
+        program.run()
+    except BrokenPipeError:
+        # `wf task-list | head`: the reader left; exit quietly like other Unix tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)
