@@ -250,10 +250,11 @@ def list_runs(outputs):
 
 def run_manifest(request):
     """``{outputs_dir, runs: [ids] | null, files: bool, exclude_checkpoints, sha256: {run: [paths]},
-    stable_before_ns: int | {run: int}}`` -> ``{now, runs: {id: {exists, state, ended, files: [...]}}}``.
+    stable_before_ns: int | {run: int}, stable_age_secs, running_margin_secs}`` -> ``{now, runs: {id: {exists, state, ended, files: [...]}}}``.
 
     ``runs: null`` means every run dir. A file's ``sha256`` is computed only when asked
-    for and when it did not change since ``stable_before_ns`` (a run still writing).
+    for and when it did not change since ``stable_before_ns`` (a run still writing), or
+    since ``stable_age_secs`` ago (plus ``running_margin_secs`` for a run not ended).
     """
     outputs = expand(request["outputs_dir"])
     runs = request.get("runs")
@@ -267,6 +268,9 @@ def run_manifest(request):
     sha_wanted = request.get("sha256") or {}
     only = request.get("paths") or {}
     stable_before = request.get("stable_before_ns")
+    now = time.time()
+    age = request.get("stable_age_secs")  # "since the transfer began", in the pod's own clock
+    margin = float(request.get("running_margin_secs") or 0)
     out = {}
     for run in runs:
         run_dir = os.path.join(outputs, run)
@@ -275,6 +279,17 @@ def run_manifest(request):
             continue
         state = _run_state(run_dir)
         entry = {"exists": True, "state": state, "ended": state in ENDED_STATES}
+        before = stable_before.get(run) if isinstance(stable_before, dict) else stable_before
+        if age is not None:
+            before = int((now - float(age) - (0 if entry["ended"] else margin)) * 1e9)
+        if before is not None:
+            entry["stable_before_ns"] = before
+            try:
+                status_mtime = os.stat(os.path.join(run_dir, "status.json")).st_mtime_ns
+            except OSError:
+                status_mtime = None
+            # Ended before the transfer began: nothing it wrote can have been missed.
+            entry["ended_before"] = bool(entry["ended"] and status_mtime is not None and status_mtime < before)
         if want_files:
             listing = _walk_files(run_dir, _is_checkpoint_dir if exclude else None,
                                   _is_checkpoint_file if exclude else None)
@@ -283,13 +298,12 @@ def run_manifest(request):
                 listing = [item for item in listing if item[0] in keep]
             files = [{"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns} for p, st in listing]
             wanted = set(sha_wanted.get(run, []))
-            before = stable_before.get(run) if isinstance(stable_before, dict) else stable_before
             todo = [f for f in files if f["path"] in wanted and (before is None or f["mtime_ns"] < before)]
             for f, digest in zip(todo, _hash_many([os.path.join(run_dir, f["path"]) for f in todo])):
                 f["sha256"] = digest
             entry["files"] = files
         out[run] = entry
-    return {"now": time.time(), "outputs_dir": outputs, "runs": out}
+    return {"now": now, "outputs_dir": outputs, "runs": out}
 
 
 OPS = {

@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from workflow.datapush import NAME_RE, Progress, RsyncStats, run_rsync, sha256_file
-from workflow.errors import CheckFailed, InputError
+from workflow.errors import CheckFailed, InputError, RemoteCommandFailed
 
 CHECKPOINT_EXCLUDES = ("*.pt", "*.pth", "*.ckpt", "*.safetensors", "checkpoint*/")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 #: Files whose pod mtime is this close to the start of the transfer count as in flux.
 FLUX_MARGIN_NS = 1_000_000_000
+#: Slack for the time our request takes to reach the pod.
+SEND_MARGIN_SECS = 0.05
 #: Local bookkeeping (not a valid run id, so it never collides with a run dir).
 STATE_DIR = ".podflow"
 
@@ -115,8 +117,10 @@ class Fetcher:
     """Fetches runs of one pod into ``artifacts``; one instance per invocation."""
 
     def __init__(self, transport, agent, outputs_dir: str, artifacts: os.PathLike, *, config=None,
-                 progress: Optional[Progress] = None):
+                 progress: Optional[Progress] = None, sha256: bool = True):
         self.transport, self.agent = transport, agent
+        self.sha256 = sha256
+        """False: compare sizes and mtimes only (rsync's own transfer checksum still applies)."""
         self.outputs_dir = outputs_dir.rstrip("/")
         self.artifacts = Path(artifacts)
         self.config = config
@@ -136,35 +140,42 @@ class Fetcher:
     def _fetch(self, runs: Optional[List[str]], *, exclude_checkpoints: bool, explicit: bool) -> FetchResult:
         started = time.monotonic()
         calls0 = self.agent.calls
-        pre = self.agent.call("run.manifest", runs=runs, files=False)
-        outputs = self._outputs_abs = pre["outputs_dir"]
-        info = pre["runs"]
+        self._outputs_abs = self.outputs_dir
         if explicit:
-            missing = [r for r in runs if not info[r]["exists"]]
-            if missing:
-                known = self.agent.call("run.manifest", runs=None, files=False)["runs"]
-                raise InputError(f"no run {missing[0]!r} under {outputs} on the pod",
-                                 hint=("runs there: " + ", ".join(sorted(known)[:20])) if known else
-                                 "no runs there yet (sweep-status shows the sweep)")
-        run_ids = sorted(info)
-        if not run_ids:
-            return FetchResult((), None, time.monotonic() - started, self.agent.calls - calls0)
+            run_ids = sorted(runs)
+        else:  # one call to list them; fetch-run needs none before its rsync
+            pre = self.agent.call("run.manifest", runs=None, files=False)
+            self._outputs_abs = pre["outputs_dir"]
+            run_ids = sorted(pre["runs"])
+            if not run_ids:
+                return FetchResult((), None, time.monotonic() - started, self.agent.calls - calls0)
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        # A file last changed before the pod answered ``pre`` was complete when rsync
-        # (started after it) read it; anything newer is in flux. A running run gets a
-        # margin for coarse or lagging mtimes; an ended run writes nothing more.
-        pre_ns = int(pre["now"] * 1e9)
-        stable_before = {r: pre_ns - (0 if info[r]["ended"] else FLUX_MARGIN_NS) for r in run_ids}
-        stats = self._rsync(outputs, run_ids, exclude_checkpoints)
+        t_start = time.time()
+        try:
+            stats = self._rsync(self._outputs_abs, run_ids, exclude_checkpoints)
+        except RemoteCommandFailed as exc:
+            if exc.code != 23:
+                raise
+            self._missing(run_ids)  # outputs_dir itself missing: say which run
+            raise
         by_run: Dict[str, List[str]] = {r: [] for r in run_ids}
         for path in stats.transferred:
             run, _, rel = path.partition("/")
             if run in by_run and rel:
                 by_run[run].append(rel)
-        results = self._verify(run_ids, info, by_run, stable_before, exclude_checkpoints, stats)
+        results = self._verify(run_ids, by_run, t_start, exclude_checkpoints, explicit)
         for r in results:
             self._record(r)
         return FetchResult(tuple(results), stats, time.monotonic() - started, self.agent.calls - calls0)
+
+    def _missing(self, run_ids, info=None) -> None:
+        info = info or self.agent.call("run.manifest", runs=list(run_ids), files=False)["runs"]
+        missing = [r for r in run_ids if not info[r]["exists"]]
+        if missing:
+            known = self.agent.call("run.manifest", runs=None, files=False)["runs"]
+            raise InputError(f"no run {missing[0]!r} under {self.outputs_dir} on the pod",
+                             hint=("runs there: " + ", ".join(sorted(known)[:20])) if known else
+                             "no runs there yet (sweep-status shows the sweep)")
 
     def _rsync(self, outputs: str, run_ids: Sequence[str], exclude_checkpoints: bool,
                only: Optional[Dict[str, List[str]]] = None) -> RsyncStats:
@@ -202,9 +213,14 @@ class Fetcher:
         finally:
             os.unlink(rules_file)
 
-    def _manifest(self, run_ids, exclude_checkpoints, sha_paths, stable_before, paths=None):
-        req = dict(runs=list(run_ids), files=True, exclude_checkpoints=exclude_checkpoints,
-                   sha256=sha_paths, stable_before_ns=stable_before)
+    def _manifest(self, run_ids, exclude_checkpoints, sha_paths, stable_before=None, paths=None, since=None):
+        req = dict(runs=list(run_ids), files=True, exclude_checkpoints=exclude_checkpoints, sha256=sha_paths)
+        if since is not None:
+            # The pod counts back from its own clock: no clock skew between us and it.
+            req.update(stable_age_secs=time.time() - since + SEND_MARGIN_SECS,
+                       running_margin_secs=FLUX_MARGIN_NS / 1e9)
+        else:
+            req["stable_before_ns"] = stable_before
         if paths is not None:
             req["paths"] = paths
         return self.agent.call("run.manifest", **req)["runs"]
@@ -240,15 +256,19 @@ class Fetcher:
                 flux.append(path)
         return bad, flux
 
-    def _verify(self, run_ids, info, by_run, stable_before, exclude_checkpoints, stats) -> List[RunFetch]:
-        sha_paths = {r: by_run[r] for r in run_ids if by_run[r]}
+    def _verify(self, run_ids, by_run, t_start, exclude_checkpoints, explicit) -> List[RunFetch]:
+        sha_paths = {r: by_run[r] for r in run_ids if by_run[r]} if self.sha256 else {}
         # The pod hashes while we hash our copies of the same files.
         box: Dict[str, Dict] = {}
         worker = threading.Thread(target=lambda: box.update(
             h=self._local_hashes(run_ids, sha_paths)), daemon=True)
         worker.start()
-        pod = self._manifest(run_ids, exclude_checkpoints, sha_paths, stable_before)
+        pod = self._manifest(run_ids, exclude_checkpoints, sha_paths, since=t_start)
         worker.join()
+        if explicit:
+            self._missing(run_ids, pod)
+        info = pod
+        stable_before = {r: pod[r].get("stable_before_ns", 0) for r in run_ids}
         hashes = box.get("h", {})
         compared = {}
         for run in run_ids:
@@ -282,7 +302,7 @@ class Fetcher:
             transient = self._remove_transients(run, local, on_pod, set(by_run[run]) | set(refetched.get(run, [])))
             local_only = sorted(set(local) - on_pod - set(transient))
             self._save_state(run, flux)
-            ended = bool(info[run]["ended"])
+            ended = bool(info[run].get("ended_before"))
             results.append(RunFetch(
                 run_id=run, dest=str(self.artifacts / run), state=info[run]["state"], ended=ended,
                 files=len(pod_files), bytes=sum(f["size"] for f in pod_files), transferred=len(by_run[run]),
