@@ -511,8 +511,9 @@ def _stamp(d):
         return None
 
 
-def wait(d, secs, poll=0.02, check_every=0.5):
-    """Block until the job is terminal or ``secs`` pass; (status, finished)."""
+def wait(d, secs, poll=0.02, check_every=0.5, abandoned=None):
+    """Block until the job is terminal or ``secs`` pass; (status, finished).
+    ``abandoned()`` true (e.g. the caller's connection is gone) ends the wait early."""
     deadline = time.monotonic() + max(0.0, secs)
     stamp, last_check = None, 0.0
     doc = None
@@ -526,12 +527,14 @@ def wait(d, secs, poll=0.02, check_every=0.5):
                 raise AgentError("input", "no such task directory %s" % d)
             if is_terminal(doc.get("state")):
                 return doc, True
+            if abandoned is not None and abandoned():
+                return doc, False
         if now >= deadline:
             return doc, False
         time.sleep(min(poll, max(0.0, deadline - now)))
 
 
-def follow(d, out, offset=None, lines=10, secs=3600.0, poll=0.05):
+def follow(d, out, offset=None, lines=10, secs=3600.0, poll=0.05, abandoned=None):
     """Write the log to binary stream ``out`` as it grows until the job ends (or
     ``secs`` pass). Starts at byte ``offset``, or at the last ``lines`` lines.
     Returns (status, next offset, finished)."""
@@ -565,7 +568,7 @@ def follow(d, out, offset=None, lines=10, secs=3600.0, poll=0.05):
                     out.flush()
                     offset += len(rest)
                 return doc, offset, True
-            if now >= deadline:
+            if now >= deadline or (abandoned is not None and abandoned()):
                 return doc, offset, False
             time.sleep(poll)
 

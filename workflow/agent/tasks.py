@@ -23,6 +23,12 @@ MAX_BLOCK_SECS = 300.0
 DEFAULT_TAIL = 20
 
 
+def _abandoned_check():
+    """True once this op's parent (the SSH session) is gone: nobody reads the answer."""
+    parent = os.getppid()
+    return lambda: os.getppid() != parent
+
+
 def tasks_root(request):
     return os.path.join(expand(request["outputs_dir"]), "_tasks")
 
@@ -154,7 +160,7 @@ def wait(request):
     d = task_dir(request)
     secs = request.get("wait_secs")
     secs = MAX_BLOCK_SECS if secs is None else min(float(secs), MAX_BLOCK_SECS)
-    doc, done = procs.wait(d, secs)
+    doc, done = procs.wait(d, secs, abandoned=_abandoned_check())
     out = _public(doc, d, request.get("tail", DEFAULT_TAIL))
     out["finished"] = done
     return out
@@ -171,7 +177,8 @@ def logs(request):
     secs = 3600.0 if secs is None else float(secs)
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
     doc, offset, done = procs.follow(d, out, offset=request.get("offset"),
-                                     lines=DEFAULT_TAIL if tail_lines is None else tail_lines, secs=secs)
+                                     lines=DEFAULT_TAIL if tail_lines is None else tail_lines, secs=secs,
+                                     abandoned=_abandoned_check())
     return {"status": _public(doc, d), "offset": offset, "finished": done}
 
 
