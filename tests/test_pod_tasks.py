@@ -217,3 +217,13 @@ def test_pod_tasks_on_the_local_provider(project, isolated_home):
     assert res.returncode == 0 and "nothing to install" in res.stdout
     key = isolated_home / ".ssh" / "id_ed25519"
     assert oct(key.stat().st_mode & 0o777) == "0o600"
+
+
+def test_setup_keys_no_password_needs_no_pod(project):
+    """A cloud pod not rented yet (no session): the key is made and printed for a dashboard."""
+    key = project / "keys" / "id_cloud"
+    (project / "configs" / "workflow.yaml").write_text(f"pod:\n  provider: runpod\n  identity_file: {key}\n")
+    res = wf(project, "setup-keys")
+    assert res.returncode == 0, res.stderr
+    assert "NO_PASSWORD_MODE" in res.stdout and (key.parent / "id_cloud.pub").read_text().strip() in res.stdout
+    assert oct(key.parent.stat().st_mode & 0o777) == "0o700"

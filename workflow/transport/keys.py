@@ -89,6 +89,17 @@ def install_key(transport, public_line: str) -> bool:
                               res.stdout + res.stderr)
 
 
+def _identity_path(config) -> Path:
+    """The key the SSH transport would use, without connecting (an ssh alias's IdentityFile)."""
+    if config.pod.provider == "ssh" and config.get("pod.host", None):
+        from workflow.transport.sshconfig import resolve_ssh_endpoint
+
+        found = resolve_ssh_endpoint(config).identity_file
+        if found:
+            return config.local_path(found)
+    return config.local_path(config.pod.identity_file)
+
+
 def setup_keys(config, out: Callable[[str], None] = print) -> None:
     from workflow import runtime
 
@@ -99,13 +110,14 @@ def setup_keys(config, out: Callable[[str], None] = print) -> None:
         out(f"{'created' if created else 'using'} key {path}")
         out("provider 'local': the pod is this machine, no SSH; nothing to install.")
         return
-    transport = runtime.transport()
-    path = transport.identity_file
+    password = Config.secret("REMOTE_SSH_PASSWORD")
+    transport = runtime.transport() if password is not None else None
+    path = transport.identity_file if transport is not None else _identity_path(config)
     if path is None:
         raise ConfigError("pod.identity_file is not set")
     line, created = ensure_key(path, f"podflow@{config.project}")
     out(f"{'created' if created else 'using'} key {path}")
-    if Config.secret("REMOTE_SSH_PASSWORD") is None:
+    if transport is None:  # no connection needed: the user installs the key elsewhere
         out(NO_PASSWORD_MODE)
         out(PUBLIC_KEY_START)
         out(line)

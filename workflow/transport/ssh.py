@@ -25,6 +25,7 @@ import select
 import shlex
 import socket
 import stat
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -138,6 +139,7 @@ class SshTransport(Transport):
         self.askpass_dir = Path(askpass_dir) if askpass_dir else self.known_hosts.parent
         self._conn: Optional[fabric.Connection] = None
         self._sftp: Optional[paramiko.SFTPClient] = None
+        self._lock = threading.Lock()  # one connect at a time (threads may share a transport)
         self.connects = 0  # connections opened (tests, benches)
         self.connect_secs: Optional[float] = None
 
@@ -160,6 +162,10 @@ class SshTransport(Transport):
 
     def connect(self) -> None:
         """Open the connection now (otherwise the first operation does)."""
+        with self._lock:
+            self._connect_locked()
+
+    def _connect_locked(self) -> None:
         if self._conn is not None and self._conn.transport is not None and self._conn.transport.is_active():
             return
         self.close()
