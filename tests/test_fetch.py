@@ -137,15 +137,15 @@ def test_unknown_run_is_named(pod):
 
 WRITER = textwrap.dedent("""
     import json, os, sys, time
-    d, secs = sys.argv[1], float(sys.argv[2])
+    d, stop = sys.argv[1], sys.argv[2]  # writes until the test creates the stop file
     def atomic(path, data):
         tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".%d.tmp" % os.getpid())
         with open(tmp, "w") as fh:
             fh.write(data)
         os.replace(tmp, path)
-    end, i = time.time() + secs, 0
+    end, i = time.time() + 120, 0
     log = open(os.path.join(d, "stdout.log"), "a")
-    while time.time() < end:
+    while time.time() < end and not os.path.exists(stop):
         i += 1
         log.write("step %d loss=%f\\n" % (i, 1.0 / i) + "x" * 2000 + "\\n"); log.flush()
         atomic(os.path.join(d, "metrics.json"), json.dumps({"step": i, "pad": "y" * (i % 5000)}))
@@ -163,7 +163,8 @@ WRITER = textwrap.dedent("""
 
 def test_fetch_run_while_the_run_still_writes(pod):
     run = pod.make_run("live", {"stdout.log": ""}, state="running")
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(run), "3"])
+    stop = run.parent / "stop-writer"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(run), str(stop)])
     try:
         partial = []
         for _ in range(3):
@@ -171,8 +172,9 @@ def test_fetch_run_while_the_run_still_writes(pod):
             if doc["state"] == "running":
                 assert not doc["complete"]
             partial.append(doc)
-        assert partial[0]["state"] == "running" and not partial[0]["complete"]
+        assert all(p["state"] == "running" and not p["complete"] for p in partial)
     finally:
+        stop.touch()
         assert writer.wait(30) == 0
     pod.own(run)
     final = wf_json(pod.project, "fetch-run", "live")
