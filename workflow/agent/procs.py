@@ -210,11 +210,24 @@ def tmux_socket_name(outputs_dir):
     return "podflow-" + hashlib.sha256(outputs_dir.encode("utf-8")).hexdigest()[:12]
 
 
+def _tmux_recent(exe):
+    """tmux >= 3.0 (``new-window -e``, commands as argv)."""
+    try:
+        out = subprocess.run([exe, "-V"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL).stdout.decode("ascii", "replace")
+    except OSError:
+        return False
+    m = re.search(r"(\d+)\.(\d+)", out)
+    if not m:
+        return "master" in out or "next" in out
+    return int(m.group(1)) >= 3
+
+
 def _tmux_start(tmux, argv, window_name, lock_path, cwd):
     """Start ``argv`` in a new window of ``tmux['session']`` on socket ``tmux['socket']``."""
     exe = shutil.which("tmux")
-    if not exe:
-        return None
+    if not exe or not _tmux_recent(exe):
+        return None  # no tmux, or one without ``-e`` / argv commands (< 3.0): detached
     base = [exe, "-f", "/dev/null", "-L", tmux["socket"]]
     session = tmux["session"]
     eargs = []
@@ -237,10 +250,30 @@ def _tmux_start(tmux, argv, window_name, lock_path, cwd):
     return res.stdout.decode("utf-8", "replace").strip()
 
 
-def _detached_start(argv, d):
+def _die_with_parent_fn():
+    """A preexec_fn making the child get SIGKILL when its parent dies (Linux prctl
+    PR_SET_PDEATHSIG), or None where that is not available. Resolved before the fork."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    sig = int(signal.SIGKILL)
+
+    def fn():
+        prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return fn
+
+
+def _detached_start(argv, d, die_with_parent=False):
+    """Start ``argv`` detached (own session). ``die_with_parent``: the process is killed
+    when the starting thread's process dies (a supervisor's children go with it)."""
+    preexec = _die_with_parent_fn() if die_with_parent else None
     with open(os.devnull, "rb") as null_in, open(os.path.join(d, WRAPPER_LOG), "ab") as err:
-        subprocess.Popen(argv, stdin=null_in, stdout=err, stderr=err, cwd=d, close_fds=True,
-                         start_new_session=True)
+        return subprocess.Popen(argv, stdin=null_in, stdout=err, stderr=err, cwd=d, close_fds=True,
+                                start_new_session=True, preexec_fn=preexec)
 
 
 def _feed_fifo(fifo, payload, deadline):
@@ -269,12 +302,13 @@ def _feed_fifo(fifo, payload, deadline):
 
 
 def launch(d, env=None, tmux=None, start_timeout=START_TIMEOUT_SECS, heartbeat_secs=HEARTBEAT_SECS,
-           grace_secs=GRACE_SECS, window_name=None):
+           grace_secs=GRACE_SECS, window_name=None, die_with_parent=False):
     """Start the wrapper for prepared dir ``d`` and return the status once it runs.
 
     ``env``: the command's full environment (see ``job_env``). ``tmux``: ``{"socket",
     "session"}`` to run in a tmux window, or None for a detached process (what a runner
-    that is itself in tmux uses). Raises AgentError('start') when the wrapper does not
+    that is itself in tmux uses; ``die_with_parent``: the wrapper is SIGKILLed when the
+    calling process dies, so its job reads ``lost``). Raises AgentError('start') when the wrapper does not
     come up within ``start_timeout``; the job is then recorded ``failed``.
     """
     doc = read_status(d)
@@ -295,7 +329,7 @@ def launch(d, env=None, tmux=None, start_timeout=START_TIMEOUT_SECS, heartbeat_s
             window = _tmux_start(tmux, argv, window_name or doc.get("id") or "job",
                                  os.path.join(os.path.dirname(d), ".tmux.lock"), d)
         if window is None:
-            _detached_start(argv, d)
+            _detached_start(argv, d, die_with_parent=die_with_parent)
         if window:
             update_status(d, tmux_socket=tmux["socket"], tmux_session=tmux["session"], tmux_window=window)
         if not _feed_fifo(fifo, payload, deadline):

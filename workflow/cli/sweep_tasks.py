@@ -58,3 +58,160 @@ def sweep_validate(c, csv=None, json=False):
               + (f"  gpus={r.gpus}" if r.gpus else "")
               + (f"  timeout={r.timeout_secs}s" if r.timeout_secs else "")
               + (f"  {extra}" if extra else ""))
+
+
+def _fmt_secs(value) -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.1f}m"
+    return f"{value / 3600:.1f}h"
+
+
+def _fmt_metrics(metrics, limit: int = 4) -> str:
+    if not metrics:
+        return ""
+    keys = list(metrics)
+    preferred = [k for k in ("loss", "eval_loss", "train_loss", "step", "epoch", "acc", "accuracy") if k in metrics]
+    keys = preferred + [k for k in keys if k not in preferred]
+    parts = []
+    for k in keys[:limit]:
+        v = metrics[k]
+        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+def render_status(st) -> str:
+    """The text of ``sweep-status``: a header with counts and percent, one line per run,
+    the last log lines of runs that did not succeed."""
+    if st.state == "none":
+        return "no sweep has been started on this pod (wf sweep-start)"
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(st.counts.items()))
+    done = sum(v for k, v in st.counts.items() if k in ("success", "failed", "timed_out", "cancelled", "lost"))
+    lines = [f"sweep {st.sweep_id}: {st.state} (state {st.fsm_state}); {done}/{len(st.runs)} done "
+             f"({st.percent:.0f}%): {counts}"]
+    width = max([len(r.id) for r in st.runs] + [3])
+    lines.append(f"  {'run':<{width}}  {'state':<9}  {'exit':>4}  {'time':>7}  metrics")
+    for r in st.runs:
+        code = "-" if r.exit_code is None else str(r.exit_code)
+        lines.append(f"  {r.id:<{width}}  {r.state:<9}  {code:>4}  {_fmt_secs(r.duration_secs):>7}  "
+                     f"{_fmt_metrics(r.metrics)}".rstrip())
+    for r in st.runs:
+        if r.state in ("failed", "timed_out", "lost", "cancelled") and (r.log_tail or r.error):
+            lines.append(f"--- {r.id}: {r.state}{': ' + r.error if r.error else ''}")
+            for text in (r.log_tail or "").rstrip("\n").splitlines()[-10:]:
+                lines.append(f"    {text}")
+    return "\n".join(lines)
+
+
+@wf_task(help={
+    "match": "only runs whose run_id contains this text",
+    "start_at": "skip the rows before this run_id (CSV order)",
+    "limit": "at most N runs (after --start-at and --match)",
+    "dry_run": "print each run's exact argv and environment; change nothing",
+    "retry_failed": "only rows that ran and did not succeed (failed, timed_out, lost, cancelled)",
+    "csv": "sweep CSV (default: sweep.csv from the config)",
+    "json": "print one JSON document",
+})
+def sweep_start(c, match=None, start_at=None, limit=None, dry_run=False, retry_failed=False, csv=None, json=False):
+    """Start the sweep on the pod in tmux and return (every row not already ok).
+
+    Validates the CSV here (exit 2, line numbers), checks on the pod that every row's
+    config exists (exit 2), uploads the CSV to _manifests/sweep-latest.csv (plus a
+    timestamped copy with the effective config), moves the state to SWEEP_RUNNING and
+    starts the runner in tmux session sweep.tmux_session. Allowed from CHECKED_OUT,
+    SWEEP_COMPLETED, or SWEEP_RUNNING whose runner is dead (exit 3 otherwise).
+    """
+    from workflow import runtime
+    from workflow.cli.task_tasks import _int
+    from workflow.sweep.control import describe_plan, start_sweep
+
+    cfg = runtime.config()
+    started = start_sweep(cfg, runtime.agent(), runtime.fsm(), csv=csv, match=match, start_at=start_at,
+                          limit=_int(limit, "--limit"), dry_run=dry_run, retry_failed=retry_failed)
+    if json:
+        print_json(started.to_dict())
+        return
+    if dry_run:
+        print("\n".join(describe_plan(started)))
+        print(f"dry run: {len(started.to_run)} of {len(started.runs)} run(s) would start; nothing was changed")
+        return
+    skipped = len(started.runs) - len(started.to_run)
+    print(f"sweep {started.sweep_id} started: {len(started.to_run)} run(s)"
+          + (f", {skipped} skipped (already ok{' or not failed' if retry_failed else ''})" if skipped else "")
+          + f"; GPUs: {','.join(started.gpus) or 'none (CPU)'}")
+    print(f"  runner in tmux session '{started.session}'; CSV at {started.manifests.get('latest')}")
+    print("  follow with: wf sweep-status [--watch]   wait with: wf sweep-wait")
+
+
+@wf_task(help={"watch": "refresh until the sweep ends", "json": "print one JSON document",
+               "interval": "seconds between refreshes with --watch (default 2)"})
+def sweep_status(c, watch=False, json=False, interval=None):
+    """Counts by state, percent done, and each run's state, exit code, duration and latest metrics.
+
+    Runs that did not succeed show their last log lines. One round trip whatever the
+    number of runs.
+    """
+    import sys
+    import time
+
+    from workflow import runtime
+    from workflow.sweep.control import sweep_status as fetch_status
+
+    agent = runtime.agent()
+    st = fetch_status(agent)
+    if json and not watch:
+        print_json(st.to_json())
+        return
+    pause = float(interval or 2.0)
+    while True:
+        if json:
+            print_json(st.to_json())
+        else:
+            if watch and sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")
+            print(render_status(st))
+        if not watch or not st.active:
+            return
+        time.sleep(pause)
+        st = fetch_status(agent)
+
+
+@wf_task(help={"timeout_secs": "give up after N seconds (exit 5; the sweep goes on)", "json": "print one JSON document"})
+def sweep_wait(c, timeout_secs=None, json=False):
+    """Wait until the sweep ends: exit 0 if every run succeeded, 1 if any did not, 5 on timeout."""
+    from invoke import Exit
+
+    from workflow import runtime
+    from workflow.cli.task_tasks import _secs
+    from workflow.sweep.control import wait_sweep
+
+    st = wait_sweep(runtime.agent(), _secs(timeout_secs, "--timeout-secs"))
+    if json:
+        print_json(st.to_json())
+    else:
+        print(render_status(st))
+    if not st.ok:
+        raise Exit(code=1)
+
+
+@wf_task(help={"grace_secs": "seconds between TERM and KILL for each run (default 10)", "json": "print one JSON document"})
+def sweep_stop(c, grace_secs=None, json=False):
+    """Stop the sweep: cancel every active run (its whole process group, torchrun workers
+    included), end the runner, state back to CHECKED_OUT (from SWEEP_RUNNING only)."""
+    from workflow import runtime
+    from workflow.cli.task_tasks import _secs
+    from workflow.sweep.control import stop_sweep
+
+    res = stop_sweep(runtime.agent(), runtime.fsm(), grace_secs=_secs(grace_secs, "--grace-secs"))
+    if json:
+        doc = res.status.to_json()
+        doc.update(cancelled=list(res.cancelled), state_moved=res.state_moved, note=res.note)
+        print_json(doc)
+        return
+    print(f"sweep stopped: {len(res.cancelled)} run(s) cancelled"
+          + (f" ({', '.join(res.cancelled)})" if res.cancelled else "")
+          + ("; state CHECKED_OUT" if res.state_moved else f"; {res.note}"))

@@ -1,0 +1,326 @@
+"""The sweep on the pod, the engine's side: start, status, wait, stop (SPEC §4-§6).
+
+Every function costs a fixed number of podagent calls whatever the number of runs:
+
+* ``start_sweep``: the CSV is validated here (exit 2, line numbers) before the pod is
+  touched; one ``sweep.probe`` call (GPUs, missing configs, runner liveness, each
+  run's last state); the state machine check (``sweep-start`` may start from
+  CHECKED_OUT, SWEEP_COMPLETED, or SWEEP_RUNNING whose runner is dead); the plan
+  (``plan_runs``); one ``sweep.start`` call that re-checks under a lock, moves the
+  state with compare-and-set, uploads the manifests and starts the runner in tmux.
+* ``sweep_status``: one call, 1000 runs included.
+* ``wait_sweep``: one call per ``MAX_BLOCK_SECS``; returns as soon as the runner ends.
+* ``stop_sweep``: one call, then the state back to CHECKED_OUT.
+
+Library API::
+
+    started = start_sweep(cfg, agent, fsm, retry_failed=True)
+    st = wait_sweep(agent, timeout_secs=3600)      # WaitTimeout (exit 5)
+    print(st.counts, st.ok)
+"""
+
+from __future__ import annotations
+
+import getpass
+import shlex
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from workflow.errors import InputError, TransitionRefused, WaitTimeout
+from workflow.sweep.csvfile import read_sweep_csv
+from workflow.sweep.plan import RunPlan, plan_runs, select_rows
+
+MAX_BLOCK_SECS = 300.0
+_SLACK_SECS = 60.0
+TERMINAL = ("success", "failed", "timed_out", "cancelled", "lost")
+NOT_OK = ("failed", "timed_out", "cancelled", "lost")
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What the runner needs from ``sweep.*`` beyond each run's plan."""
+
+    session: str
+    """tmux session of the runner (``sweep.tmux_session``, default ``<project>-sweep``)."""
+    on_failure: str = "continue"
+    max_retries: int = 0
+    out_mode: str = "durable"
+    sync_interval_secs: float = 60.0
+    remote_env: Mapping[str, str] = field(default_factory=dict)
+    """``remote.env``: every run's environment has it."""
+
+    @classmethod
+    def from_config(cls, cfg) -> "SweepSettings":
+        sweep = cfg.get("sweep")
+        env = {str(k): "" if v is None else str(v) for k, v in dict(cfg.get("remote.env", None) or {}).items()}
+        return cls(session=sweep.get("tmux_session") or f"{cfg.get('project', 'podflow')}-sweep",
+                   on_failure=sweep.get("on_failure") or "continue",
+                   max_retries=int(sweep.get("max_retries") or 0),
+                   out_mode=sweep.get("out_mode") or "durable",
+                   sync_interval_secs=float(sweep.get("sync_interval_secs") or 60),
+                   remote_env=env)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One selected row: its launch, and whether this sweep starts it."""
+
+    plan: RunPlan
+    launch: bool
+    why: str
+    """``run``, ``retry`` (it ran and did not succeed), ``already ok``, ``never ran`` (skipped by --retry-failed)."""
+    previous_state: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class SweepStart:
+    """What ``start_sweep`` did (or, with ``dry_run``, would do)."""
+
+    runs: Tuple[PlannedRun, ...]
+    gpus: Tuple[str, ...]
+    gpu_source: str
+    env: Mapping[str, str]
+    """Environment every run gets on top of the pod's (``remote.env`` + the venv on PATH)."""
+    venv_bin: str
+    dry_run: bool
+    sweep_id: Optional[str] = None
+    manifests: Mapping[str, str] = field(default_factory=dict)
+    session: Optional[str] = None
+    from_state: Optional[str] = None
+
+    @property
+    def to_run(self) -> List[PlannedRun]:
+        return [r for r in self.runs if r.launch]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"sweep_id": self.sweep_id, "dry_run": self.dry_run, "gpus": list(self.gpus),
+                "gpu_source": self.gpu_source, "session": self.session, "from_state": self.from_state,
+                "manifests": dict(self.manifests), "venv_bin": self.venv_bin,
+                "runs": [dict(r.plan.to_dict(), launch=r.launch, why=r.why, previous_state=r.previous_state,
+                              env=dict(self.env, **r.plan.env)) for r in self.runs]}
+
+
+@dataclass(frozen=True)
+class RunState:
+    """One run of the sweep as the pod reports it (after the repair pass)."""
+
+    id: str
+    state: str
+    """``pending`` (queued or never run), ``running``, ``success``, ``failed``, ``timed_out``, ``cancelled``, ``lost``."""
+    exit_code: Optional[int] = None
+    duration_secs: Optional[float] = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    """The latest value of each metric found in the log (JSON lines, HF dict lines, key=value)."""
+    log_tail: Optional[str] = None
+    """The last log lines, for runs that did not succeed."""
+    attempt: Optional[int] = None
+    gpus: Optional[str] = None
+    """The ``CUDA_VISIBLE_DEVICES`` it was given."""
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    error: Optional[str] = None
+    line: Optional[int] = None
+    dir: Optional[str] = None
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> "RunState":
+        return cls(**{k: doc.get(k) for k in cls.__dataclass_fields__ if k in doc})
+
+
+@dataclass(frozen=True)
+class SweepStatus:
+    """The whole sweep in one call."""
+
+    state: str
+    """``running``, ``completed``, ``cancelled``, ``runner_dead``, ``not_started``, ``none``."""
+    counts: Mapping[str, int]
+    percent: float
+    runs: Tuple[RunState, ...]
+    sweep_id: Optional[str] = None
+    fsm_state: Optional[str] = None
+    runner: Mapping[str, Any] = field(default_factory=dict)
+    finished: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.runs) and all(r.state == "success" for r in self.runs)
+
+    @property
+    def active(self) -> bool:
+        return self.state == "running"
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> "SweepStatus":
+        return cls(state=doc.get("state") or "none", counts=dict(doc.get("counts") or {}),
+                   percent=float(doc.get("percent") or 0.0),
+                   runs=tuple(RunState.from_doc(r) for r in doc.get("runs") or []),
+                   sweep_id=doc.get("sweep_id"), fsm_state=doc.get("fsm_state"), runner=doc.get("runner") or {},
+                   finished=bool(doc.get("finished", True)))
+
+    def to_json(self) -> Dict[str, Any]:
+        """SPEC §6 ``sweep-status --json`` (plus ``sweep_id``, ``fsm_state``, ``runner``)."""
+        return {"state": self.state, "counts": dict(self.counts), "percent": self.percent,
+                "sweep_id": self.sweep_id, "fsm_state": self.fsm_state, "runner": dict(self.runner),
+                "runs": [{"id": r.id, "state": r.state, "exit_code": r.exit_code, "duration_secs": r.duration_secs,
+                          "metrics": dict(r.metrics or {}), "log_tail": r.log_tail, "attempt": r.attempt,
+                          "gpus": r.gpus, "dir": r.dir} for r in self.runs]}
+
+
+def _plain(value: Any) -> Any:
+    from workflow.config.loader import looks_secret
+
+    if isinstance(value, Mapping):
+        return {str(k): ("***" if looks_secret(str(k)) and v else _plain(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _who() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[str] = None,
+                start_at: Optional[str] = None, limit: Optional[int] = None, dry_run: bool = False,
+                retry_failed: bool = False, warn: Optional[Callable[[str], None]] = None) -> SweepStart:
+    """Validate, probe, check the state, plan and start the sweep (see the module doc).
+
+    Raises ``SweepCsvError``/``InputError`` (exit 2: bad CSV, configs missing on the pod,
+    bad selection), ``TransitionRefused`` (exit 3), transport errors (exit 4)."""
+    path = Path(cfg.local_path(csv or cfg.sweep.csv))
+    rows = read_sweep_csv(path)
+    selected = select_rows(rows, match=match, start_at=start_at, limit=limit)
+    if not selected:
+        raise InputError(f"no run of {path} matches the selection", hint="check --match / --start-at / --limit")
+    settings = SweepSettings.from_config(cfg)
+    sweep = cfg.get("sweep")
+    probe = agent.call("sweep.probe", timeout=120, workdir=cfg.get("remote.workdir"),
+                       sweep_workdir=sweep.get("workdir") or ".", entrypoint=sweep.get("entrypoint"),
+                       configs=[[r.line, r.config] for r in selected], run_ids=[r.run_id for r in selected],
+                       remote_env=dict(settings.remote_env), data_dir=cfg.get("remote.data_dir", None))
+    runner_dead = not (probe.get("runner") or {}).get("alive")
+    current = None
+    if not dry_run:
+        current = fsm.check("sweep-start", runner_dead=runner_dead)
+    problems = []
+    if not probe.get("run_root_exists"):
+        raise InputError(f"sweep.workdir {probe['run_root']} does not exist on the pod",
+                         hint="run 'wf checkout' first (sweep.workdir is relative to remote.workdir)")
+    if probe.get("entrypoint_missing"):
+        problems.append(f"sweep.entrypoint {sweep.get('entrypoint')} is not in {probe['run_root']}")
+    by_line = {r.line: r for r in selected}
+    for line, cfg_path in probe.get("missing_configs") or []:
+        problems.append(f"line {line}: run {by_line[line].run_id}: config {cfg_path} not found in {probe['run_root']}")
+    if problems:
+        raise InputError(f"{path}: {len(problems)} problem(s) on the pod:\n  " + "\n  ".join(problems),
+                         hint="config paths are relative to sweep.workdir in the checkout")
+    gpus = tuple(str(g) for g in probe.get("gpus") or [])
+    plans = plan_runs(selected, cfg, outputs_dir=probe["outputs_dir"],
+                      data_dir=probe.get("data_dir") or probe["outputs_dir"], gpu_count=len(gpus),
+                      workdir=probe["run_root"])
+    previous = probe.get("runs") or {}
+    planned = []
+    for p in plans:
+        prev = (previous.get(p.run_id) or {}).get("state")
+        if prev == "success":
+            planned.append(PlannedRun(p, False, "already ok", prev))
+        elif retry_failed and prev not in NOT_OK:
+            planned.append(PlannedRun(p, False, "never ran" if prev is None else f"state {prev}", prev))
+        else:
+            planned.append(PlannedRun(p, True, "retry" if prev in NOT_OK else "run", prev))
+    venv_bin = probe["venv_bin"]
+    env = dict(settings.remote_env)
+    env["PATH"] = f"{venv_bin}:$PATH"
+    result = SweepStart(runs=tuple(planned), gpus=gpus, gpu_source=probe.get("gpu_source") or "none", env=env,
+                        venv_bin=venv_bin, dry_run=dry_run, session=settings.session)
+    if dry_run:
+        return result
+    run_docs = [dict(pr.plan.to_dict(), launch=pr.launch) for pr in planned]
+    doc = agent.call("sweep.start", timeout=120, plan={"runs": run_docs},
+                     settings={"gpus": list(gpus), "on_failure": settings.on_failure,
+                               "max_retries": settings.max_retries, "out_mode": settings.out_mode,
+                               "sync_interval_secs": settings.sync_interval_secs, "venv_bin": venv_bin,
+                               "retry_failed": retry_failed},
+                     csv_text=path.read_text(encoding="utf-8"), csv_name=str(path),
+                     config=_plain(cfg.data), expect=[current], enforce=fsm.enforce, by=_who(),
+                     session=settings.session, remote_env=dict(settings.remote_env))
+    return SweepStart(runs=result.runs, gpus=gpus, gpu_source=result.gpu_source, env=env, venv_bin=venv_bin,
+                      dry_run=False, sweep_id=doc.get("sweep_id"), manifests=doc.get("manifests") or {},
+                      session=settings.session, from_state=doc.get("from"))
+
+
+def sweep_status(agent, *, tail: int = 15) -> SweepStatus:
+    """Every run of the latest sweep, in one call (the repair pass included)."""
+    return SweepStatus.from_doc(agent.call("sweep.status", timeout=120, tail=tail))
+
+
+def wait_sweep(agent, timeout_secs: Optional[float] = None, *,
+               on_progress: Optional[Callable[[SweepStatus], None]] = None) -> SweepStatus:
+    """Block until the runner ends; returns promptly when it does. ``timeout_secs``:
+    WaitTimeout (exit 5), the sweep goes on. InputError when no sweep was ever started."""
+    deadline = None if timeout_secs is None else time.monotonic() + max(0.0, float(timeout_secs))
+    while True:
+        left = MAX_BLOCK_SECS if deadline is None else max(0.0, min(MAX_BLOCK_SECS, deadline - time.monotonic()))
+        if on_progress is not None:
+            left = min(left, 10.0)
+        st = SweepStatus.from_doc(agent.call("sweep.wait", timeout=left + _SLACK_SECS, wait_secs=left))
+        if st.state == "none":
+            raise InputError("no sweep has been started on this pod", hint="wf sweep-start")
+        if st.finished and not st.active:
+            return st
+        if on_progress is not None:
+            on_progress(st)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeout(f"the sweep is still running after {timeout_secs}s "
+                              f"({st.percent:.0f}% done); it goes on",
+                              hint="wf sweep-wait waits again; wf sweep-status shows each run")
+
+
+@dataclass(frozen=True)
+class SweepStop:
+    status: SweepStatus
+    cancelled: Tuple[str, ...]
+    state_moved: bool
+    note: Optional[str] = None
+
+
+def stop_sweep(agent, fsm, *, grace_secs: Optional[float] = None) -> SweepStop:
+    """Cancel every active run (whole process groups, torchrun workers included), end the
+    runner, and move the state SWEEP_RUNNING -> CHECKED_OUT."""
+    seen = fsm.check("sweep-stop")
+    request: Dict[str, Any] = {}
+    if grace_secs is not None:
+        request["grace_secs"] = grace_secs
+    doc = agent.call("sweep.stop", timeout=(grace_secs or 10.0) * 2 + _SLACK_SECS + 30, **request)
+    note, moved = None, True
+    try:
+        fsm.advance("sweep-stop", seen)
+    except TransitionRefused as exc:
+        moved, note = False, f"the state was not moved: it is now {exc.current}"
+    st = SweepStatus.from_doc(agent.call("sweep.status", timeout=120)) if moved else SweepStatus.from_doc(doc)
+    return SweepStop(status=st, cancelled=tuple(doc.get("cancelled") or ()), state_moved=moved, note=note)
+
+
+def describe_plan(start: SweepStart) -> List[str]:
+    """``--dry-run`` text: each run's exact argv, cwd and environment."""
+    out = [f"GPUs: {', '.join(start.gpus) if start.gpus else 'none (runs one at a time on the CPU)'}"
+           f" (from {start.gpu_source})"]
+    for pr in start.runs:
+        p = pr.plan
+        mark = "run" if pr.launch else f"skip ({pr.why})"
+        out.append(f"line {p.line}: {p.run_id}  [{mark}]")
+        out.append(f"  cwd:  {p.workdir}")
+        out.append(f"  argv: {shlex.join(p.argv)}")
+        cvd = f"<{p.gpus} of {','.join(start.gpus)}, assigned at launch>" if p.gpus else "''"
+        env = dict(start.env)
+        env.update(p.env)
+        out.append("  env:  CUDA_VISIBLE_DEVICES=" + cvd + " " +
+                   " ".join(f"{k}={shlex.quote(v) if k != 'PATH' else v}" for k, v in sorted(env.items())))
+        if p.timeout_secs:
+            out.append(f"  timeout: {p.timeout_secs}s")
+        if p.script_out_dir != p.out_dir:
+            out.append(f"  writes to {p.script_out_dir}, mirrored into {p.out_dir}")
+    return out
