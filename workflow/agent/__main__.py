@@ -9,16 +9,16 @@ import json
 import sys
 import traceback
 
-from . import data, state, sweep, tasks
+from . import data, prepare, state, sweep, tasks
 from .protocol import AgentError, encode
 
 OPS = {}
-for _module in (state, tasks, sweep, data):
+for _module in (state, tasks, sweep, data, prepare):
     OPS.update(_module.OPS)
 
 #: Long-running entry points (the task wrapper, the sweep runner) take argv, not JSON.
 COMMANDS = {}
-for _module in (tasks, sweep):
+for _module in (tasks, sweep, prepare):
     COMMANDS.update(getattr(_module, "COMMANDS", {}))
 
 

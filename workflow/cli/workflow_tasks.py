@@ -1,5 +1,39 @@
-"""workflow tasks (SPEC §3)."""
+"""workflow: bootstrap the pod, check out the code (SPEC §3; each runs on the pod as a tracked task)."""
 
 from __future__ import annotations
 
 from workflow.cli.boundary import print_json, wf_task  # noqa: F401
+
+_PROGRESS = "realtime (every log line), milestones (key steps) or quiet (only the end); default: config 'progress'"
+_DETACH = "start the task and return at once; print its id (wf task-wait --id ID waits; the state moves on success)"
+
+
+@wf_task(help={"progress": _PROGRESS, "detach": _DETACH})
+def bootstrap(c, progress=None, detach=False):
+    """Check (or install) git, tmux, rsync, python venv on the pod; run bootstrap.script; -> BOOTSTRAPPED.
+
+    Missing prerequisites are installed with apt only with bootstrap.install_prereqs
+    (as root or with sudo -n); otherwise bootstrap fails naming them. Writes
+    <outputs_dir>/_control/setup.log (versions, pip freeze, nvidia-smi). Runs
+    bootstrap.wandb_setup_script only when sweep.wandb.enabled. A second run only
+    checks. Starts from POD_READY, BOOTSTRAPPED, CHECKED_OUT or SWEEP_COMPLETED.
+    """
+    from workflow import prepare
+
+    prepare.run("bootstrap", progress=progress, detach=detach)
+
+
+@wf_task(help={"progress": _PROGRESS, "detach": _DETACH})
+def checkout(c, progress=None, detach=False):
+    """Clone/fetch checkout.repo_url at branch, PR or default; venv, install, torch/CUDA preflight, data checks; -> CHECKED_OUT.
+
+    Verifies checkout.expect_sha, refuses to discard local changes on the pod unless
+    checkout.force_clean, makes <workdir>/.venv with --system-site-packages from
+    remote.python (recreated with checkout.venv_recreate), runs checkout.install, then
+    checks `import torch` (checkout.require_torch) and CUDA (checkout.require_cuda) and
+    data.checks (running data.download once on a failure). The checked-out SHA is
+    recorded in the state file. Starts from BOOTSTRAPPED, CHECKED_OUT or SWEEP_COMPLETED.
+    """
+    from workflow import prepare
+
+    prepare.run("checkout", progress=progress, detach=detach)
