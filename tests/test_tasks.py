@@ -42,7 +42,12 @@ def pod(project):
     yield agent
     kill_tmux_server(procs.tmux_socket_name(str(outputs)))
     # nothing a test started may outlive it
-    nonces = [json.loads(f.read_text()).get("nonce") for f in (outputs / "_tasks").glob("*/status.json")]
+    nonces = []
+    for f in (outputs / "_tasks").glob("*/status.json"):
+        try:
+            nonces.append(json.loads(f.read_text()).get("nonce"))
+        except ValueError:
+            pass
     wait_until(lambda: not any(procs.job_pids(n) for n in nonces), 3)
     for n in nonces:
         for pid in procs.job_pids(n):
@@ -215,6 +220,17 @@ def test_pending_whose_launcher_died_becomes_lost(pod):
     d2.mkdir()
     procs.prepare(str(d2), "fresh", "true")
     assert tracked.task_status(pod, "fresh").state == "pending"
+
+
+def test_corrupt_status_is_reported_and_left_as_it_is(pod):
+    tracked.start_task(pod, "fine", "true")
+    d = tasks_dir(pod) / "broken"
+    d.mkdir()
+    (d / "status.json").write_text("{not json")
+    rows = {r.id: r for r in tracked.list_tasks(pod)}
+    assert rows["broken"].state == "unknown" and "not valid JSON" in rows["broken"].error
+    assert rows["fine"].state in ("running", "success")
+    assert (d / "status.json").read_text() == "{not json"
 
 
 def test_heartbeat_is_refreshed_while_running(pod):
