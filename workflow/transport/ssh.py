@@ -45,7 +45,17 @@ PASSWORD_ENV = "REMOTE_SSH_PASSWORD"
 _ENV_NAME_OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _MISSING_EXIT = 44  # read_file: no such file
 _ASKPASS = '#!/bin/sh\n# podflow: hands ssh the password from the environment; holds no secret.\nprintf \'%s\\n\' "$REMOTE_SSH_PASSWORD"\n'
-_KEEPALIVE_SECS = 15
+#: An SSH keepalive goes out after this many idle seconds, so a dead link always has
+#: unacknowledged data in flight (which is what TCP_USER_TIMEOUT measures).
+_KEEPALIVE_SECS = 5
+
+
+def dead_link_secs(connect_timeout: float) -> float:
+    """How long a link may leave sent data unacknowledged before it counts as dead (the
+    connection is dropped: ``ConnectionFailed``, exit 4): ``pod.connect_timeout_secs``,
+    kept within 5..30 s. Without it a cut link (cable, veth, NAT state lost) leaves a
+    blocking call (``task-wait``) hanging for TCP's ~15 minutes of retransmissions."""
+    return max(5.0, min(float(connect_timeout), 30.0))
 
 
 # ---------------------------------------------------------------- quoting
@@ -209,6 +219,9 @@ class SshTransport(Transport):
             last.append(exc)
             raise _Transient() from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux: a dead link fails in bounded time
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                            int(dead_link_secs(self.connect_timeout) * 1000))
         kwargs = {
             "sock": sock,
             "look_for_keys": False,
@@ -486,6 +499,7 @@ class SshTransport(Transport):
             "-o", "StrictHostKeyChecking=yes",
             "-o", f"ConnectTimeout={max(1, int(self.connect_timeout))}",
             "-o", f"ServerAliveInterval={_KEEPALIVE_SECS}",
+            "-o", f"ServerAliveCountMax={max(1, int(dead_link_secs(self.connect_timeout) // _KEEPALIVE_SECS))}",
             "-o", "Compression=no",
             "-o", "IdentitiesOnly=yes",
             "-l", self.user,
