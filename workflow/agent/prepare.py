@@ -351,9 +351,18 @@ def _first_line(r, argv):
     return text[0] if code == 0 and text else "not available"
 
 
+def _user_name():
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return os.environ.get("USER") or "?"
+
+
 def _write_setup_log(r, spec, python):
     lines = ["podflow setup log", "date: %s" % utcnow(), "host: %s" % socket.gethostname(),
-             "user: %s (uid %d)" % (os.environ.get("USER") or os.environ.get("LOGNAME") or "?", os.getuid())]
+             "user: %s (uid %d)" % (_user_name(), os.getuid())]
     pretty = "?"
     try:
         with open("/etc/os-release") as fh:
