@@ -7,6 +7,7 @@ one connection whatever it runs. Tests that call library code directly use ``res
 from __future__ import annotations
 
 import atexit
+import sys
 from typing import Any, Dict, Optional
 
 _cache: Dict[str, Any] = {}
@@ -51,7 +52,11 @@ def agent():
         from workflow.agent_client import AgentClient
 
         cfg = config()
-        _cache["agent"] = AgentClient(transport(), cfg.remote.outputs_dir, state_file=cfg.fsm.state_file)
+        # On the local "pod" this interpreter is a known python >= 3.8 and skips the
+        # ~0.2 s of a pyenv shim that a bare `python3` may resolve to.
+        python = sys.executable if cfg.pod.provider == "local" else "python3"
+        _cache["agent"] = AgentClient(transport(), cfg.remote.outputs_dir, python=python,
+                                      state_file=cfg.fsm.state_file)
     return _cache["agent"]
 
 
