@@ -648,6 +648,17 @@ class Runner(object):
             env.pop(key, None)
         return env
 
+    def _resolve(self, r, env):
+        """The argv to exec: ``torchrun`` as planned, or, where the venv has torch but no
+        ``torchrun`` script (a venv seeing a parent's packages through a .pth), the same
+        launcher as ``python -m torch.distributed.run``."""
+        argv = list(r["argv"])
+        if argv and argv[0] == "torchrun" and not shutil.which("torchrun", path=env.get("PATH")):
+            py = shutil.which("python", path=env.get("PATH")) or shutil.which("python3", path=env.get("PATH"))
+            if py:
+                return ["python", "-m", "torch.distributed.run"] + argv[1:], True
+        return argv, False
+
     def _fits(self, r):
         need = int(r.get("gpus") or 0)
         if not self.gpus or need == 0:
@@ -669,14 +680,17 @@ class Runner(object):
         if self.local_sync and r.get("script_out_dir") and r["script_out_dir"] != d:
             makedirs(r["script_out_dir"])
             sync = _Sync(r["script_out_dir"], d, self.sync_interval)
+        env = self._env(r, cvd)
+        argv, fallback = self._resolve(r, env)
         try:
-            procs.prepare(d, run_id, command_text(r, cvd, attempt), timeout_secs=r.get("timeout_secs"),
+            procs.prepare(d, run_id, command_text(dict(r, argv=argv), cvd, attempt), timeout_secs=r.get("timeout_secs"),
                           workdir=r["workdir"], attempt=attempt,
                           extra={"sweep_id": self.sweep_id, "line": r.get("line"), "cuda_visible_devices": cvd,
-                                 "argv": list(r["argv"]), "script_out_dir": r.get("script_out_dir")})
-            procs._log_note(d, "run %s attempt %d started by sweep %s (CUDA_VISIBLE_DEVICES=%r)"
-                            % (run_id, attempt, self.sweep_id, cvd))
-            doc = procs.launch(d, env=self._env(r, cvd), tmux=None, grace_secs=self.grace, die_with_parent=True)
+                                 "argv": argv, "script_out_dir": r.get("script_out_dir")})
+            procs._log_note(d, "run %s attempt %d started by sweep %s (CUDA_VISIBLE_DEVICES=%r)%s"
+                            % (run_id, attempt, self.sweep_id, cvd,
+                               "; no torchrun on PATH: python -m torch.distributed.run" if fallback else ""))
+            doc = procs.launch(d, env=env, tmux=None, grace_secs=self.grace, die_with_parent=True)
         except AgentError as exc:
             self.free = take + self.free
             _log("run %s: could not start: %s" % (run_id, exc.message))
