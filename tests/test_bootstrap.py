@@ -113,7 +113,7 @@ def test_missing_prerequisites_are_named_with_the_fix(pod, tmp_path):
     # one configured apt package is not installed at all.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("git", "python3", "dpkg-query"):
+    for tool in ("git", "python3", "dpkg-query", "apt-get"):
         (bin_dir / tool).symlink_to(subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip())
     write_config(pod, remote={"env": {"PATH": str(bin_dir)}},
                  bootstrap={"apt_packages": ["git", "tmux", "rsync", "python3-venv", "podflow-no-such-package"]})
@@ -125,6 +125,18 @@ def test_missing_prerequisites_are_named_with_the_fix(pod, tmp_path):
     assert "git (" not in err and "python3 -m venv" not in err  # what is there is not named
     assert "bootstrap.install_prereqs: true" in err
     assert "apt-get install -y podflow-no-such-package rsync tmux" in err
+    assert fsm_state(pod)["state"] == "POD_READY"
+
+    if os.geteuid() != 0:
+        return
+    # install_prereqs: apt really runs (tmux and rsync are installed on this machine, so
+    # it needs no network) and bootstrap checks again: still not on the tasks' PATH.
+    write_config(pod, remote={"env": {"PATH": str(bin_dir)}},
+                 bootstrap={"install_prereqs": True, "apt_packages": ["git", "tmux", "rsync", "python3-venv"]})
+    res = wf(pod, "bootstrap", "--progress", "realtime", check=1)
+    assert "==> prereqs: installing tmux, rsync" in res.stdout
+    assert "tmux is already the newest version" in res.stdout
+    assert "missing on the pod: tmux (command not found on PATH)" in res.stderr
     assert fsm_state(pod)["state"] == "POD_READY"
 
 

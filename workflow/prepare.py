@@ -96,7 +96,7 @@ def checkout_spec(cfg) -> Dict[str, Any]:
     if not workdir:
         raise ConfigError("remote.workdir is not set: checkout needs a directory on the pod")
     checks = []
-    for i, check in enumerate(cfg.get("data.checks", None) or []):
+    for check in cfg.get("data.checks", None) or []:
         item = {"path": str(check["path"])}
         if check.get("min_files") is not None:
             item["min_files"] = int(check["min_files"])
@@ -169,7 +169,7 @@ def start(kind: str, *, cfg=None, agent=None, fsm=None) -> tracked.TaskStatus:
     return tracked.TaskStatus.from_doc(doc)
 
 
-def finish(kind: str, task_id: str, agent, status: Optional[tracked.TaskStatus] = None) -> Outcome:
+def finish(kind: str, task_id: str, agent) -> Outcome:
     """Read the ended task's result: the Outcome on success, the typed error otherwise."""
     doc = agent.call("prepare.result", timeout=60, id=task_id, tail=30)
     final = tracked.TaskStatus.from_doc(doc["status"])

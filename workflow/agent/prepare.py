@@ -486,7 +486,7 @@ class Git:
 
 def _dirty(git):
     """``(tracked changes, untracked files)`` as porcelain paths."""
-    out = git.out("status", "--porcelain=v1", "-z", "--untracked-files=all") or ""
+    out = git.out("status", "--porcelain=v1", "-z", "--untracked-files=normal") or ""
     tracked, untracked = [], []
     items = out.split("\0")
     i = 0
@@ -527,11 +527,22 @@ def _sync_repo(r, git, spec):
         r.run(["git", "clone", "--no-checkout", url, workdir], env=git.env, what="git clone",
               hint="check checkout.repo_url and that the pod can reach it (credentials come from the pod's git setup)")
         fresh = True
-        exclude = os.path.join(workdir, ".git", "info", "exclude")
-        makedirs(os.path.dirname(exclude))
-        with open(exclude, "a") as fh:
-            fh.write("\n# podflow: the checkout's venv\n/%s/\n" % VENV_NAME)
+    _exclude_venv(workdir)
     return fresh
+
+
+def _exclude_venv(workdir):
+    """The checkout's venv is no local change: list it in ``.git/info/exclude``."""
+    exclude = os.path.join(workdir, ".git", "info", "exclude")
+    line = "/%s/" % VENV_NAME
+    try:
+        with open(exclude) as fh:
+            if line in fh.read().split("\n"):
+                return
+    except (IOError, OSError):
+        makedirs(os.path.dirname(exclude))
+    with open(exclude, "a") as fh:
+        fh.write("\n# podflow: the checkout's venv\n%s\n" % line)
 
 
 def _target(r, git, spec):
@@ -571,7 +582,9 @@ def _checkout_tree(r, git, spec, sha, local, fresh):
         return discarded
     tracked, untracked = _dirty(git)
     in_target = set((git.out("ls-tree", "-r", "-z", "--name-only", sha) or "").split("\0"))
-    clobbered = [p for p in untracked if p in in_target]
+    # An untracked directory is listed once ("dir/"): it is in the way when the target has files under it.
+    clobbered = [p for p in untracked
+                 if p in in_target or (p.endswith("/") and any(t.startswith(p) for t in in_target))]
     lost = []
     old = git.sha("refs/heads/" + local)
     head = git.sha("HEAD")
