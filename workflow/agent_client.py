@@ -70,6 +70,10 @@ def _error_from(doc: Dict[str, Any], op: str) -> PodflowError:
         return RemoteProtocolError(message)
     if kind == "check":
         return CheckFailed(message)
+    if kind == "os":
+        return RemoteCommandFailed(f"podagent {op}", 1, message,
+                                   hint="free space on the pod ('wf remote-exec \"df -h\"') and run it again"
+                                   if "disk is full" in message else None)
     if kind == "internal":
         return RemoteCommandFailed(f"podagent {op}", 1, doc.get("traceback", message))
     return RemoteCommandFailed(f"podagent {op}", 1, message)

@@ -5,6 +5,7 @@ The answer is ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {...}}
 between markers; the exit code is 0 either way unless the agent itself broke.
 """
 
+import errno
 import json
 import sys
 import traceback
@@ -20,6 +21,16 @@ for _module in (state, tasks, sweep, data, prepare):
 COMMANDS = {}
 for _module in (tasks, sweep, prepare):
     COMMANDS.update(getattr(_module, "COMMANDS", {}))
+
+
+def os_message(exc):
+    """``OSError`` as one line: what failed, on which path, and for a full disk, that."""
+    text = exc.strerror or str(exc)
+    if exc.filename:
+        text += ": %s" % exc.filename
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        text = "the pod's disk is full (%s)" % text
+    return text
 
 
 def main(argv=None):
@@ -41,6 +52,10 @@ def main(argv=None):
         doc = {"ok": True, "result": OPS[op](request)}
     except AgentError as exc:
         doc = {"ok": False, "error": exc.to_doc()}
+    except OSError as exc:
+        # The pod's file system said no (disk full, quota, read-only, permissions): the
+        # user needs the reason and the path, not a traceback.
+        doc = {"ok": False, "error": {"kind": "os", "errno": exc.errno, "message": os_message(exc)}}
     except Exception as exc:  # noqa: BLE001 - report, never die silently
         doc = {"ok": False, "error": {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, exc),
                                       "traceback": traceback.format_exc()[-2000:]}}
