@@ -11,6 +11,7 @@ after the outputs dir (or detached when the pod has no tmux).
 """
 
 import os
+import shutil
 import sys
 
 from . import procs
@@ -101,8 +102,16 @@ def run(request):
         raise AgentError("input", "task '%s' already exists (state %s); use --force to run it again "
                                   "(the old directory is kept as a backup)" % (task_id, state), exists=True)
     extra = {"backup_of_previous": backup} if backup else {}
-    procs.prepare(d, task_id, command, timeout_secs=request.get("timeout_secs"), workdir=workdir,
-                  attempt=attempt, extra=extra)
+    try:
+        procs.prepare(d, task_id, command, timeout_secs=request.get("timeout_secs"), workdir=workdir,
+                      attempt=attempt, extra=extra)
+    except OSError:
+        # e.g. the disk is full: leave no half-made task behind (it would block the id
+        # forever) and put the previous run back where it was.
+        shutil.rmtree(d, ignore_errors=True)
+        if backup:
+            os.rename(backup, d)
+        raise
     session = request.get("session") or "podflow-tasks"
     tmux = None if request.get("no_tmux") else {
         "socket": request.get("socket") or procs.tmux_socket_name(expand(request["outputs_dir"])),
