@@ -67,6 +67,8 @@ GRACE_SECS = 10.0
 START_TIMEOUT_SECS = 15.0
 #: A pending job with no wrapper after this long was never started (its launcher died).
 PENDING_LOST_SECS = 60.0
+#: How long the wrapper keeps retrying its final status write (e.g. on a full disk).
+FINAL_WRITE_SECS = 600.0
 
 #: Credentials of the engine itself: never handed to a job even if the agent has them.
 ENGINE_SECRETS = ("REMOTE_SSH_PASSWORD", "VAST_API_KEY", "RUNPOD_API_KEY", "LIUM_API_KEY")
@@ -768,7 +770,10 @@ def wrap_main(argv):
             reason = (TIMED_OUT, "timed out after %ss" % timeout)
             break
         if now_m >= next_beat:
-            update_status(d, heartbeat_at=utcnow())
+            try:
+                update_status(d, heartbeat_at=utcnow())
+            except OSError:
+                pass  # disk full for a moment: skip a beat, never abandon the job
             next_beat = now_m + heartbeat
         until = min(next_beat, deadline) if deadline is not None else next_beat
         info = signal.sigtimedwait(_SIGS, max(0.001, until - now_m))
@@ -796,7 +801,17 @@ def wrap_main(argv):
     else:
         state, msg = reason
     sig = (code - 128) if code is not None and code > 128 else None
-    update_status(d, **_finish_fields(state, code, msg, sig))
+    # The end state must land: on a full disk keep trying (a reader meanwhile sees the
+    # wrapper alive, so the job is not taken for lost).
+    give_up = time.monotonic() + FINAL_WRITE_SECS
+    while True:
+        try:
+            update_status(d, **_finish_fields(state, code, msg, sig))
+            break
+        except OSError:
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(1.0)
     return 0
 
 
