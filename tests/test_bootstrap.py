@@ -56,6 +56,18 @@ def test_milestone_prefix_is_shared_with_the_podagent():
     assert progress.MILESTONE_PREFIX == agent_prepare.MILESTONE
 
 
+def test_milestone_filter_passes_whole_milestone_lines_from_any_chunking():
+    text = "==> one: start\ndetail\n==> two: done\nnot ==> this\n==> three"
+    for size in (1, 3, 7, len(text)):
+        got = []
+        filt = progress.MilestoneFilter(got.append)
+        for i in range(0, len(text), size):
+            filt.feed(text[i:i + size])
+        filt.close()
+        assert "".join(got) == "==> one: start\n==> two: done\n==> three\n"
+    assert progress.level(None) == "milestones" and progress.level("QUIET") == "quiet"
+
+
 def test_bootstrap_checks_runs_script_writes_setup_log_and_second_run_only_checks(pod, tmp_path):
     counter = tmp_path / "ran.txt"
     script = tmp_path / "bootstrap-pod.sh"

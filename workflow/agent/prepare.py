@@ -201,6 +201,11 @@ def _main(argv, kind, work):
         if exc.kind == "refused":
             result["message"] = "the state changed while %s ran (%s); nothing was recorded" % (kind, exc.message)
         r.milestone("%s FAILED at %s: %s" % (kind, r.current, result["message"]))
+    except OSError as exc:  # the pod's file system said no: disk full, permissions, read-only
+        where = ": %s" % exc.filename if exc.filename else ""
+        result.update(ok=False, step=r.current, error_kind="os",
+                      message="%s%s" % (exc.strerror or exc, where))
+        r.milestone("%s FAILED at %s: %s" % (kind, r.current, result["message"]))
     except Exception as exc:  # noqa: BLE001 - recorded, never lost
         result.update(ok=False, step=r.current, error_kind="internal",
                       message="%s: %s" % (type(exc).__name__, exc), tail=traceback.format_exc()[-3000:])
@@ -723,7 +728,7 @@ def _preflight(r, spec, venv, python):
                          hint="the pod image needs torch for remote.python: set remote.python to the python that "
                               "has it (then checkout.venv_recreate: true once), install it with checkout.install, "
                               "or set checkout.require_torch: false")
-    r.say("torch %s from %s; CUDA built: %s; cuda available: %s%s"
+    r.milestone("preflight: torch %s from %s; CUDA built: %s; cuda available: %s%s"
           % (info["torch"], info["file"], info.get("cuda_built"), info.get("cuda"),
              " (%d GPU)" % info["devices"] if info.get("cuda") else ""))
     if spec.get("require_cuda") and not info.get("cuda"):
