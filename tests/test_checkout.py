@@ -186,6 +186,8 @@ def test_detach_then_task_wait_moves_the_state(pod, git_repo):
     res = wf(pod, "checkout", "--detach", check=0)
     task_id = res.stdout.splitlines()[0]
     assert task_id.startswith("checkout-") and f"wf task-wait --id {task_id}" in res.stdout
+    busy = wf(pod, "checkout", check=2)  # one at a time (the first is still making the venv)
+    assert f"task '{task_id}' is still running" in busy.stderr
     wf(pod, "task-wait", "--id", task_id, check=0)
     doc = fsm_state(pod)
     assert doc["state"] == "CHECKED_OUT" and doc["checkout_sha"] == git_repo.main_sha
