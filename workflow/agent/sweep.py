@@ -60,7 +60,7 @@ OWN_FILES = (procs.STATUS_FILE, procs.LOG_FILE, procs.COMMAND_FILE, procs.LOCK_F
              procs.WRAPPER_LOG)
 MAX_BLOCK_SECS = 300.0
 TAIL_LINES = 15
-METRIC_SCAN_BYTES = 65536
+METRIC_SCAN_BYTES = 16384
 NOT_OK = (procs.FAILED, procs.TIMED_OUT, procs.LOST, procs.CANCELLED)
 
 
@@ -310,8 +310,9 @@ def parse_metrics_line(line):
     return found or None
 
 
-def latest_metrics(d, max_lines=200):
-    """The latest value of every metric in the last lines of the run's log."""
+def latest_metrics(d, max_lines=200, max_metric_lines=8):
+    """The latest value of every metric in the last lines of the run's log (the newest
+    ``max_metric_lines`` lines holding metrics, within the last ``max_lines``)."""
     path = os.path.join(d, procs.LOG_FILE)
     try:
         with open(path, "rb") as fh:
@@ -325,6 +326,7 @@ def latest_metrics(d, max_lines=200):
     if size > METRIC_SCAN_BYTES and lines:
         lines = lines[1:]  # a partial first line
     out = {}
+    found = 0
     for line in reversed(lines[-max_lines:]):
         if "\r" in line:
             line = line.rsplit("\r", 1)[-1]
@@ -332,6 +334,9 @@ def latest_metrics(d, max_lines=200):
         if m:
             for k, v in m.items():
                 out.setdefault(k, v)
+            found += 1
+            if found >= max_metric_lines:
+                break
     return out
 
 
@@ -601,7 +606,9 @@ class Runner(object):
         self.grace = float(s.get("grace_secs") or procs.GRACE_SECS)
         self.queue = [r for r in self.plan.get("runs") or [] if r.get("launch", True)]
         self.tries = {}
-        self.active = {}  # wrapper pid -> {run, dir, gpus, sync}
+        self.active = {}  # wrapper pid -> {run, dir, gpus, sync, attempt, cvd}
+        self.launching = {}  # future of procs.launch -> the same
+        self.pool = None
         self.stopping = None
         self.halted = False
         self.results = {}
@@ -611,7 +618,7 @@ class Runner(object):
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
-        self.wake_r = r
+        self.wake_r, self.wake_w = r, w
         signal.set_wakeup_fd(w)
 
         def on_stop(signum, frame):
@@ -662,7 +669,7 @@ class Runner(object):
     def _fits(self, r):
         need = int(r.get("gpus") or 0)
         if not self.gpus or need == 0:
-            return not self.active  # CPU: one at a time
+            return not self.active and not self.launching  # CPU: one at a time
         return need <= len(self.free)
 
     def _launch(self, r):
@@ -690,19 +697,46 @@ class Runner(object):
             procs._log_note(d, "run %s attempt %d started by sweep %s (CUDA_VISIBLE_DEVICES=%r)%s"
                             % (run_id, attempt, self.sweep_id, cvd,
                                "; no torchrun on PATH: python -m torch.distributed.run" if fallback else ""))
-            doc = procs.launch(d, env=env, tmux=None, grace_secs=self.grace, die_with_parent=True)
-        except AgentError as exc:
-            self.free = take + self.free
-            _log("run %s: could not start: %s" % (run_id, exc.message))
+        except (AgentError, OSError) as exc:
+            self.free = sorted(self.free + take, key=self.gpus.index)
+            _log("run %s: could not be prepared: %s" % (run_id, exc))
             self._finished(r, d, take, None)
             return
-        pid = int(doc["wrapper_pid"])
-        if sync:
-            sync.start()
-        self.active[pid] = {"run": r, "dir": d, "gpus": take, "sync": sync}
-        _log("run %s started (attempt %d, pid %s, CUDA_VISIBLE_DEVICES=%r)" % (run_id, attempt, doc.get("pid"), cvd))
+        # The launch itself (wrapper start-up) runs on a persistent pool thread, so runs
+        # packed on several GPUs start together; a pool thread lives as long as the
+        # runner, which is what die_with_parent (PR_SET_PDEATHSIG, per thread) needs.
+        fut = self.pool.submit(procs.launch, d, env=env, tmux=None, grace_secs=self.grace, die_with_parent=True)
+        self.launching[fut] = {"run": r, "dir": d, "gpus": take, "sync": sync, "attempt": attempt, "cvd": cvd}
+        fut.add_done_callback(self._wake)
+
+    def _wake(self, _fut=None):
+        try:
+            os.write(self.wake_w, b"L")
+        except OSError:
+            pass
+
+    def _collect(self):
+        for fut in [f for f in self.launching if f.done()]:
+            a = self.launching.pop(fut)
+            r = a["run"]
+            try:
+                doc = fut.result()
+            except Exception as exc:  # noqa: BLE001 - AgentError('start') or an OSError
+                self.free = sorted(self.free + a["gpus"], key=self.gpus.index)
+                _log("run %s: could not start: %s" % (r["run_id"], getattr(exc, "message", exc)))
+                self._finished(r, a["dir"], a["gpus"], None)
+                continue
+            pid = int(doc["wrapper_pid"])
+            if a["sync"]:
+                a["sync"].start()
+            self.active[pid] = a
+            _log("run %s started (attempt %d, pid %s, CUDA_VISIBLE_DEVICES=%r)"
+                 % (r["run_id"], a["attempt"], doc.get("pid"), a["cvd"]))
 
     def _reap(self):
+        """Runs whose wrapper exited: GPUs freed, retry/on_failure decided now; the
+        bookkeeping (final sync, summary) is returned to run after the next launches."""
+        later = []
         for pid in list(self.active):
             try:
                 got, _ = os.waitpid(pid, os.WNOHANG)
@@ -712,26 +746,40 @@ class Runner(object):
                 continue
             a = self.active.pop(pid)
             self.free = sorted(self.free + a["gpus"], key=self.gpus.index)
-            self._finished(a["run"], a["dir"], a["gpus"], a["sync"])
+            doc = procs.refresh_status(a["dir"]) or {}
+            if self._decide(a["run"], doc):
+                self._wrapup(a["run"], a["dir"], a["sync"], doc)  # before its retry starts
+            else:
+                later.append((a["run"], a["dir"], a["sync"], doc))
+        return later
 
     def _finished(self, r, d, gpus, sync):
+        doc = procs.refresh_status(d) or {}
+        self._decide(r, doc)
+        self._wrapup(r, d, sync, doc)
+
+    def _wrapup(self, r, d, sync, doc):
         if sync is not None:
             sync.finish()
-        doc = procs.refresh_status(d) or {}
         st = doc.get("state")
         merge_summary(d, {"ok": st == procs.SUCCESS, "exit_code": doc.get("exit_code"),
                           "duration_secs": procs.duration_secs(doc), "state": st, "attempt": doc.get("attempt"),
                           "run_id": r["run_id"], "finished_at": doc.get("finished_at")})
         _log("run %s: %s (exit %s, %ss)" % (r["run_id"], st, doc.get("exit_code"), procs.duration_secs(doc)))
+
+    def _decide(self, r, doc):
+        """Retry (True: it is queued again) or, with on_failure: stop, halt the sweep."""
+        st = doc.get("state")
         self.results[r["run_id"]] = st
         if st in (procs.FAILED, procs.TIMED_OUT) and not self.stopping and not self._stop_flag():
             if self.tries.get(r["run_id"], 0) <= self.max_retries:
-                _log("run %s: retry %d of %d" % (r["run_id"], self.tries[r["run_id"]], self.max_retries))
+                _log("run %s: %s; retry %d of %d" % (r["run_id"], st, self.tries[r["run_id"]], self.max_retries))
                 self.queue.insert(0, r)
-                return
+                return True
             if self.on_failure == "stop":
-                _log("on_failure: stop: no more runs are started")
+                _log("run %s: %s; on_failure: stop: no more runs are started" % (r["run_id"], st))
                 self.halted = True
+        return False
 
     def _launch_ready(self):
         if self.stopping or self.halted:
@@ -762,16 +810,24 @@ class Runner(object):
         _log("sweep %s: %d run(s) to start, GPUs: %s, on_failure=%s, max_retries=%d, out_mode=%s" % (
             self.sweep_id, len(self.queue), ",".join(self.gpus) or "none (CPU, one run at a time)",
             self.on_failure, self.max_retries, "local_sync" if self.local_sync else "durable"))
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(len(self.gpus), 16)))
         while True:
+            self._collect()
+            later = self._reap()
             self._launch_ready()
-            if not self.active and (self.stopping or self.halted or not self.queue):
+            for item in later:
+                self._wrapup(*item)
+            if not self.active and not self.launching and (self.stopping or self.halted or not self.queue):
                 break
             self._drain(1.0)
-            self._reap()
+            self._collect()
             if self.stopping and self.active:
                 _log("stopping (%s): cancelling %d active run(s)" % (self.stopping, len(self.active)))
                 _terminate_all([a["dir"] for a in self.active.values()], self.grace)
         signal.set_wakeup_fd(-1)
+        self.pool.shutdown(wait=True)
         if self.stopping or self._stop_flag():
             _log("sweep %s stopped" % self.sweep_id)
             return 143 if self.stopping == signal.SIGTERM else 0
