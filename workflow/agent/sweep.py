@@ -115,9 +115,23 @@ def _split_gpus(text):
     return ids
 
 
-def detect_gpus(remote_env=None):
+def _torch_gpus(python):
+    """GPU ids as torch in the checkout's venv counts them (pods without nvidia-smi)."""
+    if not python or not os.path.isfile(python):
+        return None
+    code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    try:
+        res = subprocess.run([python, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=120)
+        count = int(res.stdout.decode("utf-8", "replace").strip().splitlines()[-1]) if res.returncode == 0 else 0
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+    return [str(i) for i in range(count)]
+
+
+def detect_gpus(remote_env=None, venv_python=None):
     """(gpu ids, where they came from): CUDA_VISIBLE_DEVICES of remote.env, else of the
-    pod's environment, else nvidia-smi, else none."""
+    pod's environment, else nvidia-smi, else torch in the checkout's venv, else none."""
     remote_env = remote_env or {}
     if "CUDA_VISIBLE_DEVICES" in remote_env:
         return _split_gpus(str(remote_env["CUDA_VISIBLE_DEVICES"])), "remote.env CUDA_VISIBLE_DEVICES"
@@ -133,6 +147,9 @@ def detect_gpus(remote_env=None):
                 return ids, "nvidia-smi"
         except (OSError, subprocess.SubprocessError):
             pass
+    ids = _torch_gpus(venv_python)
+    if ids:
+        return ids, "torch"
     return [], "none"
 
 
@@ -151,7 +168,7 @@ def probe(request):
             missing.append([line, path])
     entry = request.get("entrypoint")
     entry_missing = bool(entry) and not os.path.isfile(os.path.join(run_root, entry))
-    gpus, source = detect_gpus(request.get("remote_env"))
+    gpus, source = detect_gpus(request.get("remote_env"), os.path.join(workdir, ".venv", "bin", "python"))
     runs = {}
     for run_id in request.get("run_ids") or []:
         d = _run_dir(outputs, run_id)
