@@ -55,7 +55,13 @@ def read_yaml(text: str) -> YamlDoc:
     """Parse ``text``; raises ``YamlSyntaxError`` (with the line) on bad YAML."""
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    try:
+        # the Reader checks every character here (a stray control character raises)
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, max(0, exc.position)) + 1
+        raise YamlSyntaxError(line, f"YAML syntax error: character {exc.character:#06x} is not allowed "
+                                    "(a control character; save the file as plain UTF-8 text)") from None
     try:
         node = loader.get_single_node()
         if node is None:
