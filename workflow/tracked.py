@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from workflow.agent import protocol
-from workflow.errors import InputError, RemoteCommandFailed, WaitTimeout
+from workflow.errors import CorruptRemoteFile, InputError, RemoteCommandFailed, WaitTimeout
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TERMINAL = ("success", "failed", "timed_out", "cancelled", "lost")
+STATES = ("pending", "running") + TERMINAL
 #: Must match ``workflow.agent.tasks.MAX_BLOCK_SECS``: the longest one agent call blocks.
 MAX_BLOCK_SECS = 300.0
 #: Head-room between the agent's own bound and the transport's timeout (exit 124).
@@ -105,7 +106,12 @@ class TaskStatus:
     def from_doc(cls, doc: Mapping[str, Any]) -> "TaskStatus":
         names = {f for f in cls.__dataclass_fields__ if f != "extra"}
         known = {k: doc.get(k) for k in names if k in doc}
-        known.setdefault("state", "unknown")
+        if not isinstance(known.get("id"), str) or known.get("state") not in STATES:
+            where = f"{doc['dir']}/status.json" if isinstance(doc.get("dir"), str) else "a status.json"
+            raise CorruptRemoteFile(
+                f"{where} is not a task status (id {known.get('id')!r}, state {known.get('state')!r}); "
+                "it was left as it is",
+                hint="fix or remove the file by hand; podflow never overwrites it")
         extra = {k: v for k, v in doc.items() if k not in names}
         return cls(**known, extra=extra)
 
