@@ -106,9 +106,45 @@ def status_path(d):
     return os.path.join(d, STATUS_FILE)
 
 
+_TIME_FIELDS = ("created_at", "started_at", "finished_at", "heartbeat_at")
+_INT_FIELDS = ("exit_code", "pid", "pgid", "wrapper_pid", "attempt")
+
+
+def _malformed(doc):
+    """Why ``doc`` is not a usable status document (wrong types), or None."""
+    if doc.get("state") not in TERMINAL + ACTIVE:
+        return "state %r is not one of %s" % (doc.get("state"), ", ".join(ACTIVE + TERMINAL))
+    for key in _TIME_FIELDS:
+        value = doc.get(key)
+        if value is not None:
+            try:
+                parse_time(value)
+            except (TypeError, ValueError, AttributeError):
+                return "%s %r is not an ISO-8601 time" % (key, value)
+    for key in _INT_FIELDS:
+        value = doc.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return "%s %r is not a whole number" % (key, value)
+    value = doc.get("timeout_secs")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return "timeout_secs %r is not a number" % (value,)
+    for key in ("id", "nonce", "boot_id", "command"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            return "%s %r is not a string" % (key, doc[key])
+    return None
+
+
 def read_status(d):
-    """The status document of job dir ``d``, or None when there is none."""
-    return read_json(status_path(d), default=None, what="status file")
+    """The status document of job dir ``d``, or None when there is none. A document
+    with fields of the wrong type is reported corrupt (and left as it is)."""
+    path = status_path(d)
+    doc = read_json(path, default=None, what="status file")
+    if doc is not None:
+        why = _malformed(doc)
+        if why:
+            raise AgentError("corrupt", "status file %s is corrupt (%s); it was left as it is" % (path, why),
+                             path=path)
+    return doc
 
 
 def update_status(d, **fields):
