@@ -168,3 +168,31 @@ def test_link_cut_during_sweep_start(netns_pod, project):
     assert r.code == 0, r.text
     assert [len(_launches(netns_pod, x)) for x in ("n1", "n2")] == [1, 1]
     record("faults", f"link cut during sweep-start (landed: {state})", survived=True)
+
+
+def test_two_clients_race_for_one_task_id_and_one_state(ssh_pod, project, tmp_path):
+    """Two clients (separate projects, own known_hosts) on one pod at once: the same
+    task id started by both -> exactly one runs; fsm-reset by both -> both recorded."""
+    other = tmp_path / "other"
+    (other / "configs").mkdir(parents=True)
+    for root in (project, other):
+        ssh_pod.write_config(root)
+        assert wf_proc_ok(root, "task-list")
+    procs = [subprocess.Popen([WF, "task-run", "--id", "same", "--cmd", f"echo from-{i}; sleep 0.5"], cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, root in enumerate((project, other))]
+    results = [(p.wait(60), p.stderr.read()) for p in procs]
+    assert sorted(c for c, _ in results) == [0, 2], results
+    assert "already exists" in [e for c, e in results if c == 2][0]
+    procs = [subprocess.Popen([WF, "fsm-reset", state], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for state, root in (("BOOTSTRAPPED", project), ("POD_READY", other))]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    doc = json.loads((ssh_pod.remote_dir / "outputs" / "_control" / "workflow_state.json").read_text())
+    assert [h["to"] for h in doc["history"]][-2:] in (["BOOTSTRAPPED", "POD_READY"], ["POD_READY", "BOOTSTRAPPED"])
+    assert doc["history"][-1]["from"] == doc["history"][-2]["to"]  # no lost update
+    record("concurrency", "two clients: same task id at once (one ran), two fsm-resets at once (both kept)",
+           count=2, survived=True)
+
+
+def wf_proc_ok(root, *argv) -> bool:
+    return subprocess.run([WF, *argv], cwd=root, capture_output=True).returncode == 0
