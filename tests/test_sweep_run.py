@@ -163,6 +163,41 @@ def test_four_fake_gpus_run_four_one_gpu_runs_at_once(project):
             busy -= s[3]
 
 
+def _spans(sp, run_ids):
+    from datetime import datetime
+
+    t = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()  # noqa: E731
+    out = []
+    for rid in run_ids:
+        st = sp.run_status(rid)
+        assert st["state"] == "success", st
+        out.append((rid, t(st["started_at"]), t(st["finished_at"]), st["cuda_visible_devices"]))
+    return out
+
+
+def test_two_sweeps_sharing_a_pod_never_share_a_gpu(project, tmp_path):
+    """Two projects (two users' outputs dirs) on one machine with the same 2 GPUs: the
+    pod-wide leases keep each GPU to one run at a time across both sweeps."""
+    leases = tmp_path / "leases"
+    cfg = {"remote": {"env": {"CUDA_VISIBLE_DEVICES": "0,1", "PODFLOW_GPU_LEASE_DIR": str(leases)}},
+           "sweep": {"gpus_per_run": 1}}
+    sweeps = []
+    for name, root in (("a", project), ("b", tmp_path / "other-user")):
+        rows = "".join(f"{name}{i},configs/tiny.json,{i},sleep=0.4 steps=2,\n" for i in range(3))
+        sweeps.append(SweepProject(root, cfg, "run_id,config,seed,overrides,notes\n" + rows))
+    for sp in sweeps:
+        sp.wf("sweep-start", check=0)
+    for sp in sweeps:
+        sp.wf("sweep-wait", "--timeout-secs", "90", check=0)
+    spans = _spans(sweeps[0], ["a0", "a1", "a2"]) + _spans(sweeps[1], ["b0", "b1", "b2"])
+    for gpu in ("0", "1"):
+        on_gpu = sorted((s for s in spans if s[3] == gpu), key=lambda s: s[1])
+        for prev, cur in zip(on_gpu, on_gpu[1:]):
+            assert cur[1] >= prev[2], f"{cur[0]} started on GPU {gpu} while {prev[0]} held it"
+    assert {s[3] for s in spans} == {"0", "1"}
+    assert not any(leases.glob("gpu-*.lock")) or all(p.read_text() == "" for p in leases.glob("gpu-*.lock"))
+
+
 def test_local_sync_mirrors_into_the_durable_dir(project, tmp_path):
     local_root = tmp_path / "fast-disk"
     sp = SweepProject(project, {"sweep": {"out_mode": "local_sync", "local_root": str(local_root),

@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 
-from . import procs, state
+from . import gpulease, procs, state
 from .fsutil import expand, locked, makedirs, read_json, utcnow, write_atomic, write_json_atomic
 from .protocol import AgentError
 
@@ -614,7 +614,10 @@ class Runner(object):
         s = self.plan.get("settings") or {}
         self.settings = s
         self.gpus = [str(g) for g in (s.get("gpus") or [])]
-        self.free = list(self.gpus)
+        self.free = list(self.gpus)  # not used by this sweep's own runs
+        self.leases = gpulease.GpuLeases({"sweep_id": sweep_id, "outputs_dir": self.plan.get("outputs_dir"),
+                                          "user": os.environ.get("USER") or str(os.getuid())},
+                                         directory=s.get("gpu_lease_dir"))
         self.on_failure = s.get("on_failure") or "continue"
         self.max_retries = int(s.get("max_retries") or 0)
         self.local_sync = s.get("out_mode") == "local_sync"
@@ -683,18 +686,27 @@ class Runner(object):
                 return ["python", "-m", "torch.distributed.run"] + argv[1:], True
         return argv, False
 
-    def _fits(self, r):
+    def _reserve(self, r):
+        """The GPUs for ``r``, leased pod-wide ([] on CPU), or None when it cannot start
+        now (CPU: another run is active; GPUs: too few free here or held by others)."""
         need = int(r.get("gpus") or 0)
         if not self.gpus or need == 0:
-            return not self.active and not self.launching  # CPU: one at a time
-        return need <= len(self.free)
+            return [] if not self.active and not self.launching else None  # CPU: one at a time
+        if need > len(self.free):
+            return None
+        take = self.leases.take(self.free, need)
+        if take is not None:
+            self.free = [g for g in self.free if g not in take]
+        return take
 
-    def _launch(self, r):
+    def _give_back(self, gpus):
+        self.leases.release(gpus)
+        self.free = sorted(self.free + list(gpus), key=self.gpus.index)
+
+    def _launch(self, r, take):
         run_id = r["run_id"]
         d = r["out_dir"]
         makedirs(d)
-        need = int(r.get("gpus") or 0) if self.gpus else 0
-        take, self.free = self.free[:need], self.free[need:]
         cvd = ",".join(take)
         old = _read_status_safe(d) if os.path.isfile(procs.status_path(d)) else None
         attempt = int((old or {}).get("attempt") or 0) + 1
@@ -715,7 +727,7 @@ class Runner(object):
                             % (run_id, attempt, self.sweep_id, cvd,
                                "; no torchrun on PATH: python -m torch.distributed.run" if fallback else ""))
         except (AgentError, OSError) as exc:
-            self.free = sorted(self.free + take, key=self.gpus.index)
+            self._give_back(take)
             _log("run %s: could not be prepared: %s" % (run_id, exc))
             self._finished(r, d, take, None)
             return
@@ -739,7 +751,7 @@ class Runner(object):
             try:
                 doc = fut.result()
             except Exception as exc:  # noqa: BLE001 - AgentError('start') or an OSError
-                self.free = sorted(self.free + a["gpus"], key=self.gpus.index)
+                self._give_back(a["gpus"])
                 _log("run %s: could not start: %s" % (r["run_id"], getattr(exc, "message", exc)))
                 self._finished(r, a["dir"], a["gpus"], None)
                 continue
@@ -762,7 +774,7 @@ class Runner(object):
             if got == 0:
                 continue
             a = self.active.pop(pid)
-            self.free = sorted(self.free + a["gpus"], key=self.gpus.index)
+            self._give_back(a["gpus"])
             doc = procs.refresh_status(a["dir"]) or {}
             if self._decide(a["run"], doc):
                 self._wrapup(a["run"], a["dir"], a["sync"], doc)  # before its retry starts
@@ -810,17 +822,19 @@ class Runner(object):
                 if self.gpus and not self.free:
                     break
                 r = self.queue[i]
-                if not self._fits(r):
+                d = r["out_dir"]
+                prev = _read_status_safe(d) if os.path.isfile(procs.status_path(d)) else None
+                if prev and prev.get("state") == procs.SUCCESS and r["run_id"] not in self.tries:
+                    self.queue.pop(i)
+                    continue  # already ok (an earlier sweep)
+                take = self._reserve(r)
+                if take is None:
                     if not self.gpus:
                         break
                     i += 1
                     continue
                 self.queue.pop(i)
-                d = r["out_dir"]
-                prev = _read_status_safe(d) if os.path.isfile(procs.status_path(d)) else None
-                if prev and prev.get("state") == procs.SUCCESS and r["run_id"] not in self.tries:
-                    continue  # already ok (an earlier sweep)
-                self._launch(r)
+                self._launch(r, take)
 
     def run(self):
         self._install_signals()

@@ -243,6 +243,7 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
                      settings={"gpus": list(gpus), "on_failure": settings.on_failure,
                                "max_retries": settings.max_retries, "out_mode": settings.out_mode,
                                "sync_interval_secs": settings.sync_interval_secs, "venv_bin": venv_bin,
+                               "gpu_lease_dir": env.get("PODFLOW_GPU_LEASE_DIR"),
                                "retry_failed": retry_failed},
                      csv_text=path.read_text(encoding="utf-8"), csv_name=str(path),
                      config=_plain(cfg.data), expect=[current], enforce=fsm.enforce, by=_who(),
