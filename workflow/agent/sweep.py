@@ -791,9 +791,12 @@ class Runner(object):
         if sync is not None:
             sync.finish()
         st = doc.get("state")
-        merge_summary(d, {"ok": st == procs.SUCCESS, "exit_code": doc.get("exit_code"),
-                          "duration_secs": procs.duration_secs(doc), "state": st, "attempt": doc.get("attempt"),
-                          "run_id": r["run_id"], "finished_at": doc.get("finished_at")})
+        try:
+            merge_summary(d, {"ok": st == procs.SUCCESS, "exit_code": doc.get("exit_code"),
+                              "duration_secs": procs.duration_secs(doc), "state": st, "attempt": doc.get("attempt"),
+                              "run_id": r["run_id"], "finished_at": doc.get("finished_at")})
+        except OSError as exc:  # e.g. a full disk: status.json holds the truth; the sweep goes on
+            _log("run %s: summary.json not written: %s" % (r["run_id"], exc))
         _log("run %s: %s (exit %s, %ss)" % (r["run_id"], st, doc.get("exit_code"), procs.duration_secs(doc)))
 
     def _decide(self, r, doc):
@@ -865,11 +868,17 @@ class Runner(object):
         req = {"outputs_dir": self.plan["outputs_dir"], "state_file": self.plan.get("state_file"),
                "to": "SWEEP_COMPLETED", "trigger": "sweep-finished", "expect": ["SWEEP_RUNNING"], "enforce": True,
                "by": "podflow sweep runner %s" % self.sweep_id, "set": {"sweep_finished_at": utcnow()}}
-        try:
-            state.transition(req)
-            _log("sweep %s completed: state SWEEP_COMPLETED" % self.sweep_id)
-        except AgentError as exc:
-            _log("sweep %s completed; the state was not moved: %s" % (self.sweep_id, exc.message))
+        for attempt in range(60):  # a full disk may clear; the state must not stay RUNNING
+            try:
+                state.transition(req)
+                _log("sweep %s completed: state SWEEP_COMPLETED" % self.sweep_id)
+            except AgentError as exc:
+                _log("sweep %s completed; the state was not moved: %s" % (self.sweep_id, exc.message))
+            except OSError as exc:
+                _log("sweep %s completed; writing the state failed (%s), retrying" % (self.sweep_id, exc))
+                time.sleep(10)
+                continue
+            break
         return 0
 
 
