@@ -120,3 +120,39 @@ def test_no_secret_leaks_anywhere(ssh_pod, project, isolated_home, monkeypatch):
            f"({watch.samples} /proc samples), {len(watch.environs)} pod process environments searched",
            count=len(secrets), leaks=len(leaks))
     assert not leaks, leaks
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(not (REPO / ".venv-torch" / "bin" / "torchrun").exists(), reason="needs .venv-torch")
+def test_the_whole_demo_leaks_no_secret(tmp_path, isolated_home):
+    """SPEC §2 over the whole workflow: `wf demo` (pod-up .. fetch-all, real torchrun)
+    with a password and fake API keys in the environment."""
+    import subprocess
+    import sys
+
+    secrets = {name: f"{name.lower()}-leak-{uuid.uuid4().hex}" for name in
+               ("REMOTE_SSH_PASSWORD", "VAST_API_KEY", "RUNPOD_API_KEY", "LIUM_API_KEY", "WANDB_API_KEY")}
+    demo_dir = tmp_path / "demo"
+    env = dict(os.environ, PODFLOW_DEMO_DIR=str(demo_dir), **secrets)
+    wf = str(Path(sys.executable).with_name("wf"))
+    with ProcWatch(os.getuid()) as watch:
+        proc = subprocess.run([wf, "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    leaks = [f"output: {n}" for n, v in secrets.items() if v in proc.stdout + proc.stderr]
+    files = 0
+    for root in (isolated_home, demo_dir):
+        for p in _files_under(root):
+            files += 1
+            try:
+                blob = p.read_bytes()
+            except OSError:
+                continue
+            leaks += [f"file {p}: {n}" for n, v in secrets.items() if v.encode() in blob]
+    for cmdline in watch.cmdlines:
+        leaks += [f"cmdline {cmdline[:80]!r}: {n}" for n, v in secrets.items() if v.encode() in cmdline]
+    assert files > 50 and watch.samples > 20
+    record("secrets-demo", f"wf demo: {files} files, {len(watch.cmdlines)} distinct command lines "
+           f"({watch.samples} /proc samples) searched", count=len(secrets), leaks=len(leaks))
+    assert not leaks, leaks
