@@ -67,14 +67,14 @@ def main() -> None:
 
             arts = project / "artifacts"
             shutil.rmtree(arts, ignore_errors=True)
-            f = Fetcher(t, agent, str(outputs), arts, config=None)
+            f = Fetcher(t, agent, str(outputs), arts, config=None, sha256=True)
             t0 = time.monotonic()
             res = f.fetch_run("bench")
             fetch_times.append(time.monotonic() - t0)
             assert res.runs[0].complete and res.rsync.files_transferred == args.files + 1
             shutil.rmtree(arts, ignore_errors=True)
             t0 = time.monotonic()
-            Fetcher(t, agent, str(outputs), arts, sha256=False).fetch_run("bench")
+            Fetcher(t, agent, str(outputs), arts).fetch_run("bench")
             nosha_times.append(time.monotonic() - t0)
 
         victim = run / "d3" / "f00003.bin"
@@ -93,10 +93,10 @@ def main() -> None:
         mb = args.mb
         print(f"tree: {mb} MB in {args.files} files, loopback ssh")
         print(f"raw rsync:  {raw:.2f} s  ({mb / raw:.0f} MB/s)")
-        print(f"fetch-run:  {fet:.2f} s  ({mb / fet:.0f} MB/s)  (1 agent call + rsync + SHA-256 of every file on both sides)")
-        print(f"throughput ratio fetch/raw: {raw / fet:.2f}x  (target >= 0.8)")
         ns = min(nosha_times)
-        print(f"without the SHA-256 re-check (sizes+mtimes only): {ns:.2f} s, ratio {raw / ns:.2f}x")
+        print(f"fetch-run:  {ns:.2f} s  ({mb / ns:.0f} MB/s)  (1 agent call + rsync + sizes/mtimes checked)")
+        print(f"throughput ratio fetch/raw: {raw / ns:.2f}x  (target >= 0.8)")
+        print(f"fetch-run --sha256 (SHA-256 of every file on both sides): {fet:.2f} s, ratio {raw / fet:.2f}x")
         print(f"re-fetch after one file changed: raw rsync {raw_re:.2f} s, fetch-run {fetch_re:.2f} s "
               f"(ratio {raw_re / fetch_re:.2f}x), files transferred {res.rsync.files_transferred}")
         t.close()

@@ -89,6 +89,11 @@ def test_fetch_run_copies_then_sends_only_what_changed(pod):
 
     session = json.loads((pod.project / ".podflow" / "session.json").read_text())
     assert "r1" in session["fetched"]
+    assert again["verified_by"] == "size+mtime"
+    (run / "metrics.json").write_text('{"loss": 1}')
+    hashed = wf_json(pod.project, "fetch-run", "r1", "--sha256")
+    assert hashed["verified_by"] == "sha256" and hashed["complete"] and hashed["transferred"] == 1
+    assert tree(pod.artifacts / "r1") == tree(run)
 
 
 def test_exclude_checkpoints(pod):
@@ -208,7 +213,7 @@ def test_a_file_that_arrives_wrong_is_fetched_again(tmp_path):
             return stats
 
     t = LocalTransport()
-    result = Flaky(t, AgentClient(t, str(outputs)), str(outputs), artifacts).fetch_run("r1")
+    result = Flaky(t, AgentClient(t, str(outputs)), str(outputs), artifacts, sha256=True).fetch_run("r1")
     r = result.runs[0]
     assert r.refetched == ("w.bin",) and r.complete
     assert (artifacts / "r1" / "w.bin").read_bytes() == (outputs / "r1" / "w.bin").read_bytes()

@@ -48,13 +48,19 @@ def push_data(c, path, name=None, json=False):
           + (f"; re-sent {len(result.resent)} bad file(s)" if result.resent else ""))
 
 
-def _fetcher(json_out: bool):
+def _fetcher(json_out: bool, sha256: bool):
     from workflow import runtime
     from workflow.sweep.fetch import Fetcher
 
     cfg = runtime.config()
     return Fetcher(runtime.transport(), runtime.agent(), cfg.remote.outputs_dir,
-                   cfg.local_path(cfg.local.artifacts_dir), config=cfg, progress=_progress(json_out))
+                   cfg.local_path(cfg.local.artifacts_dir), config=cfg, progress=_progress(json_out),
+                   sha256=sha256)
+
+
+_SHA_HELP = ("also compare the SHA-256 of every transferred file with the pod's (slower; rsync "
+             "already checks each file it transfers with a whole-file checksum, and sizes and "
+             "times are always compared with the pod's listing)")
 
 
 def _print_table(result) -> None:
@@ -72,13 +78,13 @@ def _print_table(result) -> None:
 
 @wf_task(help={"run_id": "the run to fetch (a run_id of the sweep CSV)",
                "exclude_checkpoints": "leave out *.pt, *.pth, *.ckpt, *.safetensors and checkpoint*/ dirs",
-               "json": "print one JSON document"})
-def fetch_run(c, run_id, exclude_checkpoints=False, json=False):
+               "sha256": _SHA_HELP, "json": "print one JSON document"})
+def fetch_run(c, run_id, exclude_checkpoints=False, sha256=False, json=False):
     """Fetch one run dir into local.artifacts_dir/<run_id>/ (incremental, verified, safe while it runs)."""
     from workflow.sweep.fetch import validate_run_id
 
     validate_run_id(run_id)
-    result = _fetcher(json).fetch_run(run_id, exclude_checkpoints=exclude_checkpoints)
+    result = _fetcher(json, sha256).fetch_run(run_id, exclude_checkpoints=exclude_checkpoints)
     if json:
         doc = result.runs[0].to_doc()
         doc["rsync"] = result.rsync.to_doc() if result.rsync else None
@@ -89,10 +95,10 @@ def fetch_run(c, run_id, exclude_checkpoints=False, json=False):
 
 
 @wf_task(help={"exclude_checkpoints": "leave out *.pt, *.pth, *.ckpt, *.safetensors and checkpoint*/ dirs",
-               "json": "print one JSON document"})
-def fetch_all(c, exclude_checkpoints=False, json=False):
+               "sha256": _SHA_HELP, "json": "print one JSON document"})
+def fetch_all(c, exclude_checkpoints=False, sha256=False, json=False):
     """Fetch every run dir under remote.outputs_dir in one rsync; prints run, files, bytes, state."""
-    result = _fetcher(json).fetch_all(exclude_checkpoints=exclude_checkpoints)
+    result = _fetcher(json, sha256).fetch_all(exclude_checkpoints=exclude_checkpoints)
     if json:
         print_json(result.to_doc())
         return

@@ -66,9 +66,11 @@ class RunFetch:
     removed_transient: Tuple[str, ...] = ()
     local_only: Tuple[str, ...] = ()
     checkpoints_excluded: bool = False
+    verified_by: str = "size+mtime"
+    """How the local copy was compared with the pod's: ``size+mtime`` or ``sha256``."""
 
     def to_doc(self) -> Dict:
-        return {"checkpoints_excluded": self.checkpoints_excluded, "run_id": self.run_id, "dest": self.dest, "state": self.state, "ended": self.ended,
+        return {"checkpoints_excluded": self.checkpoints_excluded, "verified_by": self.verified_by, "run_id": self.run_id, "dest": self.dest, "state": self.state, "ended": self.ended,
                 "files": self.files, "bytes": self.bytes, "transferred": self.transferred,
                 "complete": self.complete, "in_flux": list(self.in_flux), "refetched": list(self.refetched),
                 "removed_transient": list(self.removed_transient), "local_only": list(self.local_only)}
@@ -117,7 +119,7 @@ class Fetcher:
     """Fetches runs of one pod into ``artifacts``; one instance per invocation."""
 
     def __init__(self, transport, agent, outputs_dir: str, artifacts: os.PathLike, *, config=None,
-                 progress: Optional[Progress] = None, sha256: bool = True):
+                 progress: Optional[Progress] = None, sha256: bool = False):
         self.transport, self.agent = transport, agent
         self.sha256 = sha256
         """False: compare sizes and mtimes only (rsync's own transfer checksum still applies)."""
@@ -308,7 +310,8 @@ class Fetcher:
                 files=len(pod_files), bytes=sum(f["size"] for f in pod_files), transferred=len(by_run[run]),
                 complete=ended and not flux, in_flux=tuple(flux), refetched=tuple(refetched.get(run, [])),
                 removed_transient=tuple(transient), local_only=tuple(local_only),
-                checkpoints_excluded=exclude_checkpoints))
+                checkpoints_excluded=exclude_checkpoints,
+                verified_by="sha256" if self.sha256 else "size+mtime"))
         return results
 
     # -- transient files and local bookkeeping
