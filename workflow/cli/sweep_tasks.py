@@ -200,8 +200,10 @@ def sweep_wait(c, timeout_secs=None, json=False):
 
 @wf_task(help={"grace_secs": "seconds between TERM and KILL for each run (default 10)", "json": "print one JSON document"})
 def sweep_stop(c, grace_secs=None, json=False):
-    """Stop the sweep: cancel every active run (its whole process group, torchrun workers
-    included), end the runner, state back to CHECKED_OUT (from SWEEP_RUNNING only)."""
+    """Stop the sweep: cancel every active run, end the runner; state back to CHECKED_OUT.
+
+    Each active run's whole process group (torchrun workers included) gets TERM, then
+    KILL after the grace period; its state becomes cancelled. Allowed from SWEEP_RUNNING."""
     from workflow import runtime
     from workflow.cli.task_tasks import _secs
     from workflow.sweep.control import stop_sweep
