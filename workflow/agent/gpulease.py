@@ -10,11 +10,18 @@ overrides it).
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import stat
+import time
 
 DEFAULT_DIR = "/tmp/podflow-gpu-leases"
+#: A GPU just given back is not taken again for this long while another holder waits,
+#: so two sweeps sharing GPUs take turns instead of one starving the other.
+COURTESY_SECS = 0.6
+#: A waiter's mark older than this is stale (its runner died).
+WAIT_MARK_SECS = 3.0
 
 
 def lease_dir():
@@ -56,6 +63,33 @@ class GpuLeases(object):
         self.holder = holder  # non-secret facts written into the lock file, for humans
         self.directory = directory or lease_dir()
         self.fds = {}
+        self.released_at = {}
+        self.token = "%s-%d" % (holder.get("sweep_id", "x"), os.getpid())
+        self._mark = os.path.join(self.directory, "waiting-%s" % self.token)
+
+    def _others_waiting(self):
+        now = time.time()
+        for path in glob.glob(os.path.join(self.directory, "waiting-*")):
+            if path == self._mark:
+                continue
+            try:
+                if now - os.stat(path).st_mtime < WAIT_MARK_SECS:
+                    return True
+            except OSError:
+                pass
+        return False
+
+    def waiting(self, flag):
+        """Say (by a fresh mark file) that this holder waits for GPUs others hold."""
+        try:
+            if flag:
+                _ensure_dir(self.directory)
+                with open(self._mark, "w"):
+                    pass
+            elif os.path.exists(self._mark):
+                os.unlink(self._mark)
+        except OSError:
+            pass
 
     def take(self, candidates, need):
         """``need`` GPU ids from ``candidates`` (in order) that nobody holds, now locked by
@@ -63,10 +97,15 @@ class GpuLeases(object):
         if need <= 0:
             return []
         _ensure_dir(self.directory)
+        now, polite = time.time(), None
         got = []
         for gpu in candidates:
             if gpu in self.fds:
                 continue
+            if now - self.released_at.get(gpu, 0) < COURTESY_SECS:
+                polite = self._others_waiting() if polite is None else polite
+                if polite:
+                    continue
             fd = _open_lock(os.path.join(self.directory, "gpu-%s.lock" % gpu))
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,3 +135,4 @@ class GpuLeases(object):
                     pass
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
+                self.released_at[gpu] = time.time()

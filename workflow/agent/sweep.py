@@ -631,6 +631,7 @@ class Runner(object):
         self.pool = None
         self.stopping = None
         self.halted = False
+        self.blocked = False  # a run waits for GPUs another sweep holds
         self.results = {}
 
     # -- signals: a wakeup fd, so the loop blocks on child exits instead of polling
@@ -695,8 +696,10 @@ class Runner(object):
         if need > len(self.free):
             return None
         take = self.leases.take(self.free, need)
-        if take is not None:
-            self.free = [g for g in self.free if g not in take]
+        if take is None:
+            self.blocked = True  # held by another sweep on this pod: ask again soon
+            return None
+        self.free = [g for g in self.free if g not in take]
         return take
 
     def _give_back(self, gpus):
@@ -814,6 +817,7 @@ class Runner(object):
         return False
 
     def _launch_ready(self):
+        self.blocked = False
         if self.stopping or self.halted:
             return
         with locked(os.path.join(self.ctl, ".launch.lock")):
@@ -855,12 +859,14 @@ class Runner(object):
                 self._wrapup(*item)
             if not self.active and not self.launching and (self.stopping or self.halted or not self.queue):
                 break
-            self._drain(1.0)
+            self.leases.waiting(self.blocked)
+            self._drain(0.1 if self.blocked else 1.0)
             self._collect()
             if self.stopping and self.active:
                 _log("stopping (%s): cancelling %d active run(s)" % (self.stopping, len(self.active)))
                 _terminate_all([a["dir"] for a in self.active.values()], self.grace)
         signal.set_wakeup_fd(-1)
+        self.leases.waiting(False)
         self.pool.shutdown(wait=True)
         if self.stopping or self._stop_flag():
             _log("sweep %s stopped" % self.sweep_id)
