@@ -20,7 +20,6 @@ import pytest
 
 from test_tasks_helpers import live_pids_with, wait_until
 from workflow import runtime, tracked
-from workflow.agent import procs
 from workflow.errors import ConnectionFailed, InputError, PodflowError, RemoteProtocolError
 
 pytestmark = pytest.mark.ssh

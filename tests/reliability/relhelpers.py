@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 WF = str(Path(sys.executable).with_name("wf"))
 #: SPEC §3 exit codes.

@@ -34,13 +34,12 @@ import pwd
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
 import uuid
 
-from .fsutil import locked, makedirs, parse_time, read_json, utcnow, write_atomic, write_json_atomic
+from .fsutil import locked, parse_time, read_json, utcnow, write_atomic, write_json_atomic
 from .protocol import AgentError
 
 STATUS_FILE = "status.json"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 from workflow import runtime
 from workflow.cli.boundary import print_json, wf_task

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workflow.cli.boundary import print_json, wf_task  # noqa: F401
+from workflow.cli.boundary import wf_task
 
 _PROGRESS = "realtime (every log line), milestones (key steps) or quiet (only the end); default: config 'progress'"
 _DETACH = "start the task and return at once; print its id (wf task-wait --id ID waits; the state moves on success)"

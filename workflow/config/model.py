@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 #: Secrets come only from the process environment (SPEC §2).
 SECRET_ENV_NAMES = (

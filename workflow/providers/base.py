@@ -17,7 +17,7 @@ import abc
 import enum
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from workflow.errors import ConfigError, ProviderError, UnsupportedAction
@@ -352,3 +352,21 @@ def parse_time(value: Any) -> Optional[float]:
 
 def now() -> float:
     return time.time()
+
+
+class FixedHostProvider(Provider):
+    """A pod that simply exists (this machine, a host you own): one pod, always the same,
+    never created, stopped or destroyed. Subclasses build it in ``_pod``."""
+
+    @abc.abstractmethod
+    def _pod(self) -> PodInfo:
+        """The one pod."""
+
+    def get(self, pod_id: str) -> PodInfo:
+        return self._pod()
+
+    def list(self) -> List[PodInfo]:
+        return [self._pod()]
+
+    def find(self, target: str) -> PodInfo:
+        return self._pod()

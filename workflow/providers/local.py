@@ -6,27 +6,16 @@ It always exists and is always running; it cannot be created, stopped or destroy
 from __future__ import annotations
 
 import socket
-from typing import List
-
-from workflow.providers.base import PodInfo, PodState, Provider
+from workflow.providers.base import FixedHostProvider, PodInfo, PodState
 
 
-class LocalProvider(Provider):
+class LocalProvider(FixedHostProvider):
     name = "local"
     status_map = {"running": PodState.RUNNING}
 
     def _pod(self) -> PodInfo:
         return PodInfo(provider=self.name, id="local", name=socket.gethostname(), state=PodState.RUNNING,
                        raw_state="running", price_per_hour=0.0)
-
-    def get(self, pod_id: str) -> PodInfo:
-        return self._pod()
-
-    def list(self) -> List[PodInfo]:
-        return [self._pod()]
-
-    def find(self, target: str) -> PodInfo:
-        return self._pod()
 
     def stop_unsupported_reason(self, pod):
         return "the local provider is this machine: there is nothing to stop or destroy"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from workflow.errors import PodflowError, WaitTimeout
 from workflow.providers.base import PodGone, PodInfo, PodState, Provider

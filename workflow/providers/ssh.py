@@ -4,13 +4,11 @@ alias such as seed 003's ``OPS_DEFAULT_HOST``). It cannot be created, stopped or
 
 from __future__ import annotations
 
-from typing import List
-
-from workflow.providers.base import PodInfo, PodState, Provider
+from workflow.providers.base import FixedHostProvider, PodInfo, PodState
 from workflow.transport.endpoint import Endpoint
 
 
-class SshProvider(Provider):
+class SshProvider(FixedHostProvider):
     name = "ssh"
     status_map = {"reachable": PodState.RUNNING}
 
@@ -25,15 +23,6 @@ class SshProvider(Provider):
         ep = self.endpoint()
         return PodInfo(provider=self.name, id=str(self.config.pod.host), name=str(self.config.pod.host),
                        state=PodState.RUNNING, raw_state="configured", endpoints=(ep,))
-
-    def get(self, pod_id: str) -> PodInfo:
-        return self._pod()
-
-    def list(self) -> List[PodInfo]:
-        return [self._pod()]
-
-    def find(self, target: str) -> PodInfo:
-        return self._pod()
 
     def stop_unsupported_reason(self, pod):
         return "the ssh provider uses a host you own: podflow cannot stop or destroy it"

@@ -11,12 +11,12 @@ import os
 import select
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
+from workflow.agent.fsutil import write_atomic
 from workflow.transport.base import RunResult, Transport
 
 
@@ -105,17 +105,4 @@ class LocalTransport(Transport):
         return Path(_expand(remote)).read_bytes()
 
     def write_file_atomic(self, remote: str, data: bytes, mode: int = 0o644) -> None:
-        dest = Path(_expand(remote))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, dest)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(_expand(remote), data, mode=mode)
