@@ -155,3 +155,14 @@ def test_cli_corrupt_state_file_is_exit_1_without_traceback(project):
     assert res.returncode == 1
     assert "not valid JSON" in res.stderr and "Traceback" not in res.stderr
     assert path.read_text() == "[1, 2"
+
+
+def test_cli_json_failure_is_still_one_json_document(project):
+    path = project / ".podflow" / "local-pod" / "outputs" / "_control" / "workflow_state.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("[1, 2")
+    res = _wf(project, "fsm-status", "--json")
+    assert res.returncode == 1
+    doc = json.loads(res.stdout)
+    assert doc["exit_code"] == 1 and doc["error"]["type"] == "CorruptRemoteFile"
+    assert "not valid JSON" in doc["error"]["message"]

@@ -26,6 +26,9 @@ def wf_task(*args: Any, **kwargs: Any) -> Callable:
             try:
                 return fn(c, *a, **kw)
             except PodflowError as exc:
+                if kw.get("json"):  # agents reading --json get one document even on failure
+                    print_json({"error": {"type": type(exc).__name__, "message": exc.message,
+                                          "hint": exc.hint}, "exit_code": int(exc.exit_code)})
                 raise Exit(f"error: {exc}", code=int(exc.exit_code)) from None
             except KeyboardInterrupt:
                 raise Exit("interrupted", code=int(ExitCode.INTERRUPTED)) from None
