@@ -23,10 +23,11 @@ def wf_task(*args: Any, **kwargs: Any) -> Callable:
     def decorate(fn: Callable) -> Any:
         @functools.wraps(fn)
         def guarded(c, *a, **kw):
+            _json_printed.clear()
             try:
                 return fn(c, *a, **kw)
             except PodflowError as exc:
-                if kw.get("json"):  # agents reading --json get one document even on failure
+                if kw.get("json") and not _json_printed:  # one document even on failure
                     print_json({"error": {"type": type(exc).__name__, "message": exc.message,
                                           "hint": exc.hint}, "exit_code": int(exc.exit_code)})
                 raise Exit(f"error: {exc}", code=int(exc.exit_code)) from None
@@ -41,7 +42,13 @@ def wf_task(*args: Any, **kwargs: Any) -> Callable:
     return decorate
 
 
+#: Non-empty once the running task printed its JSON document (a failing task that already
+#: reported, e.g. ``task-wait --json`` of a failed task, gets no second document).
+_json_printed: list = []
+
+
 def print_json(doc: Any) -> None:
     """The one JSON document a ``--json`` read command prints on stdout."""
+    _json_printed.append(True)
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
