@@ -225,26 +225,30 @@ SetEnv {setenv}
 
     # -- lifecycle
 
+    def _sshd_prefix(self) -> list:
+        """What runs sshd: nothing here; a subclass puts ``ip netns exec NS`` in front."""
+        return []
+
     def start(self) -> "SshPod":
         if self.proc is not None:
             return self
         self.proc = subprocess.Popen(
-            [SSHD, "-D", "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log")],
+            [*self._sshd_prefix(), SSHD, "-D", "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        )  # `ip netns exec` execs sshd, so self.proc.pid is sshd's own pid either way
         deadline = time.monotonic() + 10
         while True:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace")
                 log = (self.dir / "sshd.log").read_text(errors="replace") if (self.dir / "sshd.log").exists() else ""
                 self.proc = None
-                raise RuntimeError(f"sshd failed to start: {err}{log}")
+                raise RuntimeError(f"sshd at {self.host}:{self.port} failed to start: {err}{log}")
             with socket.socket() as s:
                 s.settimeout(0.2)
                 if s.connect_ex((self.host, self.port)) == 0:
                     return self
             if time.monotonic() > deadline:
-                raise RuntimeError("sshd did not listen within 10 s")
+                raise RuntimeError(f"sshd at {self.host}:{self.port} did not listen within 10 s")
             time.sleep(0.005)
 
     def stop(self) -> None:

@@ -135,27 +135,8 @@ class NetnsPod(SshPod):
 
     # -- lifecycle
 
-    def start(self) -> "NetnsPod":
-        if self.proc is not None:
-            return self
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, SSHD, "-D", "-f", str(self.dir / "sshd_config"),
-             "-E", str(self.dir / "sshd.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # ip netns exec execs sshd: self.proc.pid is sshd's own pid
-        deadline = time.monotonic() + 10
-        while True:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace")
-                self.proc = None
-                raise RuntimeError(f"sshd in {self.ns} failed to start: {err}")
-            with socket.socket() as s:
-                s.settimeout(0.2)
-                if s.connect_ex((self.host, self.port)) == 0:
-                    return self
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sshd in {self.ns} did not listen within 10 s")
-            time.sleep(0.005)
+    def _sshd_prefix(self) -> list:
+        return ["ip", "netns", "exec", self.ns]
 
     def cleanup(self) -> None:
         try:
