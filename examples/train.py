@@ -208,6 +208,9 @@ def main(argv=None):
         atomic_write_json(summary_path, summary)
         emit({"event": "done", "step": max(steps, start_step), "final_loss": summary["final_loss"]})
     if distributed:
+        # Every rank tears gloo down together: a rank that destroys its group while rank 0
+        # still writes the summary can abort ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 
