@@ -52,3 +52,60 @@ def print_json(doc: Any) -> None:
     _json_printed.append(True)
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+
+
+def strict_parsing(program: Any) -> Any:
+    """Make ``program`` (an ``invoke.Program``) treat every command-line parse error as
+    bad input (SPEC §3: exit 2) with a "did you mean" for a misspelt task or flag.
+
+    Invoke prints its ParseError and exits 1; here the parse steps turn it into
+    ``Exit(text, 2)``, which Invoke prints and exits with. Applied to the ``wf`` program
+    and, from ``tasks.py``, to the running ``invoke`` program (whose core flags are
+    parsed before ``tasks.py`` is loaded, so only those keep Invoke's exit 1)."""
+    from invoke.exceptions import ParseError
+
+    def guard(step: Callable) -> Callable:
+        @functools.wraps(step)
+        def guarded(*a: Any, **kw: Any) -> Any:
+            try:
+                return step(*a, **kw)
+            except ParseError as exc:
+                raise Exit(parse_error_text(exc, program), code=int(ExitCode.BAD_INPUT)) from None
+        return guarded
+
+    for name in ("parse_core", "parse_tasks", "parse_cleanup"):
+        setattr(program, name, guard(getattr(program, name)))
+    return program
+
+
+def parse_error_text(exc: Any, program: Any) -> str:
+    """``error: ...`` plus a hint naming the closest task or flag (and where to look)."""
+    import difflib
+    import re
+
+    binary = program.called_as or "wf"
+    # Invoke names a flag by its repr ("<Argument: run_id (r) *>"); say "--run-id".
+    message = re.sub(r"<Argument: (\w+)[^>]*>", lambda m: "'--" + m.group(1).replace("_", "-") + "'", str(exc))
+    unknown = re.fullmatch(r"No idea what '(.*)' is!", message)
+    context = getattr(exc, "context", None)
+    task = getattr(context, "name", None)
+    if not unknown:
+        look = f"'{binary} --help {task}' shows its flags" if task else f"'{binary} --help' shows the usage"
+        return f"error: {message}\n  hint: {look}"
+    token = unknown.group(1)
+    if token.startswith("-"):
+        flags = list(getattr(context, "flags", {})) + list(getattr(context, "inverse_flags", {}))
+        close = difflib.get_close_matches(token, [f for f in flags if f.startswith("--")] or flags, n=1)
+        where = f" for {task}" if task else ""
+        look = f"'{binary} --help {task}' lists its flags" if task else f"'{binary} --help' lists the flags"
+        what = f"unknown flag '{token}'{where}"
+    else:
+        names = []
+        collection = getattr(program, "collection", None)
+        for name, aliases in (collection.task_names.items() if collection else ()):
+            names += [name, *aliases]
+        close = difflib.get_close_matches(token, names, n=1)
+        look = f"'{binary} --list' shows every task"
+        what = f"'{token}' is not a task" + (f" (nor an argument {task} takes)" if task else "")
+    guess = f"did you mean '{close[0]}'? " if close else ""
+    return f"error: {what}\n  hint: {guess}{'(' + look + ')' if guess else look}"

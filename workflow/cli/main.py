@@ -9,8 +9,9 @@ from invoke import Program
 
 from workflow import __version__
 from workflow.cli import ns
+from workflow.cli.boundary import strict_parsing
 
-program = Program(namespace=ns, version=__version__, name="podflow", binary="wf")
+program = strict_parsing(Program(namespace=ns, version=__version__, name="podflow", binary="wf"))
 
 
 def main() -> None:
