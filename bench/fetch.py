@@ -28,6 +28,7 @@ from workflow.config import load_config  # noqa: E402
 from workflow.sweep.fetch import Fetcher  # noqa: E402
 from workflow.agent_client import AgentClient  # noqa: E402
 from workflow.transport.ssh import open_ssh_transport  # noqa: E402
+from workflow.transport.sshconfig import resolve_ssh_endpoint  # noqa: E402  # noqa: E402
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
             p.parent.mkdir(exist_ok=True)
             p.write_bytes(os.urandom(size))
         subprocess.run(["chown", "-R", f"{pod.uid}:{pod.gid}", str(outputs)], check=True)
-        t = open_ssh_transport(cfg)
+        t = open_ssh_transport(cfg, resolve_ssh_endpoint(cfg))
         agent = AgentClient(t, str(outputs))
         shell = shlex.join(t.rsync_remote_shell())
         agent.call("run.manifest", runs=["bench"], files=False)  # install the agent, warm up

@@ -114,13 +114,14 @@ def bench_ssh(runs: int, list_n: int) -> None:
 
     from workflow.config import load_config
     from workflow.transport.ssh import open_ssh_transport
+    from workflow.transport.sshconfig import resolve_ssh_endpoint
 
     with sshd.pod_context() as pod:
         project = Path(tempfile.mkdtemp(prefix="podflow-bench-proj-"))
         pod.write_config(project)
         cfg = load_config(cwd=project)
         t0 = time.monotonic()
-        transport = open_ssh_transport(cfg)
+        transport = open_ssh_transport(cfg, resolve_ssh_endpoint(cfg))
         transport.run(["true"])
         print(f"ssh connect + first exec: {time.monotonic() - t0:.3f}s")
         agent = AgentClient(transport, cfg.remote.outputs_dir)

@@ -16,13 +16,15 @@ from hypothesis import strategies as st
 from workflow.config import load_config
 from workflow.errors import ConnectionFailed, HostKeyMismatch
 from workflow.transport.ssh import SshTransport, build_command, open_ssh_transport, quote_path
+from workflow.transport.sshconfig import resolve_ssh_endpoint
 
 pytestmark = pytest.mark.ssh
 
 
 def open_for(pod, project, **overrides) -> SshTransport:
     pod.write_config(project, **overrides)
-    return open_ssh_transport(load_config(cwd=project))
+    cfg = load_config(cwd=project)
+    return open_ssh_transport(cfg, resolve_ssh_endpoint(cfg))
 
 
 @pytest.fixture

@@ -40,10 +40,18 @@ def config():
 
 
 def transport():
+    """The one connection to the pod. The endpoint is resolved here (the session's job:
+    ``pod.host``, the session file or the provider's API), then handed to the transport."""
     if "transport" not in _cache:
         from workflow.transport import open_transport
 
-        _cache["transport"] = open_transport(config())
+        cfg = config()
+        endpoint = None
+        if cfg.pod.provider != "local":
+            from workflow.providers import current_endpoint
+
+            endpoint = current_endpoint(cfg)
+        _cache["transport"] = open_transport(cfg, endpoint)
     return _cache["transport"]
 
 

@@ -66,4 +66,4 @@ def setup_keys(c):
     """
     from workflow.transport.keys import setup_keys as setup
 
-    setup(runtime.config(), out=print)
+    setup(runtime.config(), runtime.transport, out=print)

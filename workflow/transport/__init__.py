@@ -7,9 +7,10 @@ from workflow.transport.base import RunResult, Transport
 __all__ = ["RunResult", "Transport", "open_transport"]
 
 
-def open_transport(config) -> Transport:
-    """The transport for ``config``'s pod. SSH modules are imported only when needed
-    (cold start of ``wf --help`` must stay fast)."""
+def open_transport(config, endpoint=None) -> Transport:
+    """The transport for ``config``'s pod: local, or SSH to ``endpoint`` (resolved by the
+    caller). SSH modules are imported only when needed (cold start of ``wf --help`` must
+    stay fast)."""
     provider = config.pod.provider
     if provider == "local":
         from workflow.transport.local import LocalTransport
@@ -17,4 +18,6 @@ def open_transport(config) -> Transport:
         return LocalTransport()
     from workflow.transport.ssh import open_ssh_transport  # noqa: PLC0415
 
-    return open_ssh_transport(config)
+    if endpoint is None:
+        raise ValueError(f"provider {provider!r} needs an SSH endpoint")
+    return open_ssh_transport(config, endpoint)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import TYPE_CHECKING, Callable, Tuple
 
 from workflow.config.model import Config
 from workflow.errors import CheckFailed, ConfigError, RemoteCommandFailed
+
+if TYPE_CHECKING:
+    from workflow.transport.base import Transport
 
 NO_PASSWORD_MODE = "NO_PASSWORD_MODE"
 PUBLIC_KEY_START, PUBLIC_KEY_END = "PUBLIC_KEY_START", "PUBLIC_KEY_END"
@@ -100,9 +103,9 @@ def _identity_path(config) -> Path:
     return config.local_path(config.pod.identity_file)
 
 
-def setup_keys(config, out: Callable[[str], None] = print) -> None:
-    from workflow import runtime
-
+def setup_keys(config, connect: Callable[[], "Transport"], out: Callable[[str], None] = print) -> None:
+    """Create the key and, with ``REMOTE_SSH_PASSWORD`` set, install it over the transport
+    ``connect()`` gives (the caller's, so this layer resolves no endpoint itself)."""
     provider = config.pod.provider
     if provider == "local":
         path = config.local_path(config.pod.identity_file)
@@ -111,7 +114,7 @@ def setup_keys(config, out: Callable[[str], None] = print) -> None:
         out("provider 'local': the pod is this machine, no SSH; nothing to install.")
         return
     password = Config.secret("REMOTE_SSH_PASSWORD")
-    transport = runtime.transport() if password is not None else None
+    transport = connect() if password is not None else None
     path = transport.identity_file if transport is not None else _identity_path(config)
     if path is None:
         raise ConfigError("pod.identity_file is not set")

@@ -542,19 +542,12 @@ def _describe_error(exc: Optional[BaseException]) -> str:
     return text
 
 
-def open_ssh_transport(config, endpoint: Optional[Endpoint] = None) -> SshTransport:
-    """The SSH transport for ``config``'s pod: ``provider: ssh`` from ``pod.host`` (and
-    ``~/.ssh/config``), other providers from ``workflow.providers.current_endpoint``.
-    Connects lazily (the first operation, or ``connect()``)."""
-    if endpoint is None:
-        if config.pod.provider == "ssh":
-            from workflow.transport.sshconfig import resolve_ssh_endpoint
+def open_ssh_transport(config, endpoint: Endpoint) -> SshTransport:
+    """The SSH transport to ``endpoint`` with ``config``'s keys, pins and time-outs.
 
-            endpoint = resolve_ssh_endpoint(config)
-        else:
-            from workflow.providers import current_endpoint
-
-            endpoint = current_endpoint(config)
+    The endpoint is given, never looked up here: resolving it (``pod.host``, the session
+    file, a provider's API) is the caller's job (``runtime.transport``), so this layer
+    imports nothing above it. Connects lazily (the first operation, or ``connect()``)."""
     if endpoint.user is None and config.get("pod.user", None):
         endpoint = Endpoint(endpoint.host, endpoint.port, config.get("pod.user"), endpoint.identity_file)
     identity = endpoint.identity_file or config.get("pod.identity_file", None)
