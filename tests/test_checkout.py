@@ -240,3 +240,16 @@ def test_torch_preflight_over_ssh_with_a_venv_python(ssh_pod, project, git_repo,
     assert "import torch fails in the venv" in res.stderr and f"remote.python {SYSTEM_PY}" in res.stderr
     assert "ModuleNotFoundError" in res.stderr
     assert fsm_state(project)["history"] == doc["history"]
+
+
+@pytest.mark.parametrize("progress", ["milestones", "realtime", "quiet"])
+def test_a_failed_checkout_says_its_hint_once(pod, git_repo, progress):
+    local_config(pod, git_repo, branch="no-such-branch")
+    res = wf(pod, "checkout", "--progress", progress, check=1)
+    out = res.stdout + res.stderr
+    assert out.count("branches there: feature, main") == 1, out
+    assert "  hint: branches there: feature, main" in res.stderr  # said by the error itself
+    assert out.count("is not on the remote") == (1 if progress == "quiet" else 2), out  # the error + the live FAILED line
+    task_id = res.stderr.split("wf task-logs --id ")[1].split()[0]
+    log = wf(pod, "task-logs", "--id", task_id, check=0).stdout
+    assert "hint: branches there: feature, main" in log  # the log keeps it for a detached checkout

@@ -169,8 +169,9 @@ def start(kind: str, *, cfg=None, agent=None, fsm=None) -> tracked.TaskStatus:
     return tracked.TaskStatus.from_doc(doc)
 
 
-def finish(kind: str, task_id: str, agent) -> Outcome:
-    """Read the ended task's result: the Outcome on success, the typed error otherwise."""
+def finish(kind: str, task_id: str, agent, *, log_shown: bool = False) -> Outcome:
+    """Read the ended task's result: the Outcome on success, the typed error otherwise.
+    The error carries the log's tail unless ``log_shown`` (realtime progress printed it)."""
     doc = agent.call("prepare.result", timeout=60, id=task_id, tail=30)
     final = tracked.TaskStatus.from_doc(doc["status"])
     result = doc.get("result") or {}
@@ -180,9 +181,38 @@ def finish(kind: str, task_id: str, agent) -> Outcome:
         raise tracked.TaskFailed(final)
     if result.get("error_kind") == "refused":
         raise TransitionRefused(kind, result.get("current", "?"), result.get("allowed", []))
-    tail = result.get("tail") or final.log_tail or ""
+    tail = "" if log_shown else result.get("tail") or _unsaid(final.log_tail or "", kind, result.get("hint"))
     raise StepFailed(kind, task_id, result.get("step"), result.get("message") or "failed",
                      hint=result.get("hint"), tail=tail)
+
+
+def _closing(kind: str, line: str) -> bool:
+    """The runner's own FAILED milestone (``workflow.agent.prepare``), which the error restates."""
+    return line.startswith(f"{progress_mod.MILESTONE_PREFIX}{kind} FAILED at ")
+
+
+def _unsaid(tail: str, kind: str, hint: Optional[str]) -> str:
+    """The task log's tail without the runner's closing lines (its FAILED milestone and
+    ``hint:`` line): the error states both, and the hint is said once."""
+    lines = tail.rstrip("\n").split("\n")
+    if hint and lines and lines[-1] == f"hint: {hint}":
+        lines.pop()
+    if lines and _closing(kind, lines[-1]):
+        lines.pop()
+    return "\n".join(lines)
+
+
+def _without_closing_hint(kind: str, sink: progress_mod.Sink) -> progress_mod.LineFilter:
+    """The live log minus the runner's ``hint:`` line after its FAILED milestone: the
+    error printed next says the hint (once)."""
+    after_failure = [False]
+
+    def keep(line: str) -> bool:
+        drop = after_failure[0] and line.startswith("hint: ")
+        after_failure[0] = _closing(kind, line)
+        return not drop
+
+    return progress_mod.LineFilter(sink, keep)
 
 
 def run(kind: str, *, progress: Optional[str] = None, detach: bool = False,
@@ -202,12 +232,15 @@ def run(kind: str, *, progress: Optional[str] = None, detach: bool = False,
     agent = runtime.agent()
     if how != "quiet":
         echo(f"{kind}: task {task_id} started on the pod (progress: {how})")
+    live = _without_closing_hint(kind, sink or progress_mod.stdout_sink)
     try:
-        progress_mod.follow(agent, task_id, how, sink=sink)
+        progress_mod.follow(agent, task_id, how, sink=live.feed)
     except KeyboardInterrupt:
         echo(f"\n{kind} goes on on the pod as task {task_id}: wf task-wait --id {task_id}")
         raise
-    outcome = finish(kind, task_id, agent)
+    finally:
+        live.close()
+    outcome = finish(kind, task_id, agent, log_shown=how == "realtime")
     echo(summary(outcome))
     return outcome
 

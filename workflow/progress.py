@@ -41,24 +41,32 @@ def is_milestone(line: str) -> bool:
     return line.startswith(MILESTONE_PREFIX)
 
 
-class MilestoneFilter:
-    """Feeds text arriving in arbitrary chunks; passes whole milestone lines to ``sink``."""
+class LineFilter:
+    """Feeds text arriving in arbitrary chunks; passes the whole lines ``keep`` accepts
+    (called once per line, in order) to ``sink``."""
 
-    def __init__(self, sink: Sink):
-        self.sink = sink
+    def __init__(self, sink: Sink, keep: Callable[[str], bool]):
+        self.sink, self.keep = sink, keep
         self.buf = ""
 
     def feed(self, text: str) -> None:
         self.buf += text
         *lines, self.buf = self.buf.split("\n")
         for line in lines:
-            if is_milestone(line):
+            if self.keep(line):
                 self.sink(line + "\n")
 
     def close(self) -> None:
-        if is_milestone(self.buf):
+        if self.buf and self.keep(self.buf):
             self.sink(self.buf + "\n")
         self.buf = ""
+
+
+class MilestoneFilter(LineFilter):
+    """Passes whole milestone lines to ``sink``."""
+
+    def __init__(self, sink: Sink):
+        super().__init__(sink, is_milestone)
 
 
 def stdout_sink(text: str) -> None:
