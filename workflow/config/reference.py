@@ -1,37 +1,27 @@
-"""The README's config reference, generated from ``schema.json`` + ``defaults.py``.
-
-Generated, not hand-written, so the table cannot drift from the schema; a test fails
-when README.md's region differs from ``reference_markdown()``. Regenerate with::
-
-    python -m workflow.config.reference --write README.md
+"""The config reference (a region of ``docs/reference.md``), generated from
+``schema.json`` + ``defaults.py`` + the alias table so it cannot drift from them;
+``workflow.cli.reference`` writes it and ``tests/test_reference.py`` checks it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import re
-import sys
-from pathlib import Path
 from typing import Any, Dict, List
 
 from workflow.config import schema as S
 from workflow.config.aliases import ALIASES
 from workflow.config.defaults import DEFAULTS
 
-START = "<!-- config-reference:start -->"
-END = "<!-- config-reference:end -->"
-
 INTRO = """\
-Generated from `workflow/config/schema.json` and `workflow/config/defaults.py`
-(`python -m workflow.config.reference --write README.md`). Sources, lowest to highest:
+Generated from `workflow/config/schema.json`, `workflow/config/defaults.py` and
+`workflow/config/aliases.py`. Sources, lowest to highest:
 built-in defaults < `configs/workflow.yaml` (or `WF_CONFIG`) < `configs/workflow.env`
 beside it (or `WF_ENV_FILE`; `KEY=VALUE` lines, never run by a shell) < the process
 environment < task flags. Every key can be set from the environment as
 `WF__SECTION__KEY=value` (e.g. `WF__SWEEP__ON_FAILURE=stop`; inside `remote.env` the
 name keeps its case: `WF__REMOTE__ENV__HF_HOME=/data/hf`); env values are converted to
 the key's type (`1/0/true/false/yes/no`, numbers, `null`, lists and mappings as JSON or
-YAML flow). The seed names in the *alias* column work too; when a `WF__` variable and
+YAML flow). The names in the *alias* column (those of the original bash workflow) work too; when a `WF__` variable and
 an alias set the same key in the same source, `WF__` wins. Keys marked *secret* are read
 from the process environment only and refused in any file.
 """
@@ -65,44 +55,8 @@ def rows() -> List[Dict[str, str]]:
 
 
 def reference_markdown() -> str:
-    """The whole README region between the markers (markers excluded)."""
+    """The intro and the table of every key."""
     lines = [INTRO, "| key | type | default | alias | meaning |", "|---|---|---|---|---|"]
     for r in rows():
         lines.append(f"| {r['key']} | {r['type']} | {r['default']} | {r['alias']} | {r['meaning']} |")
     return "\n".join(lines) + "\n"
-
-
-def region(text: str) -> str:
-    """The text between the markers of a README (raises ValueError when absent)."""
-    m = re.search(re.escape(START) + r"\n?(.*?)" + re.escape(END), text, re.S)
-    if not m:
-        raise ValueError(f"no {START} ... {END} region")
-    return m.group(1)
-
-
-def documented_keys(text: str) -> List[str]:
-    """The keys in the first column of the README's table."""
-    return re.findall(r"^\| `([^`]+)` \|", region(text), re.M)
-
-
-def write(readme: Path) -> None:
-    text = readme.read_text(encoding="utf-8")
-    region(text)  # markers must exist
-    new = re.sub(re.escape(START) + r".*?" + re.escape(END),
-                 lambda _: START + "\n" + reference_markdown().lstrip("\n") + END, text, flags=re.S)
-    readme.write_text(new, encoding="utf-8")
-
-
-def main(argv: List[str] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", metavar="README", help="replace the region in this file")
-    args = parser.parse_args(argv)
-    if args.write:
-        write(Path(args.write))
-    else:
-        sys.stdout.write(reference_markdown())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
