@@ -320,18 +320,6 @@ def test_retries_on_failure_stop_and_bad_input(project):
     assert sp.fsm_state() == "SWEEP_COMPLETED"
 
 
-def test_metrics_parser():
-    from workflow.agent.sweep import parse_metrics_line as p
-
-    assert p('{"step": 10, "loss": 0.48}') == {"step": 10, "loss": 0.48}
-    assert p("{'loss': 0.5, 'learning_rate': 5e-05, 'epoch': 1.0}") == {"loss": 0.5, "learning_rate": 5e-05, "epoch": 1.0}
-    assert p("{'eval_loss': nan}") is None  # not a Python literal: skipped, never a crash
-    assert p("step=3 loss=0.25 acc=97.5%") == {"step": 3, "loss": 0.25}
-    assert p("epoch 1: train_loss=1.5e-3, val_loss=0.2") == {"train_loss": 1.5e-3, "val_loss": 0.2}
-    assert p("[podflow] run x started (CUDA_VISIBLE_DEVICES='0')") is None
-    assert p("hello world") is None and p("{not a dict") is None and p("{'a': [1, 2]}") is None
-
-
 def test_gpus_counted_by_torch_when_there_is_no_nvidia_smi(tmp_path, monkeypatch):
     from workflow.agent import sweep
 

@@ -34,10 +34,7 @@ into ``summary.json`` without touching the script's, and at the end moves the st
 SWEEP_RUNNING -> SWEEP_COMPLETED itself.
 """
 
-import ast
-import json
 import os
-import re
 import select
 import shlex
 import shutil
@@ -47,7 +44,7 @@ import threading
 import time
 import uuid
 
-from . import gpulease, procs, state
+from . import gpulease, metrics, procs, state
 from .fsutil import expand, locked, makedirs, read_json, utcnow, write_atomic, write_json_atomic
 from .protocol import AgentError
 
@@ -60,7 +57,8 @@ OWN_FILES = (procs.STATUS_FILE, procs.LOG_FILE, procs.COMMAND_FILE, procs.LOCK_F
              procs.WRAPPER_LOG)
 MAX_BLOCK_SECS = 300.0
 TAIL_LINES = 15
-METRIC_SCAN_BYTES = 16384
+#: Seconds one status may spend parsing new log bytes; the rest waits for the next one.
+METRICS_BUDGET_SECS = 30.0
 NOT_OK = (procs.FAILED, procs.TIMED_OUT, procs.LOST, procs.CANCELLED)
 
 
@@ -271,92 +269,6 @@ def start(request):
                           "config": os.path.join(manifests, "sweep-%s.json" % sweep_id)}}
 
 
-# ---------------------------------------------------------------- metrics
-
-
-_KV_RE = re.compile(r"(?:^|[\s,;|(\[])([A-Za-z_][A-Za-z0-9_./-]*)\s*[=]\s*"
-                    r"(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|-inf|True|False)(?=$|[\s,;|)\]])")
-
-
-def _scalar(v):
-    if isinstance(v, bool) or v is None:
-        return True
-    if isinstance(v, (int, float)):
-        return True
-    return isinstance(v, str) and len(v) <= 200
-
-
-def parse_metrics_line(line):
-    """The metrics of one log line, or None: a JSON object, a Python dict literal (what
-    HF Trainer prints: ``{'loss': 0.5, 'epoch': 1.0}``) or ``key=value`` pairs with
-    numeric values."""
-    s = line.strip()
-    if not s:
-        return None
-    if s.startswith("{") and s.endswith("}"):
-        doc = None
-        try:
-            doc = json.loads(s)
-        except ValueError:
-            try:
-                doc = ast.literal_eval(s)
-            except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
-                doc = None
-        if isinstance(doc, dict):
-            out = {str(k): v for k, v in doc.items() if _scalar(v)}
-            for k, v in list(out.items()):
-                if isinstance(v, float) and v != v:
-                    out[k] = "nan"
-                elif isinstance(v, float) and v in (float("inf"), float("-inf")):
-                    out[k] = str(v)
-            return out or None
-        return None
-    if s.startswith("[podflow]") or "=" not in s:
-        return None
-    found = {}
-    for key, raw in _KV_RE.findall(s):
-        if raw in ("True", "False"):
-            found[key] = raw == "True"
-        elif raw in ("nan", "inf", "-inf"):
-            found[key] = raw
-        else:
-            try:
-                found[key] = int(raw) if re.match(r"^-?\d+$", raw) else float(raw)
-            except ValueError:
-                continue
-    return found or None
-
-
-def latest_metrics(d, max_lines=200, max_metric_lines=8):
-    """The latest value of every metric in the last lines of the run's log (the newest
-    ``max_metric_lines`` lines holding metrics, within the last ``max_lines``)."""
-    path = os.path.join(d, procs.LOG_FILE)
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - METRIC_SCAN_BYTES))
-            data = fh.read()
-    except (IOError, OSError):
-        return {}
-    lines = data.decode("utf-8", "replace").splitlines()
-    if size > METRIC_SCAN_BYTES and lines:
-        lines = lines[1:]  # a partial first line
-    out = {}
-    found = 0
-    for line in reversed(lines[-max_lines:]):
-        if "\r" in line:
-            line = line.rsplit("\r", 1)[-1]
-        m = parse_metrics_line(line)
-        if m:
-            for k, v in m.items():
-                out.setdefault(k, v)
-            found += 1
-            if found >= max_metric_lines:
-                break
-    return out
-
-
 # ---------------------------------------------------------------- status
 
 
@@ -364,7 +276,18 @@ def _plan(ctl):
     return read_json(os.path.join(ctl, "plan.json"), default=None, what="sweep plan")
 
 
-def _run_row(r, sweep_id, runner_alive, tail_lines):
+def _metrics_options(request):
+    """``request["metrics"]`` ({patterns, primary, mode}) checked; AgentError on a bad pattern."""
+    opts = dict(request.get("metrics") or {})
+    try:
+        opts["patterns"] = metrics.compile_patterns(opts.get("patterns"))
+    except ValueError as exc:
+        raise AgentError("input", str(exc))
+    opts["mode"] = "max" if opts.get("mode") == "max" else "min"
+    return opts
+
+
+def _run_row(r, sweep_id, runner_alive, tail_lines, ctl, opts, deadline):
     d = r["out_dir"]
     doc = _read_status_safe(d) if os.path.isfile(procs.status_path(d)) else None
     queued = r.get("launch", True) and runner_alive and (doc is None or doc.get("sweep_id") != sweep_id)
@@ -375,12 +298,16 @@ def _run_row(r, sweep_id, runner_alive, tail_lines):
         st = doc.get("state")
     row = {"id": r["run_id"], "state": st, "exit_code": None, "duration_secs": None, "metrics": {},
            "log_tail": None, "line": r.get("line"), "attempt": None, "gpus": None, "started_at": None,
-           "finished_at": None, "error": None, "dir": d}
+           "finished_at": None, "error": None, "dir": d, "best": None, "progress": None}
     if doc is not None:
         row.update(exit_code=doc.get("exit_code"), duration_secs=procs.duration_secs(doc),
                    attempt=doc.get("attempt"), gpus=doc.get("cuda_visible_devices"),
                    started_at=doc.get("started_at"), finished_at=doc.get("finished_at"), error=doc.get("error"))
-        row["metrics"] = latest_metrics(d)
+        # A status past its time budget shows what earlier statuses parsed (and says so).
+        budget = None if time.monotonic() < deadline else 0
+        row.update(metrics.run_summary(d, os.path.join(ctl, "metrics", r["run_id"] + ".json"), opts["patterns"],
+                                       opts.get("primary"), opts["mode"], final=st in procs.TERMINAL,
+                                       elapsed_secs=row["duration_secs"], budget_bytes=budget))
         if st in NOT_OK or st == "unknown":
             row["log_tail"] = procs.tail(d, tail_lines)
     return row
@@ -410,11 +337,13 @@ def status(request):
     plan = _plan(ctl)
     runner = _runner_state(ctl)
     tail_lines = int(request.get("tail", TAIL_LINES))
+    opts = _metrics_options(request)
+    deadline = time.monotonic() + METRICS_BUDGET_SECS
     rows = []
     if plan:
         alive = bool(runner and runner.get("state") in procs.ACTIVE)
         for r in plan.get("runs") or []:
-            rows.append(_run_row(r, plan.get("sweep_id"), alive, tail_lines))
+            rows.append(_run_row(r, plan.get("sweep_id"), alive, tail_lines, ctl, opts, deadline))
     counts = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1

@@ -71,17 +71,21 @@ def _fmt_secs(value) -> str:
     return f"{value / 3600:.1f}h"
 
 
-def _fmt_metrics(metrics, limit: int = 4) -> str:
+def _fmt_value(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _fmt_metrics(metrics, best=None, limit: int = 4) -> str:
+    """The last values (the primary metric and losses first), then the primary's best."""
     if not metrics:
         return ""
-    keys = list(metrics)
-    preferred = [k for k in ("loss", "eval_loss", "train_loss", "step", "epoch", "acc", "accuracy") if k in metrics]
-    keys = preferred + [k for k in keys if k not in preferred]
-    parts = []
-    for k in keys[:limit]:
-        v = metrics[k]
-        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    return " ".join(parts)
+    first = ([best["name"]] if best else []) + ["val_loss", "eval_loss", "loss", "train_loss", "acc", "accuracy"]
+    keys = [k for k in dict.fromkeys(first) if k in metrics]
+    keys += [k for k in metrics if k not in keys]
+    text = " ".join(f"{k}={_fmt_value(metrics[k])}" for k in keys[:limit])
+    if best:
+        text += f"  (best {best['name']} {_fmt_value(best['value'])} at step {best['step']})"
+    return text
 
 
 def render_status(st) -> str:
@@ -98,7 +102,7 @@ def render_status(st) -> str:
     for r in st.runs:
         code = "-" if r.exit_code is None else str(r.exit_code)
         lines.append(f"  {r.id:<{width}}  {r.state:<9}  {code:>4}  {_fmt_secs(r.duration_secs):>7}  "
-                     f"{_fmt_metrics(r.metrics)}".rstrip())
+                     f"{_fmt_metrics(r.metrics, r.best)}".rstrip())
     for r in st.runs:
         if r.state in ("failed", "timed_out", "lost", "cancelled") and (r.log_tail or r.error):
             lines.append(f"--- {r.id}: {r.state}{': ' + r.error if r.error else ''}")
@@ -159,10 +163,12 @@ def sweep_status(c, watch=False, json=False, interval=None):
     import time
 
     from workflow import runtime
+    from workflow.sweep.control import metrics_options
     from workflow.sweep.control import sweep_status as fetch_status
 
     agent = runtime.agent()
-    st = fetch_status(agent)
+    opts = metrics_options(runtime.config())
+    st = fetch_status(agent, metrics=opts)
     if json and not watch:
         print_json(st.to_json())
         return
@@ -177,7 +183,7 @@ def sweep_status(c, watch=False, json=False, interval=None):
         if not watch or not st.active:
             return
         time.sleep(pause)
-        st = fetch_status(agent)
+        st = fetch_status(agent, metrics=opts)
 
 
 @wf_task(help={"timeout_secs": "give up after N seconds (exit 5; the sweep goes on)", "json": "print one JSON document"})
@@ -187,9 +193,9 @@ def sweep_wait(c, timeout_secs=None, json=False):
 
     from workflow import runtime
     from workflow.cli.task_tasks import _secs
-    from workflow.sweep.control import wait_sweep
+    from workflow.sweep.control import metrics_options, wait_sweep
 
-    st = wait_sweep(runtime.agent(), _secs(timeout_secs, "--timeout-secs"))
+    st = wait_sweep(runtime.agent(), _secs(timeout_secs, "--timeout-secs"), metrics=metrics_options(runtime.config()))
     if json:
         print_json(st.to_json())
     else:

@@ -79,6 +79,7 @@ DEFAULTS: Dict[str, Any] = {
         "sync_interval_secs": 60,
         "tmux_session": None,
         "wandb": {"enabled": False, "project": None, "group": None},
+        "metrics": {"patterns": [], "primary": None, "mode": "min"},
     },
     "fsm": {"enforce": True, "state_file": None},
     "tasks": {"tmux_session": None, "timeout_secs": None},

@@ -113,7 +113,11 @@ class RunState:
     exit_code: Optional[int] = None
     duration_secs: Optional[float] = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
-    """The latest value of each metric found in the log (JSON lines, HF dict lines, key=value)."""
+    """The last value of each metric (SPEC §11: metrics.jsonl, then the log)."""
+    best: Optional[Mapping[str, Any]] = None
+    """``{"name", "value", "step"}``: the best value of ``sweep.metrics.primary``."""
+    progress: Optional[Mapping[str, Any]] = None
+    """``{"step", "total", "fraction", "eta_secs"}`` where the run's progress is known."""
     log_tail: Optional[str] = None
     """The last log lines, for runs that did not succeed."""
     attempt: Optional[int] = None
@@ -165,7 +169,8 @@ class SweepStatus:
         return {"state": self.state, "counts": dict(self.counts), "percent": self.percent,
                 "sweep_id": self.sweep_id, "fsm_state": self.fsm_state, "runner": dict(self.runner),
                 "runs": [{"id": r.id, "state": r.state, "exit_code": r.exit_code, "duration_secs": r.duration_secs,
-                          "metrics": dict(r.metrics or {}), "log_tail": r.log_tail, "attempt": r.attempt,
+                          "metrics": dict(r.metrics or {}), "best": r.best, "progress": r.progress,
+                          "log_tail": r.log_tail, "attempt": r.attempt,
                           "gpus": r.gpus, "dir": r.dir} for r in self.runs]}
 
 
@@ -253,13 +258,29 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
                       session=settings.session, from_state=doc.get("from"))
 
 
-def sweep_status(agent, *, tail: int = 15) -> SweepStatus:
-    """Every run of the latest sweep, in one call (the repair pass included)."""
-    return SweepStatus.from_doc(agent.call("sweep.status", timeout=120, tail=tail))
+def metrics_options(cfg) -> Dict[str, Any]:
+    """``sweep.metrics`` as the pod's status wants it; InputError (exit 2) for a pattern
+    that is not a regular expression with a named group."""
+    from workflow.agent.metrics import compile_patterns
+
+    opts = dict(cfg.get("sweep.metrics", None) or {})
+    try:
+        compile_patterns(opts.get("patterns"))
+    except ValueError as exc:
+        raise InputError(str(exc), hint="e.g. 'acc: (?P<acc>[0-9.]+)'") from None
+    return {"patterns": list(opts.get("patterns") or []), "primary": opts.get("primary"),
+            "mode": opts.get("mode") or "min"}
+
+
+def sweep_status(agent, *, tail: int = 15, metrics: Optional[Mapping[str, Any]] = None) -> SweepStatus:
+    """Every run of the latest sweep, in one call (the repair pass included); ``metrics``:
+    ``metrics_options(cfg)``."""
+    return SweepStatus.from_doc(agent.call("sweep.status", timeout=120, tail=tail, metrics=dict(metrics or {})))
 
 
 def wait_sweep(agent, timeout_secs: Optional[float] = None, *,
-               on_progress: Optional[Callable[[SweepStatus], None]] = None) -> SweepStatus:
+               on_progress: Optional[Callable[[SweepStatus], None]] = None,
+               metrics: Optional[Mapping[str, Any]] = None) -> SweepStatus:
     """Block until the runner ends; returns promptly when it does. ``timeout_secs``:
     WaitTimeout (exit 5), the sweep goes on. InputError when no sweep was ever started."""
     deadline = None if timeout_secs is None else time.monotonic() + max(0.0, float(timeout_secs))
@@ -267,7 +288,8 @@ def wait_sweep(agent, timeout_secs: Optional[float] = None, *,
         left = MAX_BLOCK_SECS if deadline is None else max(0.0, min(MAX_BLOCK_SECS, deadline - time.monotonic()))
         if on_progress is not None:
             left = min(left, 10.0)
-        st = SweepStatus.from_doc(agent.call("sweep.wait", timeout=left + _SLACK_SECS, wait_secs=left))
+        st = SweepStatus.from_doc(agent.call("sweep.wait", timeout=left + _SLACK_SECS, wait_secs=left,
+                                             metrics=dict(metrics or {})))
         if st.state == "none":
             raise InputError("no sweep has been started on this pod", hint="wf sweep-start")
         if st.finished and not st.active:

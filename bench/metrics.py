@@ -1,0 +1,114 @@
+"""Metrics bench (SPEC §11).
+
+    .venv/bin/python bench/metrics.py [--mb 50] [--runs 1000] [--log-mb 10]
+
+1. extraction throughput: MB/s of a minimal-GPT-style log (``iter N: loss X, time T ms``
+   every line, an eval line every 50, a noise line every 3) parsed from scratch
+   (target >= 50 MB/s);
+2. ``sweep.status`` of ``--runs`` runs with ``--log-mb`` MB logs each, once parsed
+   (the incremental state is there), against the same status with empty logs
+   (target: within 1.3x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from workflow.agent.metrics import LogMetrics  # noqa: E402
+
+
+def write_log(path: Path, mb: float) -> None:
+    lines = []
+    for i in range(20000):
+        lines.append("iter %d: loss %.4f, time %.2fms, mfu %.2f%%\n" % (i, 4.0 / (i + 1) + 1, 22.2 + i % 7, 0.8))
+        if i % 50 == 0:
+            lines.append("step %d: train loss %.4f, val loss %.4f\n" % (i, 3.06, 3.10))
+        if i % 3 == 0:
+            lines.append("W1202 dataloader.py:123] prefetch took longer than expected\n")
+    block = "".join(lines).encode()
+    with open(path, "wb") as fh:
+        while fh.tell() < mb * (1 << 20):
+            fh.write(block)
+
+
+def bench_throughput(base: Path, mb: float) -> dict:
+    log = base / "big.log"
+    write_log(log, mb)
+    size = log.stat().st_size / (1 << 20)
+    t0 = time.perf_counter()
+    m = LogMetrics()
+    m.feed_file(str(log))
+    secs = time.perf_counter() - t0
+    return {"log_mb": round(size, 1), "secs": round(secs, 2), "mb_per_sec": round(size / secs, 1),
+            "target_mb_per_sec": 50, "last": m.last}
+
+
+def make_runs(outputs: Path, runs: int, log: Path) -> None:
+    docs = []
+    for i in range(runs):
+        rid = "run%04d" % i
+        d = outputs / rid
+        d.mkdir(parents=True)
+        (d / "status.json").write_text(json.dumps({"id": rid, "state": "success", "exit_code": 0,
+                                                   "started_at": "2026-01-01T00:00:00Z",
+                                                   "finished_at": "2026-01-01T00:01:00Z", "attempt": 1}))
+        if log.exists():
+            (d / "stdout.log").symlink_to(log)
+        else:
+            (d / "stdout.log").write_text("")
+        docs.append({"run_id": rid, "out_dir": str(d), "launch": True})
+    ctl = outputs / "_control" / "sweep"
+    ctl.mkdir(parents=True)
+    (ctl / "plan.json").write_text(json.dumps({"sweep_id": "bench", "runs": docs}))
+
+
+def timed_status(outputs: Path, repeat: int = 3) -> float:
+    from workflow.agent import sweep
+
+    best = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        sweep.status({"outputs_dir": str(outputs)})
+        secs = time.perf_counter() - t0
+        best = secs if best is None else min(best, secs)
+    return best
+
+
+def bench_status(base: Path, runs: int, log_mb: float) -> dict:
+    log = base / "run.log"
+    write_log(log, log_mb)
+    empty, full = base / "empty", base / "full"
+    make_runs(empty, runs, base / "missing.log")
+    make_runs(full, runs, log)
+    t0 = time.perf_counter()
+    from workflow.agent import sweep
+
+    sweep.status({"outputs_dir": str(full)})  # the first status parses every log once
+    first = time.perf_counter() - t0
+    e, f = timed_status(empty), timed_status(full)
+    return {"runs": runs, "log_mb": log_mb, "first_status_secs": round(first, 1), "empty_logs_secs": round(e, 3),
+            "parsed_logs_secs": round(f, 3), "ratio": round(f / e, 2), "target_ratio": 1.3}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mb", type=float, default=50)
+    ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--log-mb", type=float, default=10)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="podflow-bench-metrics-") as tmp:
+        base = Path(tmp)
+        print(json.dumps({"throughput": bench_throughput(base, a.mb)}, indent=1), flush=True)
+        print(json.dumps({"status": bench_status(base, a.runs, a.log_mb)}, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()

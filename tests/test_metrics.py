@@ -1,0 +1,204 @@
+"""Metrics from real training scripts (SPEC §11): every supported format, the
+configuration echo left out, series and best, incremental parsing of a big log, and a
+minimal-GPT-style script through a real sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import pytest
+
+from workflow.agent.metrics import LogMetrics, compile_patterns, parse_metrics_line, read_run, run_summary
+
+#: Verbatim shape of a minimal-GPT (nanoGPT-style) train.py log, configuration echo first.
+MINIGPT_LOG = """\
+Overriding config with config/train_shakespeare_char.py:
+# train a miniature character-level shakespeare model
+out_dir = 'out-shakespeare-char'
+eval_interval = 250 # keep frequent because we'll overfit
+Overriding: learning_rate = 0.003
+Overriding: max_iters = 40
+Overriding: dropout = 0
+Namespace(batch_size=12, block_size=64, lr=0.003)
+tokens per iteration will be: 16,384
+found vocab_size = 65 (inside data/shakespeare_char/meta.pkl)
+number of parameters: 0.80M
+step 0: train loss 4.2874, val loss 4.2823
+iter 0: loss 4.2649, time 3541.29ms, mfu -100.00%
+iter 10: loss 3.2051, time 22.21ms, mfu 0.84%
+step 20: train loss 3.0612, val loss 3.1024
+iter 20: loss 3.0531, time 22.20ms, mfu 0.90%
+iter 30: loss 2.9900, time 22.10ms, mfu 0.91%
+step 40: train loss 2.9003, val loss 3.2000
+"""
+
+
+def feed(text, **kw):
+    m = LogMetrics(series=True, **kw)
+    for line in text.splitlines():
+        m.feed_line(line)
+    return m
+
+
+def test_minigpt_log_gives_loss_series_and_no_configuration_echo():
+    m = feed(MINIGPT_LOG)
+    assert m.series["train_loss"] == [[0, 4.2874], [20, 3.0612], [40, 2.9003]]
+    assert m.series["val_loss"] == [[0, 4.2823], [20, 3.1024], [40, 3.2]]
+    assert m.series["loss"] == [[0, 4.2649], [10, 3.2051], [20, 3.0531], [30, 2.99]]
+    assert m.series["time"][-1] == [30, 22.1] and m.series["mfu"][0] == [0, -100.0]
+    assert set(m.last) == {"train_loss", "val_loss", "loss", "time", "mfu"}  # no learning_rate, dropout, ...
+    assert m.best() == {"name": "val_loss", "value": 3.1024, "step": 20}
+    assert m.best("train_loss") == {"name": "train_loss", "value": 2.9003, "step": 40}
+    assert m.best("mfu", "max") == {"name": "mfu", "value": 0.91, "step": 30}
+    assert m.total == 40  # max_iters from the echo: progress, not a metric
+
+
+def test_each_log_format():
+    assert parse_metrics_line('{"step": 10, "loss": 0.48}') == {"step": 10, "loss": 0.48}
+    assert parse_metrics_line("{'loss': 0.5, 'learning_rate': 5e-05, 'epoch': 1.0}") == {
+        "loss": 0.5, "learning_rate": 5e-05, "epoch": 1.0}
+    assert parse_metrics_line("{'eval_loss': nan}") is None  # not a literal: skipped, never a crash
+    assert parse_metrics_line("step=3 loss=0.25 acc=97.5%") == {"step": 3, "loss": 0.25}
+    assert parse_metrics_line("epoch 1: train_loss=1.5e-3, val_loss=0.2") == {"train_loss": 1.5e-3, "val_loss": 0.2}
+    assert parse_metrics_line("Step 7/100 | loss: 0.5 | grad norm 1.25") == {"loss": 0.5, "grad_norm": 1.25}
+    assert parse_metrics_line("[podflow] run x started (CUDA_VISIBLE_DEVICES='0')") is None
+    assert parse_metrics_line("hello world") is None and parse_metrics_line("{'a': [1, 2]}") is None
+    # HF Trainer: dict lines, the step being the epoch; a JSON config dump first is an echo.
+    m = feed('{"model": "gpt2", "lr": 0.0003}\n'
+             "{'loss': 2.5, 'learning_rate': 5e-05, 'epoch': 0.5}\n"
+             "{'eval_loss': 2.25, 'epoch': 1.0}\n{'loss': 2.0, 'learning_rate': 4e-05, 'epoch': 1.0}\n")
+    assert "lr" not in m.last and m.series["loss"] == [[0.5, 2.5], [1.0, 2.0]]
+    assert m.best() == {"name": "eval_loss", "value": 2.25, "step": 1.0}
+    # key=value: the values seen only before the first step/loss line are the configuration.
+    m = feed("lr=0.1 warmup=100\nstep=1 loss=0.9\nstep=2 loss=0.7 lr=0.05\n")
+    assert m.last == {"step": 2, "loss": 0.7, "lr": 0.05} and m.series["lr"] == [[2, 0.05]]
+    # A digit inside a name is part of the name (line shapes are not mixed up).
+    m = feed("step 1: layer1 norm 0.5\nstep 1: layer2 norm 0.25\nstep 2: layer1 norm 0.4\n")
+    assert m.last == {"layer1_norm": 0.4, "layer2_norm": 0.25}
+
+
+def test_patterns_with_named_groups():
+    rx = compile_patterns([r"Accuracy on (?:\w+): (?P<acc>[0-9.]+)% after (?P<step>\d+) batches"])
+    m = feed("starting\nAccuracy on dev: 71.5% after 100 batches\nAccuracy on dev: 80.25% after 200 batches\n",
+             patterns=rx)
+    assert m.series["acc"] == [[100, 71.5], [200, 80.25]]
+    assert m.best("acc", "max") == {"name": "acc", "value": 80.25, "step": 200}
+    with pytest.raises(ValueError, match="no named group"):
+        compile_patterns([r"acc (\d+)"])
+    with pytest.raises(ValueError, match="not a regular expression"):
+        compile_patterns([r"(?P<acc>[0-9"])
+
+
+def test_tqdm_lines_give_progress_and_eta(tmp_path):
+    (tmp_path / "stdout.log").write_bytes(
+        b"Epoch 1:  10%|#         | 10/100 [00:05<00:45,  2.00it/s]\r"
+        b"Epoch 1:  45%|####5     | 45/100 [00:22<01:30,  2.00it/s]\r")
+    out = run_summary(str(tmp_path), str(tmp_path / "state.json"))
+    assert out["progress"] == {"step": 45, "total": 100, "fraction": 0.45, "eta_secs": 90}
+    # step/max_iters known from the log: ETA from the elapsed time.
+    run = tmp_path / "minigpt"
+    run.mkdir()
+    (run / "stdout.log").write_text(MINIGPT_LOG.rsplit("iter 20", 1)[0])
+    out = run_summary(str(run), str(run / "state.json"), elapsed_secs=100.0)
+    assert out["progress"]["step"] == 20 and out["progress"]["total"] == 40 and out["progress"]["eta_secs"] == 100.0
+
+
+def test_metrics_jsonl_wins_over_the_log(tmp_path):
+    (tmp_path / "stdout.log").write_text("step 1: loss 9.0, tok/s 100\n")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n')
+    m, _ = read_run(str(tmp_path), series=True)
+    assert m.series["loss"] == [[1, 0.5], [2, 0.25]] and m.last["tok/s"] == 100
+
+
+def test_a_200_mb_log_is_read_once_then_only_its_new_bytes(tmp_path):
+    log = tmp_path / "stdout.log"
+    state = tmp_path / "_control" / "metrics.json"
+    first = b"iter 0: loss 5.0000, time 20.0ms\n"
+    noise = b"W1202 dataloader.py:123] worker batch prefetch took longer than expected (slow disk?)\n"
+    with open(log, "wb") as fh:
+        fh.write(first)
+        block = noise * 10000 + b"iter 1: loss 4.0000, time 20.0ms\n"
+        while fh.tell() < 200 << 20:
+            fh.write(block)
+    out = run_summary(str(tmp_path), str(state))
+    assert out["metrics"] == {"loss": 4.0, "time": 20.0} and out["best"] == {"name": "loss", "value": 4.0, "step": 1}
+    assert out["metrics_complete"] and json.loads(state.read_text())["log"]["offset"] == log.stat().st_size
+    # Rewrite the first line in place (same file, same size): a re-read would see it.
+    with open(log, "r+b") as fh:
+        fh.write(b"iter 0: loss 0.0001, time 20.0ms\n")
+        fh.seek(0, os.SEEK_END)
+        fh.write(b"iter 2: loss 3.5000, time 21.0ms\n")
+    out = run_summary(str(tmp_path), str(state))
+    assert out["metrics"] == {"loss": 3.5, "time": 21.0}
+    assert out["best"] == {"name": "loss", "value": 3.5, "step": 2}  # 0.0001 was never read again
+    # A budget of 0 bytes (a status out of time) shows what was parsed before.
+    with open(log, "ab") as fh:
+        fh.write(b"iter 3: loss 3.0000, time 21.0ms\n")
+    out = run_summary(str(tmp_path), str(state), budget_bytes=0)
+    assert out["metrics"]["loss"] == 3.5 and not out["metrics_complete"]
+    # A log replaced by a new file is read from its start.
+    log.unlink()
+    log.write_text("iter 0: loss 9.0\n")
+    assert run_summary(str(tmp_path), str(state))["metrics"] == {"loss": 9.0}
+
+
+def test_a_new_attempt_echoes_its_configuration_again():
+    m = feed(MINIGPT_LOG + "[podflow] run r attempt 2 started by sweep s2 (CUDA_VISIBLE_DEVICES='')\n"
+             + "Overriding: learning_rate = 0.001\nstep 50: train loss 2.5, val loss 2.75\n")
+    assert "learning_rate" not in m.last and m.last["val_loss"] == 2.75
+
+
+MINIGPT = textwrap.dedent('''\
+    """A minimal-GPT-style train.py: a config file, --key=value overrides echoed as
+    nanoGPT's configurator does, then eval and train lines."""
+    import json, math, sys, time
+    config = {"learning_rate": 0.001, "max_iters": 20, "eval_interval": 10, "dropout": 0.1}
+    print("Overriding config with %s:" % sys.argv[1])
+    config.update(json.load(open(sys.argv[1])).get("minigpt", {}))
+    for arg in sys.argv[2:]:
+        key, value = arg[2:].split("=", 1)
+        print("Overriding: %s = %s" % (key, value))
+        config[key] = type(config[key])(value)
+    print("tokens per iteration will be: 16,384", flush=True)
+    lr = config["learning_rate"]
+    for it in range(config["max_iters"] + 1):
+        loss = 4.0 * math.exp(-lr * 10 * it) + 1.0
+        if it % config["eval_interval"] == 0:
+            print("step %d: train loss %.4f, val loss %.4f" % (it, loss, loss + 0.1 + (0.5 if it == 40 else 0)))
+        print("iter %d: loss %.4f, time %.2fms, mfu %.2f%%" % (it, loss, 20.0 + it % 3, 0.5), flush=True)
+        time.sleep(0.01)
+    ''')
+
+
+def test_minigpt_script_through_a_real_sweep(project):
+    from test_sweep_run_helpers import SweepProject, runs_by_id
+
+    sp = SweepProject(project, {"sweep": {"entrypoint": "minigpt.py", "args": ["{config}"],
+                                          "metrics": {"patterns": [r"tokens per iteration will be: (?P<tokens_per_iter>[\d]+)"]}}},
+                      """\
+                      run_id,config,seed,overrides,notes
+                      slow,configs/tiny.json,0,--learning_rate=0.001 --max_iters=40,
+                      fast,configs/tiny.json,0,--learning_rate=0.01 --max_iters=40,
+                      """)
+    (sp.repo / "examples" / "minigpt.py").write_text(MINIGPT)
+    sp.wf("sweep-start", check=0)
+    sp.wf("sweep-wait", "--timeout-secs", "120", check=0)
+    runs = runs_by_id(sp.status())
+    fast, slow = runs["fast"], runs["slow"]
+    assert set(fast["metrics"]) == {"train_loss", "val_loss", "loss", "time", "mfu", "tokens_per_iter"}
+    assert fast["metrics"]["loss"] == pytest.approx(4.0 * 2.718281828 ** -4 + 1.0, abs=1e-3)
+    # val loss is worst at the last eval (step 40): the best is at step 30.
+    assert fast["best"] == {"name": "val_loss", "value": round(4.0 * 2.718281828 ** -3 + 1.1, 4), "step": 30}
+    assert fast["best"]["value"] < slow["best"]["value"]
+    text = sp.wf("sweep-status", check=0).stdout
+    assert "best val_loss" in text and "learning_rate" not in text and "max_iters" not in text
+    # sweep.metrics.primary/mode choose what "best" means.
+    sp.write_config({"sweep": {"entrypoint": "minigpt.py", "args": ["{config}"],
+                               "metrics": {"primary": "mfu", "mode": "max"}}})
+    assert runs_by_id(sp.status())["fast"]["best"] == {"name": "mfu", "value": 0.5, "step": 0}
+    sp.write_config({"sweep": {"entrypoint": "minigpt.py", "args": ["{config}"],
+                               "metrics": {"patterns": ["loss (\\d+)"]}}})
+    bad = sp.wf("sweep-status")
+    assert bad.returncode == 2 and "no named group" in bad.stderr
