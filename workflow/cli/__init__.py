@@ -14,6 +14,7 @@ from workflow.cli import (
     data_tasks,
     demo_tasks,
     fsm_tasks,
+    mcp_tasks,
     pod_tasks,
     provider_tasks,
     sweep_tasks,
@@ -21,7 +22,8 @@ from workflow.cli import (
     workflow_tasks,
 )
 
-GROUPS = (config_tasks, sweep_tasks, provider_tasks, pod_tasks, data_tasks, workflow_tasks, task_tasks, fsm_tasks, demo_tasks)
+GROUPS = (config_tasks, sweep_tasks, provider_tasks, pod_tasks, data_tasks, workflow_tasks, task_tasks, fsm_tasks, demo_tasks,
+          mcp_tasks)
 
 
 def build_collection() -> Collection:

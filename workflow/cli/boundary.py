@@ -6,10 +6,11 @@ Every task is declared with ``@wf_task`` instead of ``invoke.task``; library cod
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, List
 
 from invoke import Exit, task
 
@@ -34,7 +35,9 @@ def wf_task(*args: Any, **kwargs: Any) -> Callable:
             except KeyboardInterrupt:
                 raise Exit("interrupted", code=int(ExitCode.INTERRUPTED)) from None
 
-        return task(*args, **kwargs)(guarded)
+        made = task(*args, **kwargs)(guarded)
+        made.flag_help = dict(made.help)  # Invoke's parser consumes .help; `wf mcp` needs it too
+        return made
 
     if len(args) == 1 and callable(args[0]) and not kwargs:
         fn, args = args[0], ()
@@ -47,11 +50,33 @@ def wf_task(*args: Any, **kwargs: Any) -> Callable:
 _json_printed: list = []
 
 
+#: Where ``print_json`` sends documents instead of stdout while ``capture_json`` is active
+#: (the MCP server calls a task in-process and takes its document as an object).
+_json_sink: list = []
+
+
 def print_json(doc: Any) -> None:
     """The one JSON document a ``--json`` read command prints on stdout."""
     _json_printed.append(True)
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(doc, indent=2, sort_keys=True, default=str)
+    if _json_sink:
+        _json_sink[-1].append(json.loads(text))  # the very document stdout would get
+        return
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def capture_json() -> Iterator[List[Any]]:
+    """Collect the documents ``print_json`` emits (as parsed JSON) instead of printing
+    them: how ``wf mcp`` runs a task's ``--json`` path in-process. Not re-entrant across
+    threads; the caller runs one task at a time."""
+    docs: List[Any] = []
+    _json_sink.append(docs)
+    try:
+        yield docs
+    finally:
+        _json_sink.pop()
 
 
 def strict_parsing(program: Any) -> Any:

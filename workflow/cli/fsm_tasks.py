@@ -30,8 +30,12 @@ def fsm_status(c, json=False):
 
 
 @wf_task(help={"state": "INIT, POD_READY, BOOTSTRAPPED, CHECKED_OUT, SWEEP_RUNNING or SWEEP_COMPLETED",
-               "reason": "why; recorded in the history"})
-def fsm_reset(c, state, reason=None):
+               "reason": "why; recorded in the history",
+               "json": "print the new state file as one JSON document (as fsm-status --json)"})
+def fsm_reset(c, state, reason=None, json=False):
     """Set the workflow state by hand (from any state), recorded in the history."""
     doc = runtime.fsm().reset(state.upper(), reason)
+    if json:
+        print_json({k: v for k, v in doc.items() if k != "exists"})
+        return
     print(f"state: {doc['state']} (was {doc['history'][-1]['from']})")

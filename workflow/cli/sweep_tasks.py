@@ -120,7 +120,7 @@ def render_status(st) -> str:
     "csv": "sweep CSV (default: sweep.csv from the config)",
     "json": "print one JSON document",
 })
-def sweep_start(c, match=None, start_at=None, limit=None, dry_run=False, retry_failed=False, csv=None, json=False):
+def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_run=False, retry_failed=False, csv=None, json=False):
     """Start the sweep on the pod in tmux and return (every row not already ok).
 
     Validates the CSV here (exit 2, line numbers), checks on the pod that every row's
@@ -187,7 +187,7 @@ def sweep_status(c, watch=False, json=False, interval=None):
 
 
 @wf_task(help={"timeout_secs": "give up after N seconds (exit 5; the sweep goes on)", "json": "print one JSON document"})
-def sweep_wait(c, timeout_secs=None, json=False):
+def sweep_wait(c, timeout_secs: Optional[float] = None, json=False):
     """Wait until the sweep ends: exit 0 if every run succeeded, 1 if any did not, 5 on timeout."""
     from invoke import Exit
 

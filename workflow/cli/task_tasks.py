@@ -67,7 +67,7 @@ def _print_status(st, tail: bool = True) -> None:
     "force": "run again under an id that exists; the old directory is kept as a backup",
     "json": "print the status as one JSON document",
 })
-def task_run(c, id, cmd, timeout_secs=None, workdir=None, env=None, force=False, json=False):
+def task_run(c, id, cmd, timeout_secs: Optional[float] = None, workdir=None, env=None, force=False, json=False):
     """Start a tracked task on the pod in tmux and return once it runs; prints the id."""
     from workflow import tracked
 
@@ -132,12 +132,19 @@ def task_list(c, json=False):
         print(f"{r.id:<{width}}  {r.state:<9}  {code:>4}  {started:<20}  {dur}")
 
 
-@wf_task(help={"id": "task id", "tail": "only the last N lines", "follow": "keep printing new lines until the task ends"})
-def task_logs(c, id, tail=None, follow=False):
+@wf_task(help={"id": "task id", "tail": "only the last N lines", "follow": "keep printing new lines until the task ends",
+               "json": "print {\"id\", \"text\", \"status\"} as one JSON document (not with --follow)"})
+def task_logs(c, id, tail: Optional[int] = None, follow=False, json=False):
     """Print a task's stdout.log (stdout and stderr); --follow streams it until the task ends."""
     from workflow import tracked
 
-    tracked.task_logs(runtime.agent(), tracked.validate_id(id), tail=_int(tail, "--tail"), follow=follow)
+    if json and follow:
+        raise InputError("--json prints the log once; it cannot be combined with --follow")
+    chunks = []
+    st = tracked.task_logs(runtime.agent(), tracked.validate_id(id), tail=_int(tail, "--tail"), follow=follow,
+                           sink=chunks.append if json else None)
+    if json:
+        print_json({"id": st.id, "text": "".join(chunks), "status": st.to_dict()})
 
 
 @wf_task(help={"id": "task id", "json": "print the final status as one JSON document"})
