@@ -104,7 +104,7 @@ def test_the_json_sections_cover_what_the_commands_print(project):
     runs = [
         ("config-show",), ("sweep-validate",), ("pod-up",), ("check-connection",), ("pod-status",),
         ("fsm-status",), ("push-data", "data/set"), ("task-run", "--id", "t1", "--cmd", "echo hi"),
-        ("task-wait", "--id", "t1"), ("task-status", "--id", "t1"), ("task-list",),
+        ("task-wait", "--id", "t1"), ("task-status", "--id", "t1"), ("task-logs", "--id", "t1"), ("task-list",),
         ("task-run", "--id", "t2", "--cmd", "sleep 60"), ("task-kill", "--id", "t2"),
         ("sweep-status",), ("fetch-all",),
     ]

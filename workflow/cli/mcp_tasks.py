@@ -21,7 +21,7 @@ def mcp(c, project: Optional[str] = None):
     and the connection to the pod is kept between calls. Needs the podflow[mcp] extra.
     """
     try:
-        from workflow.mcp_server.server import serve
+        from workflow.cli.mcp_server.server import serve
     except ImportError as exc:
         if not (exc.name or "").split(".")[0] in ("mcp", "mcp_types", "anyio"):
             raise

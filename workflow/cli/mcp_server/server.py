@@ -30,7 +30,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
 from workflow import __version__, runtime
-from workflow.mcp_server import tools
+from workflow.cli.mcp_server import tools
 
 log = logging.getLogger("podflow.mcp")
 

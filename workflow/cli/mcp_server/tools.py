@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from workflow.errors import ExitCode
-from workflow.mcp_server.schema import input_schema
+from workflow.cli.mcp_server.schema import input_schema
 
 log = logging.getLogger("podflow.mcp")
 
