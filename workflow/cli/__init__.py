@@ -15,6 +15,7 @@ from workflow.cli import (
     demo_tasks,
     fsm_tasks,
     mcp_tasks,
+    money_tasks,
     pod_tasks,
     provider_tasks,
     sweep_tasks,
@@ -22,8 +23,8 @@ from workflow.cli import (
     workflow_tasks,
 )
 
-GROUPS = (config_tasks, sweep_tasks, provider_tasks, pod_tasks, data_tasks, workflow_tasks, task_tasks, fsm_tasks, demo_tasks,
-          mcp_tasks)
+GROUPS = (config_tasks, sweep_tasks, provider_tasks, pod_tasks, data_tasks, workflow_tasks, task_tasks, fsm_tasks, money_tasks,
+          demo_tasks, mcp_tasks)
 
 
 def build_collection() -> Collection:

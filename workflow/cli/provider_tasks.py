@@ -67,9 +67,14 @@ def pod_up(c, json=False):
         print(f"price: {_money(pod.price_per_hour)}/h")
 
 
-@wf_task(help={"json": "print one JSON document: provider state, endpoint, uptime, price, cost, fsm state, ttl"})
+@wf_task(help={"json": "print one JSON document: provider state, endpoint, price_per_hour, uptime_secs, "
+                       "spent_usd, fsm state, ttl"})
 def pod_status(c, json=False):
-    """Show the pod: provider state, endpoint, uptime, price per hour and cost so far, FSM state, ttl."""
+    """Show the pod: provider state, endpoint, uptime, price per hour and spend so far, FSM state, ttl.
+
+    The price is the provider's for the live pod (pod.price_per_hour for ssh and local);
+    spend counts the time it ran, from .podflow/ledger.jsonl (see 'wf cost').
+    """
     from workflow.providers.lifecycle import pod_status as status
 
     doc = status(runtime.config())
@@ -85,7 +90,11 @@ def pod_status(c, json=False):
     print(f"endpoint: {doc.get('endpoint') or '-'}")
     if doc["provider"] not in ("local", "ssh"):
         print(f"uptime: {_dur(doc.get('uptime_secs'))}")
-        print(f"price: {_money(doc.get('price_per_hour'))}/h, cost so far: {_money(doc.get('cost_so_far'))}")
+    if doc.get("price_per_hour") is not None:
+        print(f"price: {_money(doc.get('price_per_hour'))}/h, spent so far: {_money(doc.get('spent_usd'))}")
+    elif doc["provider"] in ("local", "ssh"):
+        print("price: unknown (set pod.price_per_hour to count this host's cost)")
+    if doc["provider"] not in ("local", "ssh"):
         if doc.get("ttl"):
             left = doc.get("ttl_left_secs")
             print(f"ttl: {doc['ttl']} ({'expired' if left is not None and left <= 0 else _dur(left) + ' left'})")

@@ -111,6 +111,16 @@ def render_status(st) -> str:
     return "\n".join(lines)
 
 
+def render_cost(cost) -> str:
+    """The money line of ``sweep-status``: spend so far and an estimate to finish."""
+    if cost.get("price_per_hour") is None:
+        return "cost: unknown price (cloud: 'wf pod-status' records it; ssh/local: set pod.price_per_hour)"
+    line = f"cost: ${cost['spent_usd']:.3f} so far at ${cost['price_per_hour']:.3f}/h"
+    if cost.get("estimate_to_finish_usd") is not None and cost.get("eta_secs"):
+        line += f"; about ${cost['estimate_to_finish_usd']:.3f} more to finish ({_fmt_secs(cost['eta_secs'])})"
+    return line
+
+
 @wf_task(help={
     "match": "only runs whose run_id contains this text",
     "start_at": "skip the rows before this run_id (CSV order)",
@@ -154,15 +164,17 @@ def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_r
 @wf_task(help={"watch": "refresh until the sweep ends", "json": "print one JSON document",
                "interval": "seconds between refreshes with --watch (default 2)"})
 def sweep_status(c, watch=False, json=False, interval=None):
-    """Counts by state, percent done, and each run's state, exit code, duration and latest metrics.
+    """Counts by state, percent done, each run's state, exit code, duration and latest metrics, and cost.
 
-    Runs that did not succeed show their last log lines. One round trip whatever the
-    number of runs.
+    The cost is the pod's price times the time since the first run started, and an
+    estimate to finish at the same pace ("cost" in --json). Runs that did not succeed
+    show their last log lines. One round trip whatever the number of runs.
     """
     import sys
     import time
 
     from workflow import runtime
+    from workflow.money.spend import sweep_cost
     from workflow.sweep.control import metrics_options
     from workflow.sweep.control import sweep_status as fetch_status
 
@@ -170,16 +182,18 @@ def sweep_status(c, watch=False, json=False, interval=None):
     opts = metrics_options(runtime.config())
     st = fetch_status(agent, metrics=opts)
     if json and not watch:
-        print_json(st.to_json())
+        print_json(dict(st.to_json(), cost=sweep_cost(runtime.config(), st)))
         return
     pause = float(interval or 2.0)
     while True:
         if json:
-            print_json(st.to_json())
+            print_json(dict(st.to_json(), cost=sweep_cost(runtime.config(), st)))
         else:
             if watch and sys.stdout.isatty():
                 sys.stdout.write("\x1b[H\x1b[2J")
             print(render_status(st))
+            if st.state != "none":
+                print(render_cost(sweep_cost(runtime.config(), st)))
         if not watch or not st.active:
             return
         time.sleep(pause)

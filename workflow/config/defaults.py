@@ -35,6 +35,8 @@ DEFAULTS: Dict[str, Any] = {
         "disk_gb": 50,
         "volume": None,
         "ttl": None,
+        "price_per_hour": None,
+        "max_cost_usd": None,
         "ready_timeout_secs": 600,
         "max_offer_attempts": 5,
     },
@@ -83,6 +85,9 @@ DEFAULTS: Dict[str, Any] = {
     },
     "fsm": {"enforce": True, "state_file": None},
     "tasks": {"tmux_session": None, "timeout_secs": None},
+    "autostop": {"idle_minutes": None, "action": "stop", "command": None, "gpu_util_below": 5,
+                 "allow_account_key": False},
+    "notify": {"on": ["sweep_completed", "run_failed", "autostop", "budget"]},
     "local": {"artifacts_dir": "artifacts"},
 }
 

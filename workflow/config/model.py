@@ -19,6 +19,7 @@ SECRET_ENV_NAMES = (
     "RUNPOD_API_KEY",
     "LIUM_API_KEY",
     "WANDB_API_KEY",
+    "WF_NOTIFY_URLS",
 )
 
 _MISSING = object()

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Set
 from workflow import runtime
 from workflow import session as sessions
 from workflow.errors import ConnectionFailed, ExitCode, InputError, PodflowError, ProviderError, UnsupportedAction
+from workflow.money import spend
 from workflow.providers import CLOUD, get_provider
 from workflow.providers.base import CreateRequest, Offer, OfferUnavailable, PodGone, PodInfo, PodState, Provider
 from workflow.providers.presets import offer_spec
@@ -158,14 +159,17 @@ def pod_up(config) -> PodUpResult:
     existing = _existing_pod(config, provider, say)
     if existing is not None:
         pod, rented = existing
+        spend.observe(config, provider.name, pod.id, pod)
         if pod.state == PodState.STOPPED:
             say(f"starting stopped {provider.name} pod {pod.id}")
             provider.start(pod.id)
+            spend.note(config, "start", provider.name, pod.id, price=pod.price_per_hour or None)
             pod = None
         else:
             say(f"using {provider.name} pod {pod.id} ({pod.raw_state or pod.state.value})")
         pod_id = existing[0].id
         ready = _wait(provider, config, pod_id, say, first=pod)
+        spend.observe(config, provider.name, pod_id, ready.pod)
         _save_session(config, provider, ready.pod, ready.endpoint, rented=rented)
         state = _advance_fsm(say)
         return PodUpResult(provider.name, ready.pod, str(ready.endpoint), rented=rented, stages=ready.stages,
@@ -192,17 +196,19 @@ def pod_up(config) -> PodUpResult:
             say(f"  skipped offer {offer.id}: {exc.reason}")
             continue
         created_at = time.time()
+        spend.note(config, "rent", provider.name, pod.id, price=pod.price_per_hour or offer.price_per_hour,
+                   label=pod.name or request.name, at=created_at)
         say(f"  rented {provider.name} pod {pod.id}; waiting until it is usable")
         try:
             ready = _wait(provider, config, pod.id, say, first=pod)
         except PodNeverReady as exc:
             skipped.append({"offer": offer.id, "pod": pod.id, "reason": f"never usable: {exc.message}"})
             say(f"  pod {pod.id} never became usable ({exc.message}); destroying it")
-            _destroy_quietly(provider, pod.id, say)
+            _destroy_quietly(provider, pod.id, say, config)
             continue
         except BaseException:
             say(f"  interrupted; destroying pod {pod.id} that this attempt created")
-            _destroy_quietly(provider, pod.id, say)
+            _destroy_quietly(provider, pod.id, say, config)
             raise
         _save_session(config, provider, ready.pod, ready.endpoint, rented=True, created_at=created_at)
         state = _advance_fsm(say)
@@ -218,11 +224,14 @@ def _spec_text(spec) -> str:
     return " ".join(parts) or "any offer"
 
 
-def _destroy_quietly(provider: Provider, pod_id: str, say: Say) -> None:
+def _destroy_quietly(provider: Provider, pod_id: str, say: Say, config=None) -> None:
     try:
         provider.destroy(pod_id)
     except PodflowError as exc:
         say(f"  warning: could not destroy pod {pod_id}: {exc}; remove it in the {provider.name} console")
+        return
+    if config is not None:
+        spend.note(config, "destroy", provider.name, pod_id, reason="never became usable")
 
 
 def _existing_pod(config, provider: Provider, say: Say):
@@ -236,6 +245,7 @@ def _existing_pod(config, provider: Provider, say: Say):
                     return pod, s.created_by_podflow
             except PodGone:
                 pass
+            spend.observe(config, provider.name, s.pod_id, gone=True)
             say(f"the session's {provider.name} pod {s.pod_id} is gone; forgetting it")
             sessions.clear(config)
     if config.pod.target:
@@ -251,6 +261,7 @@ def _pod_up_owned(config, provider: Provider, say: Say, t0: float) -> PodUpResul
         pod, endpoint, stages = ready.pod, str(ready.endpoint), ready.stages
     else:
         pod, endpoint, stages = provider.get("local"), "local", []
+    spend.note(config, "adopt", provider.name, spend.owned_id(config), price=spend.owned_price(config), label=pod.name)
     state = _advance_fsm(say)
     return PodUpResult(provider.name, pod, endpoint, stages=stages, state=state, seconds=time.monotonic() - t0)
 
@@ -282,6 +293,9 @@ def pod_status(config) -> Dict[str, Any]:
         doc["fsm_state"] = st.get("state")
         doc["fsm_updated_at"] = st.get("updated_at")
         doc["stop_or_destroy"] = provider.stop_unsupported_reason(pod)
+        spend.note(config, "adopt", provider.name, spend.owned_id(config), price=spend.owned_price(config),
+                   label=pod.name)
+        doc.update(spend.figures(config, provider.name, spend.owned_id(config), live_price=spend.owned_price(config)))
         return doc
 
     pod_id = s.pod_id if s is not None and s.provider == provider.name else None
@@ -293,21 +307,22 @@ def pod_status(config) -> Dict[str, Any]:
             pod = provider.find(str(config.pod.target))
     except PodGone:
         doc["error"] = f"{provider.name} pod {pod_id} no longer exists"
+        spend.observe(config, provider.name, pod_id, gone=True)
     if pod is None:
         doc["session"] = s.to_dict() if s else None
         return doc
     now = time.time()
     created = (s.created_at if s and s.pod_id == pod.id else None) or pod.created_at
-    started = pod.started_at or created
-    price = pod.price_per_hour if pod.price_per_hour is not None else (s.price_per_hour if s else None)
+    spend.observe(config, provider.name, pod.id, pod)
+    money = spend.figures(config, provider.name, pod.id, live_price=pod.price_per_hour or None,
+                          started_at=pod.started_at, now=now)
     doc["pod"] = pod.as_dict()
     used = s.endpoint() if s and s.pod_id == pod.id and s.host else None
     same = [e for e in pod.endpoints if used is not None and (e.host, e.port) == (used.host, used.port)]
     doc["endpoint"] = str(same[0]) if same else (str(pod.endpoint) if pod.endpoint else (str(used) if used else None))
     doc["created_at"] = created
-    doc["uptime_secs"] = round(now - started, 1) if started and pod.state == PodState.RUNNING else 0.0
-    doc["price_per_hour"] = price
-    doc["cost_so_far"] = round(price * (now - created) / 3600.0, 4) if price is not None and created else None
+    doc.update(money)
+    doc["cost_so_far"] = money["spent_usd"]  # the name before SPEC §10
     ttl_raw = (s.ttl if s and s.ttl else None) or (config.pod.ttl if config.pod.ttl not in (None, "") else None)
     doc["ttl"] = str(ttl_raw) if ttl_raw is not None else None
     ttl = parse_ttl(ttl_raw) if ttl_raw is not None else None
@@ -378,6 +393,7 @@ def pod_down(config, *, destroy: bool = False, force: bool = False) -> Dict[str,
     if pod_id is None:
         raise ConnectionFailed(f"no {provider.name} pod known for this project", hint="nothing to take down")
     if pod is None or pod.state == PodState.TERMINATED:
+        spend.observe(config, provider.name, pod_id, gone=True)
         sessions.clear(config)
         return {"provider": provider.name, "pod_id": pod_id, "action": "none", "message": f"pod {pod_id} is already gone"}
 
@@ -386,6 +402,7 @@ def pod_down(config, *, destroy: bool = False, force: bool = False) -> Dict[str,
         if reason:
             raise UnsupportedAction(provider.name, "stop", hint=f"{reason}; 'wf pod-down --destroy' removes it")
         provider.stop(pod.id)
+        spend.note(config, "stop", provider.name, pod.id)
         return {"provider": provider.name, "pod_id": pod.id, "action": "stop",
                 "message": "disk kept; storage is still billed; 'wf pod-up' starts it again"}
 
@@ -410,5 +427,6 @@ def pod_down(config, *, destroy: bool = False, force: bool = False) -> Dict[str,
         except PodflowError as exc:
             say(f"warning: state not reset on the pod ({exc.message})")
     provider.destroy(pod.id)
+    spend.note(config, "destroy", provider.name, pod.id, reason="forced" if force else None)
     sessions.clear(config)
     return {"provider": provider.name, "pod_id": pod.id, "action": "destroy", "forced": force}
