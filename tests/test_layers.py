@@ -25,7 +25,7 @@ ALLOWED = {
     "workflow.transport": {"workflow.errors", "workflow.config", "workflow.agent"},
 }
 UPPER = ("workflow.providers", "workflow.runtime", "workflow.session", "workflow.cli", "workflow.prepare",
-         "workflow.sweep", "workflow.tracked", "workflow.agent_client", "workflow.fsm")
+         "workflow.sweep", "workflow.tracked", "workflow.agent_client", "workflow.fsm", "workflow.results")
 
 
 def _module_name(path: Path) -> str:

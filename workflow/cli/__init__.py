@@ -18,13 +18,14 @@ from workflow.cli import (
     money_tasks,
     pod_tasks,
     provider_tasks,
+    results_tasks,
     sweep_tasks,
     task_tasks,
     workflow_tasks,
 )
 
 GROUPS = (config_tasks, sweep_tasks, provider_tasks, pod_tasks, data_tasks, workflow_tasks, task_tasks, fsm_tasks, money_tasks,
-          demo_tasks, mcp_tasks)
+          results_tasks, demo_tasks, mcp_tasks)
 
 
 def build_collection() -> Collection:

@@ -161,6 +161,14 @@ def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_r
     print("  follow with: wf sweep-status [--watch]   wait with: wf sweep-wait")
 
 
+def _report_line(cfg) -> str:
+    """Where the HTML report is (or how to get one)."""
+    page = cfg.local_path(cfg.get("local.artifacts_dir")) / "report.html"
+    if page.is_file():
+        return f"report: {page} (wf fetch-all, then wf sweep-report, refreshes it)"
+    return f"report: none yet (wf fetch-all, then wf sweep-report writes {page})"
+
+
 @wf_task(help={"watch": "refresh until the sweep ends", "json": "print one JSON document",
                "interval": "seconds between refreshes with --watch (default 2)"})
 def sweep_status(c, watch=False, json=False, interval=None):
@@ -195,6 +203,8 @@ def sweep_status(c, watch=False, json=False, interval=None):
             if st.state != "none":
                 print(render_cost(sweep_cost(runtime.config(), st)))
         if not watch or not st.active:
+            if not json:
+                print(_report_line(runtime.config()))
             return
         time.sleep(pause)
         st = fetch_status(agent, metrics=opts)
