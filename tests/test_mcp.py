@@ -10,7 +10,6 @@ import contextlib
 import copy
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,12 +19,9 @@ from typing import Any, Dict, List
 
 import anyio
 import pytest
-
-mcp = pytest.importorskip("mcp")  # the test extra installs it; without it there is nothing to drive
-from mcp.client.session import ClientSession  # noqa: E402
-from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
-
-from test_sweep_run_helpers import JOB  # noqa: E402
+from mcp.client.session import ClientSession  # the test extra installs the SDK
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from test_sweep_run_helpers import checkout_on_ssh_pod
 
 WF = str(Path(sys.executable).with_name("wf"))
 EXPECTED_TOOLS = {"config_show", "sweep_validate", "pod_status", "fsm_status", "sweep_start", "sweep_status",
@@ -217,18 +213,6 @@ def test_without_the_sdk_wf_mcp_exits_2_naming_the_extra(tmp_path, project):
 # ---------------------------------------------------------------- a whole sweep over SSH
 
 
-def _checkout_by_hand(ssh_pod) -> None:
-    """What bootstrap + checkout would leave: the examples, a job, a ".venv" whose python
-    is the system one (the pod user cannot use this machine's torch venv)."""
-    repo = ssh_pod.remote_dir / "repo"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "examples", repo / "examples",
-                    ignore=shutil.ignore_patterns("out", "__pycache__"))
-    (repo / "examples" / "job.py").write_text(JOB)
-    (repo / ".venv" / "bin").mkdir(parents=True)
-    (repo / ".venv" / "bin" / "python").symlink_to("/usr/bin/python3")
-    subprocess.run(["chown", "-R", f"{ssh_pod.uid}:{ssh_pod.gid}", str(repo)], check=True)
-
-
 def _logins(ssh_pod) -> int:
     return (ssh_pod.dir / "sshd.log").read_text(errors="replace").count("Accepted ")
 
@@ -245,7 +229,7 @@ def test_a_whole_sweep_through_tools_on_a_password_pod(ssh_pod, project):
         fast,configs/tiny.json,1,steps=3,
         slow,configs/tiny.json,2,steps=40 sleep=0.25,"still running when we first wait"
         """))
-    _checkout_by_hand(ssh_pod)
+    checkout_on_ssh_pod(ssh_pod)
     env = {"REMOTE_SSH_PASSWORD": ssh_pod.password, "WANDB_API_KEY": WANDB_CANARY}
 
     async def main():

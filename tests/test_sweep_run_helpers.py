@@ -142,3 +142,16 @@ def marked_pids(nonces) -> list:
         if any(m in env for m in marks):
             found.append(int(name))
     return found
+
+
+def checkout_on_ssh_pod(pod) -> Path:
+    """What bootstrap + checkout would leave on an ``sshd.SshPod``: examples/ and the test
+    job in ``remote.workdir``, and a ``.venv`` whose python is the system one (the pod
+    user cannot use this machine's torch venv). Returns the checkout."""
+    repo = pod.remote_dir / "repo"
+    shutil.copytree(REPO / "examples", repo / "examples", ignore=shutil.ignore_patterns("out", "__pycache__"))
+    (repo / "examples" / "job.py").write_text(JOB)
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "python").symlink_to("/usr/bin/python3")
+    subprocess.run(["chown", "-R", f"{pod.uid}:{pod.gid}", str(repo)], check=True)
+    return repo
