@@ -26,7 +26,7 @@ from test_sweep_run_helpers import checkout_on_ssh_pod
 WF = str(Path(sys.executable).with_name("wf"))
 EXPECTED_TOOLS = {"config_show", "sweep_validate", "pod_status", "fsm_status", "sweep_start", "sweep_status",
                   "sweep_wait", "fetch_run", "fetch_all", "task_run", "task_status", "task_list", "task_logs",
-                  "task_kill", "pod_down", "fsm_reset"}
+                  "task_kill", "cost", "pod_down", "fsm_reset"}
 WANDB_CANARY = "wandb-canary-3f9c1e7d2b"
 
 
@@ -161,6 +161,7 @@ def test_pod_down_and_fsm_reset_need_confirm_and_config_edits_are_seen(project):
             doc = await a.ok("fsm_reset", state="CHECKED_OUT", reason="by an agent", confirm=True)
             assert doc["state"] == "CHECKED_OUT" and doc["history"][-1]["reason"] == "by an agent"
             assert json.loads(state_file.read_text())["state"] == "CHECKED_OUT"
+            assert set(await a.ok("cost")) >= {"pods", "total_usd"}
             assert (await a.ok("config_show"))["config"]["project"] == "t"
             (project / "configs" / "workflow.yaml").write_text("project: renamed\npod:\n  provider: local\n")
             assert (await a.ok("config_show"))["config"]["project"] == "renamed"
