@@ -189,7 +189,13 @@ def test_tracked_task_tools_return_at_once_and_never_show_a_secret(project):
                 while "hello-from-task" not in (await a.ok("task_logs", id="t1"))["text"]:
                     await anyio.sleep(0.2)
             assert (await a.ok("task_status", id="t1"))["state"] == "running"
-            assert sorted(t["id"] for t in (await a.ok("task_list"))["tasks"]) == ["k1", "t1"]
+            await a.ok("task_run", id="many", cmd="seq 1 500")
+            with anyio.fail_after(60):
+                while (await a.ok("task_status", id="many"))["state"] == "running":
+                    await anyio.sleep(0.2)
+            assert (await a.ok("task_logs", id="many"))["text"].split() == [str(i) for i in range(301, 501)]
+            assert (await a.ok("task_logs", id="many", tail=3))["text"].split() == ["498", "499", "500"]
+            assert sorted(t["id"] for t in (await a.ok("task_list"))["tasks"]) == ["k1", "many", "t1"]
             killed = await a.ok("task_kill", id="t1")
             assert killed["state"] == "cancelled"
             missing = await a.error("task_status", id="nope")
@@ -229,6 +235,7 @@ def test_a_whole_sweep_through_tools_on_a_password_pod(ssh_pod, project):
         run_id,config,seed,overrides,notes
         fast,configs/tiny.json,1,steps=3,
         slow,configs/tiny.json,2,steps=40 sleep=0.25,"still running when we first wait"
+        bad,configs/tiny.json,3,steps=1 fail=3,fails on purpose
         """))
     checkout_on_ssh_pod(ssh_pod)
     env = {"REMOTE_SSH_PASSWORD": ssh_pod.password, "WANDB_API_KEY": WANDB_CANARY}
@@ -236,13 +243,13 @@ def test_a_whole_sweep_through_tools_on_a_password_pod(ssh_pod, project):
     async def main():
         async with agent(project, env) as a:
             checked = await a.ok("sweep_validate")
-            assert checked["ok"] and checked["runs"] == 2
+            assert checked["ok"] and checked["runs"] == 3
             await a.ok("fsm_reset", state="CHECKED_OUT", reason="checkout made by hand (test)", confirm=True)
             started = await a.ok("sweep_start")
-            assert sorted(r["run_id"] for r in started["runs"] if r["launch"]) == ["fast", "slow"]
+            assert sorted(r["run_id"] for r in started["runs"] if r["launch"]) == ["bad", "fast", "slow"]
 
             first = await a.ok("sweep_status")
-            assert first["state"] in ("running", "completed") and {r["id"] for r in first["runs"]} == {"fast", "slow"}
+            assert first["state"] in ("running", "completed") and {r["id"] for r in first["runs"]} == {"bad", "fast", "slow"}
             logins = _logins(ssh_pod)
             for _ in range(10):
                 st = await a.ok("sweep_status")
@@ -256,17 +263,17 @@ def test_a_whole_sweep_through_tools_on_a_password_pod(ssh_pod, project):
             assert any("still running" in c.text for c in res.content)
 
             with anyio.fail_after(240):
-                while True:
-                    res = await a.call("sweep_wait", timeout_secs=30)
-                    assert not res.is_error, res.structured_content
-                    if res.structured_content["state"] != "running":
-                        break
-            done = res.structured_content
-            assert done["counts"] == {"success": 2} and done["percent"] == 100.0
+                while not (res := await a.call("sweep_wait", timeout_secs=30)).is_error:
+                    assert res.structured_content["state"] == "running"  # time-outs until it ends
+            failed = res.structured_content  # a run failed: exit 1, as `wf sweep-wait`
+            assert failed["exit_code"] == 1 and "did not succeed" in failed["error"]["message"]
+            done = failed["document"]
+            assert done["counts"] == {"success": 2, "failed": 1} and done["percent"] == 100.0
+            assert "failing on purpose" in next(r for r in done["runs"] if r["id"] == "bad")["log_tail"]
             assert (await a.ok("fsm_status"))["state"] == "SWEEP_COMPLETED"
 
             fetched = await a.ok("fetch_all")
-            assert sorted(r["run_id"] for r in fetched["runs"]) == ["fast", "slow"]
+            assert sorted(r["run_id"] for r in fetched["runs"]) == ["bad", "fast", "slow"]
             one = await a.ok("fetch_run", run_id="slow")
             assert one["complete"] and one["state"] == "success"
             config = await a.ok("config_show")
@@ -279,7 +286,7 @@ def test_a_whole_sweep_through_tools_on_a_password_pod(ssh_pod, project):
         outputs.extend(await main())
 
     run(wrapped)
-    for run_id in ("fast", "slow"):
+    for run_id in ("bad", "fast", "slow"):
         assert (project / "artifacts" / run_id / "status.json").exists()
         assert (project / "artifacts" / run_id / "args.json").exists()
     everything = "\n".join(outputs)

@@ -25,6 +25,8 @@ log = logging.getLogger("podflow.mcp")
 MAX_WAIT_SECS = 600
 
 _RETURNS = "Returns the JSON document of `wf {command} --json`."
+_MEANING = {1: "the remote work failed (a task or run did not succeed)", 2: "bad input", 3: "refused by the state machine",
+            4: "the pod or the provider cannot be reached", 5: "a wait timed out", 130: "interrupted"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ TOOLS: Tuple[ToolSpec, ...] = (
              "with task_status or task_logs", read_only=False),
     ToolSpec("task_status", "a task started with task_run", "about a second"),
     ToolSpec("task_list", "any state", "about a second"),
-    ToolSpec("task_logs", "a task started with task_run", "about a second", hidden=("follow",)),
+    ToolSpec("task_logs", "a task started with task_run", "about a second", hidden=("follow",),
+             overrides={"tail": {"default": 200, "minimum": 1}}),  # an agent's context is not a terminal
     ToolSpec("task_kill", "a task started with task_run", "seconds (TERM, then KILL after a grace period)",
              read_only=False),
     ToolSpec("cost", "the local ledger; no pod", "instant"),
@@ -197,8 +200,8 @@ def _run_task(spec: ToolSpec, args: Dict[str, Any]) -> Outcome:
         return Outcome(doc if isinstance(doc, dict) else {"result": doc}, 0)
     if isinstance(doc, dict) and "error" in doc and "exit_code" in doc:
         return Outcome(doc, code)  # the failure document --json printed
-    text = (message or "").removeprefix("error: ") or f"wf {spec.command} exited {code}"
-    failed = _error(code, "CommandFailed", text)
+    text = (message or "").removeprefix("error: ") or f"wf {spec.command} exited {code}: {_MEANING.get(code, 'failed')}"
+    failed = _error(code, "CommandFailed", text, hint="'document' holds what the command reported" if docs else None)
     if docs:
         failed.doc["document"] = doc
     return failed
