@@ -169,7 +169,7 @@ def _report_line(cfg) -> str:
     return f"report: none yet (wf fetch-all, then wf sweep-report writes {page})"
 
 
-@wf_task(help={"watch": "refresh until the sweep ends", "json": "print one JSON document",
+@wf_task(help={"watch": "refresh until the sweep ends: a live screen in a terminal (podflow[watch]), else plain lines", "json": "print one JSON document",
                "interval": "seconds between refreshes with --watch (default 2)"})
 def sweep_status(c, watch=False, json=False, interval=None):
     """Counts by state, percent done, each run's state, exit code, duration and latest metrics, and cost.
@@ -178,11 +178,11 @@ def sweep_status(c, watch=False, json=False, interval=None):
     estimate to finish at the same pace ("cost" in --json). Runs that did not succeed
     show their last log lines. One round trip whatever the number of runs.
     """
-    import sys
     import time
 
     from workflow import runtime
     from workflow.money.spend import sweep_cost
+    from workflow.results.watch import live_available, live_watch
     from workflow.sweep.control import metrics_options
     from workflow.sweep.control import sweep_status as fetch_status
 
@@ -193,13 +193,15 @@ def sweep_status(c, watch=False, json=False, interval=None):
         print_json(dict(st.to_json(), cost=sweep_cost(runtime.config(), st)))
         return
     pause = float(interval or 2.0)
+    if watch and not json and live_available():
+        st = live_watch(lambda: fetch_status(agent, metrics=opts), pause, first=st)
+        print(_report_line(runtime.config()))
+        return
     while True:
         if json:
             print_json(dict(st.to_json(), cost=sweep_cost(runtime.config(), st)))
         else:
-            if watch and sys.stdout.isatty():
-                sys.stdout.write("\x1b[H\x1b[2J")
-            print(render_status(st))
+            print(render_status(st), flush=True)
             if st.state != "none":
                 print(render_cost(sweep_cost(runtime.config(), st)))
         if not watch or not st.active:
