@@ -208,12 +208,30 @@ def main(argv=None):
         atomic_write_json(summary_path, summary)
         emit({"event": "done", "step": max(steps, start_step), "final_loss": summary["final_loss"]})
     if distributed:
-        # Every rank tears gloo down together: a rank that destroys its group while rank 0
-        # still writes the summary can abort ("terminate called without an active exception").
-        dist.barrier()
+        dist.barrier()  # no rank leaves while another still works (rank 0 writes the summary)
         dist.destroy_process_group()
     return 0
 
 
+def end_process(code):
+    """Exit without interpreter finalization, once everything is written and flushed.
+
+    Why: gloo's worker threads (``pt_gloo_runloop``) drop the last reference to a
+    finished collective on their own time, and that frees Python objects (a tensor's
+    wrapper, the captured thread-local state), so they take the GIL. Once CPython
+    (< 3.14) has begun finalizing, a thread taking the GIL is ended with
+    ``pthread_exit``, whose unwinding through the C++ destructor (noexcept) is
+    ``std::terminate``: "terminate called without an active exception", SIGABRT, and
+    torchrun reports a finished run failed. ``destroy_process_group`` does not stop
+    those threads (gloo joins them only when the group object is freed, and the DDP
+    model still holds it). With no finalization there is nothing for them to race;
+    ``os._exit`` ends every thread at once. The race made deterministic under gdb:
+    bench/gloo_teardown/.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    end_process(main())
