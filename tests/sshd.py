@@ -145,6 +145,7 @@ class SshPod:
         self.remote_dir = self.home / "wft" / self.id
         self.port = _free_port()
         self.proc: Optional[subprocess.Popen] = None
+        self.path_dir: Optional[Path] = None
         self._make_dirs()
         self.regenerate_host_key(restart=False)
         self.authorize_key(True)
@@ -181,7 +182,16 @@ class SshPod:
     @property
     def env(self) -> Dict[str, str]:
         """The variables every session of this pod gets (sshd ``SetEnv``)."""
-        return {"WF_TEST_POD": self.id, "TMUX_TMPDIR": str(self.tmux_dir)}
+        env = {"WF_TEST_POD": self.id, "TMUX_TMPDIR": str(self.tmux_dir)}
+        if self.path_dir is not None:
+            env["PATH"] = f"{self.path_dir}:/usr/local/bin:/usr/bin:/bin"
+        return env
+
+    def prepend_path(self, directory: Path) -> None:
+        """Put ``directory`` first on the PATH of this pod's sessions (e.g. a fake
+        ``nvidia-smi``); takes effect at the next start."""
+        self.path_dir = Path(directory)
+        self._write_sshd_config()
 
     def _write_sshd_config(self) -> None:
         setenv = " ".join(f"{k}={v}" for k, v in self.env.items())

@@ -222,9 +222,10 @@ def test_torch_preflight_over_ssh_with_a_venv_python(ssh_pod, project, git_repo,
     assert "checkout.require_cuda: false" in res.stderr
     assert fsm_state(project)["state"] == "BOOTSTRAPPED"
 
-    ssh_pod.write_config(project, remote__python=TORCH_PY,
-                         checkout={"repo_url": url, "branch": "feature", "require_cuda": False})
+    # the default, require_cuda: auto, wants CUDA on an ssh host only when it has nvidia-smi
+    ssh_pod.write_config(project, remote__python=TORCH_PY, checkout={"repo_url": url, "branch": "feature"})
     res = wf(project, "checkout", "--progress", "realtime", check=0)
+    assert "import torch and CUDA" not in res.stdout
     assert "torch 2." in res.stdout and "its site-packages are visible" in res.stdout
     doc = fsm_state(project)
     assert doc["state"] == "CHECKED_OUT" and doc["checkout_sha"] == git_repo.feature_sha

@@ -216,6 +216,13 @@ def test_booleans_from_env(tmp_path, raw, expected):
     assert load(tmp_path, {"WF_FSM_ENFORCE": raw}).fsm.enforce is expected
 
 
+@pytest.mark.parametrize("raw,expected", [("auto", "auto"), ("true", True), ("0", False)])
+def test_require_cuda_is_auto_true_or_false_from_env(tmp_path, raw, expected):
+    assert load(tmp_path, {}).checkout.require_cuda == "auto"
+    value = load(tmp_path, {"WF__CHECKOUT__REQUIRE_CUDA": raw}).checkout.require_cuda
+    assert value == expected and type(value) is type(expected)
+
+
 def test_null_and_numbers_from_env(tmp_path):
     cfg = load(tmp_path, {"WF__SWEEP__RUN_TIMEOUT_SECS": "null", "WF__POD__CONNECT_TIMEOUT_SECS": "2.5",
                           "WF__POD__TARGET": "7", "WF__POD__TTL": "6h"})

@@ -82,6 +82,15 @@ def bootstrap_spec(cfg) -> Dict[str, Any]:
     return spec
 
 
+def _cuda(cfg):
+    """The spec's ``require_cuda``: true, false, or "if-driver" (the pod's agent then
+    requires CUDA only where the host has nvidia-smi); see ``providers.cuda_policy``."""
+    from workflow.providers import CUDA_IF_DRIVER, CUDA_REQUIRED, cuda_policy
+
+    policy = cuda_policy(cfg)
+    return policy if policy == CUDA_IF_DRIVER else policy == CUDA_REQUIRED
+
+
 def checkout_spec(cfg) -> Dict[str, Any]:
     """The non-secret spec of ``checkout``; ConfigError (exit 2) when it cannot run."""
     repo_url = cfg.get("checkout.repo_url", None)
@@ -114,7 +123,7 @@ def checkout_spec(cfg) -> Dict[str, Any]:
         venv_recreate=bool(cfg.get("checkout.venv_recreate", False)),
         install=cfg.get("checkout.install", None) or None,
         require_torch=bool(cfg.get("checkout.require_torch", True)),
-        require_cuda=bool(cfg.get("checkout.require_cuda", True)),
+        require_cuda=_cuda(cfg),
         workdir=str(workdir),
         data_dir=data_dir,
         data_checks=checks,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -27,6 +28,51 @@ class Timeline:
     """sshd starts listening"""
     auth: Optional[float] = 0.3
     """the client key is authorized (logins work)"""
+    banner: Optional[float] = None
+    """sshd starts answering; from ``port`` until then the port accepts TCP and says
+    nothing (a port mapping in front of a container still booting). None: the port
+    opens with sshd answering"""
+    gpus: Optional[float] = None
+    """the pod has ``nvidia-smi``, which fails as with a driver still loading until this
+    many seconds after its first call, then lists one GPU. None: no ``nvidia-smi`` (a
+    CPU-only pod)"""
+
+
+class SilentPort:
+    """A listener on 127.0.0.1:``port`` that accepts connections and never says a word
+    (no SSH banner), until ``close()`` drops them all and frees the port."""
+
+    def __init__(self, port: int):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.held: List[socket.socket] = []
+        self._closed = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self._closed:
+                conn.close()
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(2)
+        for conn in self.held:
+            conn.close()
 
 
 class FakePod:
@@ -44,9 +90,14 @@ class FakePod:
         """epoch when logins started to work (the bench's starting line)"""
         self._lock = threading.Lock()
         self._timers: List[threading.Timer] = []
+        self.silent: Optional[SilentPort] = None
         sshd.authorize_key(False)
         if timeline.port is not None:
             self._at(timeline.port, self._open_port)
+        if timeline.port is not None and timeline.banner is not None:
+            self._at(timeline.banner, self._answer)
+        if timeline.gpus is not None:
+            self._install_nvidia_smi(timeline.gpus)
         if timeline.auth is not None:
             self._at(timeline.auth, self._maybe_authorize)
 
@@ -65,8 +116,42 @@ class FakePod:
 
     def _open_port(self) -> None:
         with self._lock:
+            if self.destroyed or self.stopped:
+                return
+            if self.timeline.banner is not None and self.age < self.timeline.banner:
+                self.silent = SilentPort(self.sshd.port)
+            else:
+                self.sshd.start()
+
+    def _install_nvidia_smi(self, secs: float) -> None:
+        """A fake ``nvidia-smi`` first on the pod's PATH (see ``Timeline.gpus``)."""
+        bin_dir = self.sshd.dir / "bin"
+        bin_dir.mkdir(mode=0o755)
+        first = self.sshd.remote_dir / ".nvidia-smi-first-call"  # written as the pod user
+        script = bin_dir / "nvidia-smi"
+        script.write_text(
+            "#!/bin/sh\n"
+            f"f='{first}'\n"
+            '[ -s "$f" ] || date +%s > "$f"\n'
+            f'if [ $(( $(date +%s) - $(cat "$f") )) -lt {int(secs)} ]; then\n'
+            "  echo \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\"\n"
+            "  exit 9\n"
+            "fi\n"
+            'echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-fake-0)"\n')
+        script.chmod(0o755)
+        self.sshd.prepend_path(bin_dir)
+
+    def _answer(self) -> None:
+        """The silent port becomes sshd (same port)."""
+        with self._lock:
+            self._silence_off()
             if not self.destroyed and not self.stopped:
                 self.sshd.start()
+
+    def _silence_off(self) -> None:
+        if self.silent is not None:
+            self.silent.close()
+            self.silent = None
 
     def attach_key(self, public_key: Optional[str]) -> bool:
         """The provider got the user's key: it will be authorized at ``timeline.auth``."""
@@ -87,6 +172,7 @@ class FakePod:
     def stop(self) -> None:
         with self._lock:
             self.stopped = True
+            self._silence_off()
             self.sshd.stop()
 
     def start(self) -> None:
@@ -102,6 +188,7 @@ class FakePod:
             self.destroyed = True
             for t in self._timers:
                 t.cancel()
+            self._silence_off()
         self.sshd.cleanup()
 
 

@@ -712,6 +712,16 @@ _PREFLIGHT = (
 )
 
 
+def wants_cuda(spec):
+    """``checkout.require_cuda`` as the client resolved it: true, false, or "if-driver"
+    (``auto`` on a host you already have: CUDA only where this host has nvidia-smi, so a
+    CPU-only host works as it is)."""
+    value = spec.get("require_cuda")
+    if value == "if-driver":
+        return shutil.which("nvidia-smi") is not None
+    return bool(value)
+
+
 def _preflight(r, spec, venv, python):
     vpy = os.path.join(venv, "bin", "python")
     code, out, err = r.quiet([vpy, "-c", _PREFLIGHT], env=_venv_env(venv))
@@ -731,7 +741,7 @@ def _preflight(r, spec, venv, python):
     r.milestone("preflight: torch %s from %s; CUDA built: %s; cuda available: %s%s"
           % (info["torch"], info["file"], info.get("cuda_built"), info.get("cuda"),
              " (%d GPU)" % info["devices"] if info.get("cuda") else ""))
-    if spec.get("require_cuda") and not info.get("cuda"):
+    if wants_cuda(spec) and not info.get("cuda"):
         why = info.get("cuda_error") or ("this torch is a CPU-only build" if not info.get("cuda_built")
                                          else "no GPU is visible (driver, CUDA_VISIBLE_DEVICES?)")
         raise StepFailed("torch %s in %s sees no CUDA GPU: torch.cuda.is_available() is False (%s)"
@@ -828,8 +838,8 @@ def do_checkout(r, result):
             r.run(["bash", "-c", spec["install"]], cwd=workdir, env=_venv_env(venv), what="checkout.install",
                   hint="fix checkout.install (it runs in the checkout with the venv's bin/ first on PATH)")
     torch_info = None
-    if spec.get("require_torch") or spec.get("require_cuda"):
-        with r.step("preflight", "import torch%s" % (" and CUDA" if spec.get("require_cuda") else "")):
+    if spec.get("require_torch") or wants_cuda(spec):
+        with r.step("preflight", "import torch%s" % (" and CUDA" if wants_cuda(spec) else "")):
             torch_info = _preflight(r, spec, venv, python)
     data = {"downloaded": False}
     if spec.get("data_checks"):

@@ -50,6 +50,12 @@ def pod_up(c, json=False):
     Offers are tried cheapest first, at most pod.max_offer_attempts; one taken meanwhile
     or never usable within pod.ready_timeout_secs is skipped (and destroyed if it was
     rented). Ends in state POD_READY.
+
+    Usable means an SSH command runs; with checkout.require_cuda (auto: on a rented
+    cloud pod, or a host with nvidia-smi) `nvidia-smi -L` must list GPUs. A host you
+    already have (ssh, local) without an NVIDIA driver fails at once when it is true.
+    While it waits it says once what for, then the last answer every few seconds; the
+    SSH library's own log stays off the terminal: `wf --debug pod-up` shows it.
     """
     from workflow.providers.lifecycle import pod_up as up
 

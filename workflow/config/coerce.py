@@ -32,6 +32,11 @@ def coerce(text: str, node: Schema) -> Any:
     """The typed value of ``text`` for a key with schema ``node``."""
     types: List[str] = types_of(node) or ["string"]
     low = text.strip().lower()
+    for choice in node.get("enum", ()):  # e.g. checkout.require_cuda: auto, true or false
+        if isinstance(choice, bool) and low in (TRUE if choice else FALSE):
+            return choice
+        if isinstance(choice, str) and text.strip() == choice:
+            return choice
     if "null" in types and low in NULL:
         return None
     if "string" in types:

@@ -62,7 +62,7 @@ DEFAULTS: Dict[str, Any] = {
         "venv_recreate": False,
         "install": None,
         "require_torch": True,
-        "require_cuda": True,
+        "require_cuda": "auto",
     },
     "data": {"checks": [], "download": None},
     "sweep": {

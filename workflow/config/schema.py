@@ -108,7 +108,7 @@ def secret_env_names() -> Dict[str, str]:
 def describe_type(node: Schema) -> str:
     """Words for what a key holds: 'an integer >= 1', 'one of: a, b', 'a list of strings'."""
     if "enum" in node:
-        words = ", ".join(repr(v) if v is not None else "null" for v in node["enum"])
+        words = ", ".join(repr(v) if isinstance(v, str) else json.dumps(v) for v in node["enum"])
         return f"one of {words}"
     parts = []
     types = types_of(node)

@@ -25,6 +25,21 @@ REGISTRY: Dict[str, Tuple[str, str]] = {
 
 CLOUD = ("lium", "vastai", "runpod")
 
+#: ``checkout.require_cuda`` resolved for one pod (``cuda_policy``)
+CUDA_REQUIRED, CUDA_IF_DRIVER, CUDA_OFF = "required", "if-driver", "off"
+
+
+def cuda_policy(config) -> str:
+    """What ``checkout.require_cuda`` means for this project's pod: ``true`` is
+    ``required``, ``false`` is ``off``; ``auto`` (the default) is ``required`` on a
+    rented cloud pod (you rent it for its GPUs) and ``if-driver`` on a host you already
+    have (ssh, local): CUDA only where the host has ``nvidia-smi``, so a CPU-only host
+    works without editing the config."""
+    value = config.get("checkout.require_cuda", "auto")
+    if value == "auto":
+        return CUDA_REQUIRED if config.get("pod.provider", "local") in CLOUD else CUDA_IF_DRIVER
+    return CUDA_REQUIRED if value else CUDA_OFF
+
 
 def provider_class(name: str):
     try:

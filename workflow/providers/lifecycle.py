@@ -20,10 +20,10 @@ from workflow import runtime
 from workflow import session as sessions
 from workflow.errors import ConnectionFailed, ExitCode, InputError, PodflowError, ProviderError, UnsupportedAction
 from workflow.money import spend
-from workflow.providers import CLOUD, get_provider
+from workflow.providers import CLOUD, cuda_policy, get_provider
 from workflow.providers.base import CreateRequest, Offer, OfferUnavailable, PodGone, PodInfo, PodState, Provider
 from workflow.providers.presets import offer_spec
-from workflow.providers.readiness import PodNeverReady, wait_usable
+from workflow.providers.readiness import PodNeverReady, local_gpus, wait_usable
 
 Say = Callable[[str], None]
 
@@ -115,7 +115,8 @@ def _wait(provider: Provider, config, pod_id: str, say: Say, first: Optional[Pod
     return wait_usable(
         provider, pod_id,
         timeout=float(config.pod.ready_timeout_secs or 600),
-        require_cuda=bool(config.checkout.require_cuda),
+        cuda=cuda_policy(config),
+        booting=provider.name in CLOUD,
         identity_file=config.pod.identity_file,
         password=config.secret("REMOTE_SSH_PASSWORD"),
         connect_timeout=float(config.pod.connect_timeout_secs or 20),
@@ -260,6 +261,7 @@ def _pod_up_owned(config, provider: Provider, say: Say, t0: float) -> PodUpResul
         ready = _wait(provider, config, pod.id, say, first=pod)
         pod, endpoint, stages = ready.pod, str(ready.endpoint), ready.stages
     else:
+        local_gpus(cuda_policy(config))
         pod, endpoint, stages = provider.get("local"), "local", []
     spend.note(config, "adopt", provider.name, spend.owned_id(config), price=spend.owned_price(config), label=pod.name)
     state = _advance_fsm(say)

@@ -40,6 +40,9 @@ from workflow.errors import ConfigError, ConnectionFailed, HostKeyMismatch, Inpu
 from workflow.transport import hostkeys
 from workflow.transport.base import RunResult, Transport
 from workflow.transport.endpoint import Endpoint
+from workflow.transport.sshlog import quiet_ssh_library
+
+quiet_ssh_library()
 
 PASSWORD_ENV = "REMOTE_SSH_PASSWORD"
 _ENV_NAME_OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
