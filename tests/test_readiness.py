@@ -3,6 +3,9 @@ quiet while a pod boots, saying once what it waits for; the GPU check that fits 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+
 import pytest
 
 from fakes.common import Timeline
@@ -17,17 +20,12 @@ SILENT_THEN_SSHD = Timeline(running=0.1, port=0.3, banner=2.5, auth=0.3)
 
 @pytest.fixture
 def vast(tmp_path, ssh_client_keys, ssh_session_dir):
-    made = []
-
-    def make(timeline, **pod):
-        cp = CloudProject("vastai", tmp_path / f"p{len(made)}", ssh_client_keys, ssh_session_dir,
-                          [VastOffer(1, timeline=timeline)], **pod)
-        made.append(cp)
-        return cp
-
-    yield make
-    for cp in made:
-        cp.close()
+    """Makes a project wired to a fake Vast API with one offer whose pod follows ``timeline``."""
+    n = itertools.count()
+    with contextlib.ExitStack() as stack:
+        yield lambda timeline, **pod: stack.enter_context(CloudProject(
+            "vastai", tmp_path / f"p{next(n)}", ssh_client_keys, ssh_session_dir,
+            [VastOffer(1, timeline=timeline)], **pod))
 
 
 def test_port_open_before_sshd_answers_prints_no_traceback(vast):
