@@ -1,18 +1,22 @@
-"""`wf demo` end to end: pod-up -> bootstrap -> checkout (of this repository) ->
+"""`wf demo` end to end: pod-up -> bootstrap -> checkout (of the packaged examples/, a git repo
+under the demo dir) ->
 sweep-start -> sweep-wait -> fetch-all on the local provider, real torchrun DDP on CPU."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 WF = str(Path(sys.executable).with_name("wf"))
+TORCH_PY = str(REPO / ".venv-torch" / "bin" / "python")
 
 
 @pytest.mark.skipif(not (REPO / ".venv-torch" / "bin" / "torchrun").exists(), reason="needs .venv-torch")
@@ -21,7 +25,7 @@ def test_demo_end_to_end_and_again(tmp_path):
     env = dict(os.environ, PODFLOW_DEMO_DIR=str(demo_dir))
     user_cfg = tmp_path / "elsewhere"
     user_cfg.mkdir()
-    proc = subprocess.run([WF, "demo"], cwd=user_cfg, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run([WF, "demo", "--python", TORCH_PY], cwd=user_cfg, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     for step in ("pod-up", "bootstrap", "checkout", "sweep-start", "sweep-wait", "fetch-all"):
@@ -36,10 +40,86 @@ def test_demo_end_to_end_and_again(tmp_path):
     assert state["state"] == "SWEEP_COMPLETED"
     assert not list(user_cfg.iterdir())  # nothing written where it was started
 
-    again = subprocess.run([WF, "demo", "--json"], cwd=user_cfg, env=env, capture_output=True, text=True, timeout=240)
+    again = subprocess.run([WF, "demo", "--json", "--python", TORCH_PY], cwd=user_cfg, env=env, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stdout + again.stderr
     doc = json.loads(again.stdout)
     assert doc["ok"] and [r["state"] for r in doc["runs"]] == ["success"] * 3
     assert all(isinstance(r["final_loss"], float) for r in doc["runs"])
     status = json.loads((demo_dir / "pod" / "outputs" / "demo-tiny-s0" / "status.json").read_text())
     assert status["attempt"] == 1  # started over: the runs ran again from scratch
+
+
+TORCH_SITE = next((REPO / ".venv-torch" / "lib").glob("python3*/site-packages"), None) \
+    if (REPO / ".venv-torch" / "lib").is_dir() else None
+
+
+def _site_packages(venv: Path) -> Path:
+    return next((venv / "lib").glob("python3*/site-packages"))
+
+
+@pytest.fixture
+def installed(tmp_path):
+    """podflow's wheel, built from this tree and installed into a fresh venv of
+    /usr/bin/python3 (no checkout, no scripts/); its dependencies come from the test
+    venv through a .pth (appended after the wheel's own files, so ``workflow`` is the
+    wheel's)."""
+    tmp = tmp_path / "wheel"
+    src = tmp / "src"
+    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".venv-torch", ".podflow", "build", "dist", "*.egg-info", "__pycache__", "tests",
+        "artifacts", ".pytest_cache", ".hypothesis"))
+    wheels = tmp / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(wheels), str(src)], check=True, capture_output=True, timeout=300)
+    wheel = next(wheels.glob("podflow-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for f in ("train.py", "demo.yaml", "demo-sweep.csv", "configs/tiny.json", "configs/small.json"):
+        assert f"workflow/examples/{f}" in names, f
+    venv = tmp / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                    "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300)
+    site = _site_packages(venv)
+    (site / "zz_podflow_test_deps.pth").write_text(str(_site_packages(Path(sys.prefix))) + "\n")
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import workflow; print(workflow.__file__)"],
+                           cwd=tmp, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(site)), where
+    return venv
+
+
+def _demo_from_empty_dir(venv: Path, empty: Path):
+    empty.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PODFLOW_DEMO_DIR", "VIRTUAL_ENV")}
+    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+    proc = subprocess.run([str(venv / "bin" / "wf"), "demo"], cwd=empty, env=env, capture_output=True,
+                          text=True, timeout=600)
+    return proc, empty
+
+
+@pytest.mark.skipif(TORCH_SITE is None or not Path("/usr/bin/python3").exists(),
+                    reason="needs .venv-torch and /usr/bin/python3")
+def test_demo_from_a_wheel_in_a_fresh_venv(installed, tmp_path):
+    """Without torch: one line saying what to install, exit 2. Then torch "installed" in
+    the fresh venv by linking .venv-torch's packages into its site-packages: the
+    interpreter running wf has torch (and so does the pod's venv made from it)."""
+    proc, _ = _demo_from_empty_dir(installed, tmp_path / "no-torch")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "needs torch" in lines[0] and "pip install torch" in lines[0] and "--python" in lines[0]
+    assert "scripts/" not in proc.stderr and proc.stdout == ""
+
+    site = _site_packages(installed)
+    for entry in TORCH_SITE.iterdir():
+        if entry.suffix != ".pth" and entry.name not in ("__pycache__", "_distutils_hack") \
+                and not entry.name.startswith(("pip", "setuptools", "pkg_resources")) \
+                and not (site / entry.name).exists():
+            (site / entry.name).symlink_to(entry)
+    proc, empty = _demo_from_empty_dir(installed, tmp_path / "with-torch")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = proc.stdout[proc.stdout.index("RUN "):]
+    for run in ("demo-tiny-s0", "demo-tiny-s1-lr05", "demo-small-s0"):
+        line = next(x for x in table.splitlines() if x.startswith(run + " "))
+        assert " success " in line, line
+        assert (empty / ".podflow" / "demo" / "artifacts" / run / "summary.json").is_file()
+    assert "scripts/" not in proc.stdout + proc.stderr

@@ -13,32 +13,73 @@ from typing import Any, Dict, Iterator, List, Optional
 from workflow.cli.boundary import print_json, wf_task
 from workflow.errors import InputError
 
-#: This checkout (the package is installed editable from it).
-REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The demo's project (train.py, configs, demo.yaml, demo-sweep.csv): package data, so
+#: ``wf demo`` works from a plain ``pip install``; the repository's examples/ links here.
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DEMO_DIR = Path(".podflow") / "demo"
+_GIT_ID = ["-c", "user.name=podflow demo", "-c", "user.email=demo@podflow.invalid"]
+
+
+def _torch_python(python: Optional[str]) -> str:
+    """The python the demo's pod makes its venv from: ``--python``, else the one running
+    ``wf``. Bad input (exit 2, one line saying what to install) unless it has torch."""
+    import subprocess
+    import sys
+
+    chosen = python or sys.executable
+    path = os.path.abspath(shutil.which(chosen) or chosen)  # the demo runs in its own dir
+    if not os.path.isfile(path):
+        raise InputError(f"wf demo: no python at {chosen} (--python takes the path of a python that has torch)")
+    try:
+        ok = subprocess.run([path, "-c", "import torch"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, timeout=300).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        raise InputError(f"wf demo needs torch in {path}: pip install torch (the CPU build is enough), "
+                         f"or run wf demo --python PATH with a python that has it")
+    return path
+
+
+def _demo_project(demo: Path) -> Path:
+    """A git repository holding the packaged examples/ (what the demo's checkout clones):
+    made once under the demo dir, committed again only when the packaged files changed."""
+    import subprocess
+
+    if not shutil.which("git"):
+        raise InputError("wf demo needs git: install it (e.g. apt-get install git)")
+    repo = demo / "project"
+    if (repo / "examples").exists():
+        shutil.rmtree(repo / "examples")
+    shutil.copytree(EXAMPLES, repo / "examples", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "out"))
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *_GIT_ID, *args], cwd=repo, check=True, capture_output=True,
+                              text=True).stdout
+
+    if not (repo / ".git").exists():
+        git("init", "-q")
+    if git("status", "--porcelain"):
+        git("add", "-A")
+        git("commit", "-q", "-m", "the podflow demo project (examples/)")
+    return repo
 
 
 @contextmanager
-def _demo_runtime(root: Path, progress: Optional[str]) -> Iterator[Path]:
+def _demo_runtime(python: str, progress: Optional[str]) -> Iterator[Path]:
     """The demo's own config (examples/demo.yaml) and cwd (.podflow/demo/), so nothing
     of the user's config, session or pod is read or written; restored afterwards."""
     from workflow import runtime
 
-    examples = root / "examples"
-    python = root / ".venv-torch" / "bin" / "python"
-    if not (examples / "demo.yaml").is_file() or not (root / ".git").exists():
-        raise InputError(f"the demo needs this repository's examples/ and git history ({root})")
-    if not python.exists():
-        raise InputError(f"{python} is missing: the demo's pod uses it as the image's python (CPU torch)",
-                         hint="bash scripts/setup  creates it (or run: bash scripts/demo)")
-    demo = Path(os.environ.get("PODFLOW_DEMO_DIR") or root / DEMO_DIR).resolve()
+    demo = Path(os.environ.get("PODFLOW_DEMO_DIR") or DEMO_DIR).resolve()
     demo.mkdir(parents=True, exist_ok=True)
+    project = _demo_project(demo)
     old_cwd, old_cfg = os.getcwd(), os.environ.get("WF_CONFIG")
-    os.environ["WF_CONFIG"] = str(examples / "demo.yaml")
+    os.environ["WF_CONFIG"] = str(EXAMPLES / "demo.yaml")
     os.chdir(demo)
     runtime.reset()
-    flags: Dict[str, Any] = {"checkout.repo_url": str(root), "remote.python": str(python),
-                             "sweep.csv": str(examples / "demo-sweep.csv")}
+    flags: Dict[str, Any] = {"checkout.repo_url": str(project), "remote.python": python,
+                             "sweep.csv": str(EXAMPLES / "demo-sweep.csv")}
     if progress:
         flags["progress"] = progress
     runtime.set_flags(**flags)
@@ -101,14 +142,17 @@ def _table(rows: List[Dict[str, Any]]) -> str:
 
 @wf_task(help={"progress": "realtime, milestones or quiet (default: milestones)",
                "timeout_secs": "give up waiting for the sweep after N seconds (exit 5; default 900)",
-               "json": "print one JSON document (the results) at the end"})
-def demo(c, progress=None, timeout_secs=None, json=False):
+               "json": "print one JSON document (the results) at the end",
+               "python": "a python that has torch, for the runs' venv (default: the one running wf)"})
+def demo(c, progress=None, timeout_secs=None, json=False, python=None):
     """Run the whole flow on this machine: pod-up, bootstrap, checkout, sweep-start, sweep-wait, fetch-all.
 
-    Uses the `local` provider and the examples/ project of this repository (config
-    examples/demo.yaml, sweep examples/demo-sweep.csv; a CPU torchrun DDP job per row)
+    Uses the `local` provider and the examples/ project shipped in the package (config
+    examples/demo.yaml, sweep examples/demo-sweep.csv; a CPU torchrun DDP job per row),
+    committed to a git repository under .podflow/demo/project for checkout to clone,
     with everything under .podflow/demo/ (or $PODFLOW_DEMO_DIR), so your own config
-    and pod are untouched.
+    and pod are untouched. Needs git and torch (in --python, or the python running wf;
+    exit 2 saying what to install otherwise).
     Starts over each time (previous demo runs removed, state reset to INIT) and ends
     with a results table. Exit 0 when every run succeeded, 1 otherwise.
     """
@@ -128,7 +172,8 @@ def demo(c, progress=None, timeout_secs=None, json=False):
             print(f"[demo {time.monotonic() - t0:5.1f}s] {text}", flush=True)
 
     limit = _secs(timeout_secs, "--timeout-secs") or 900.0
-    with _demo_runtime(REPO_ROOT, "quiet" if json else progress) as demo_dir:
+    torch_python = _torch_python(python)
+    with _demo_runtime(torch_python, "quiet" if json else progress) as demo_dir:
         cfg = runtime.config()
         say(f"everything goes under {demo_dir}")
         _start_over(say)
@@ -137,7 +182,7 @@ def demo(c, progress=None, timeout_secs=None, json=False):
         echo = (lambda *_a, **_k: None) if quiet else print
         say("bootstrap")
         prepare.run("bootstrap", echo=echo)
-        say(f"checkout of {REPO_ROOT} (venv from {cfg.remote.python})")
+        say(f"checkout of {cfg.checkout.repo_url} (venv from {cfg.remote.python})")
         prepare.run("checkout", echo=echo)
         started = start_sweep(cfg, runtime.agent(), runtime.fsm())
         say(f"sweep-start: {len(started.to_run)} run(s) of {cfg.sweep.csv} "
