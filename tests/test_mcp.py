@@ -21,7 +21,7 @@ import anyio
 import pytest
 from mcp.client.session import ClientSession  # the test extra installs the SDK
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from test_sweep_run_helpers import checkout_on_ssh_pod
+from test_sweep_run_helpers import TORCH_VENV, SweepProject, checkout_on_ssh_pod
 
 WF = str(Path(sys.executable).with_name("wf"))
 EXPECTED_TOOLS = {"config_show", "sweep_validate", "pod_status", "fsm_status", "sweep_start", "sweep_status",
@@ -203,6 +203,29 @@ def test_tracked_task_tools_return_at_once_and_never_show_a_secret(project):
             assert WANDB_CANARY not in "\n".join(a.texts + [a.stderr()])
 
     run(main)
+
+
+@pytest.mark.skipif(not (TORCH_VENV / "bin" / "python").exists(), reason="needs .venv-torch (bash scripts/setup)")
+def test_a_long_wait_reports_progress_and_returns_the_status_on_time_out(project):
+    sp = SweepProject(project, {}, "run_id,config,seed,overrides,notes\nlong,configs/tiny.json,0,steps=200 sleep=0.1,\n")
+    progress = []
+
+    async def on_progress(done, total, message):
+        progress.append((done, total, message))
+
+    async def main():
+        async with agent(project) as a:
+            await a.ok("sweep_start")
+            res = await a.session.call_tool("sweep_wait", {"timeout_secs": 6}, progress_callback=on_progress)
+            assert not res.is_error, res.structured_content
+            assert res.structured_content["state"] == "running"
+            assert res.structured_content["runs"][0]["id"] == "long"
+
+    try:
+        run(main)
+    finally:
+        sp.wf("sweep-stop")
+    assert progress and progress[0][:2] == (5.0, 6.0) and "sweep_wait" in progress[0][2]
 
 
 def test_without_the_sdk_wf_mcp_exits_2_naming_the_extra(tmp_path, project):

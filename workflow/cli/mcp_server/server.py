@@ -34,6 +34,9 @@ from workflow.cli.mcp_server import tools
 
 log = logging.getLogger("podflow.mcp")
 
+#: How often a running call reports progress.
+PROGRESS_EVERY_SECS = 5.0
+
 INSTRUCTIONS = """\
 podflow runs ML sweeps on a GPU pod (or this machine) for the project in this directory.
 The usual flow: sweep_validate (the CSV, locally) -> sweep_start (returns at once) ->
@@ -113,12 +116,29 @@ def _result(outcome: tools.Outcome) -> types.CallToolResult:
     return types.CallToolResult(content=content, structured_content=outcome.doc, is_error=outcome.is_error)
 
 
+async def _heartbeat(ctx, params: types.CallToolRequestParams) -> None:
+    """Progress every ``PROGRESS_EVERY_SECS`` while a call runs (a no-op unless the client
+    asked for progress): the seconds so far, out of ``timeout_secs`` when the call has one.
+    Clients that reset their request timeout on progress then let a long wait finish."""
+    total = (params.arguments or {}).get("timeout_secs")
+    total = float(total) if isinstance(total, (int, float)) else None
+    elapsed = 0.0
+    while True:
+        await anyio.sleep(PROGRESS_EVERY_SECS)
+        elapsed += PROGRESS_EVERY_SECS
+        await ctx.session.report_progress(elapsed, total, f"{params.name}: {elapsed:.0f}s so far")
+
+
 def build_server(podflow: PodflowTools) -> Server:
     async def list_tools(ctx, params) -> types.ListToolsResult:
         return types.ListToolsResult(tools=podflow.list())
 
     async def call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
-        outcome = await anyio.to_thread.run_sync(podflow.call_sync, params.name, params.arguments)
+        outcome = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_heartbeat, ctx, params)
+            outcome = await anyio.to_thread.run_sync(podflow.call_sync, params.name, params.arguments)
+            tg.cancel_scope.cancel()
         return _result(outcome)
 
     return Server("podflow", version=__version__, instructions=INSTRUCTIONS,

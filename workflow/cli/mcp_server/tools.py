@@ -67,9 +67,10 @@ TOOLS: Tuple[ToolSpec, ...] = (
     ToolSpec("sweep_wait", "a sweep started (sweep_start)", f"up to timeout_secs (at most {MAX_WAIT_SECS}); "
              "returns at once when the sweep ends; on time-out returns the sweep_status document (not an "
              "error) and the sweep goes on: call it again",
-             overrides={"timeout_secs": {"default": 60, "maximum": MAX_WAIT_SECS, "exclusiveMinimum": 0,
-                                         "description": "wait at most N seconds (1..600, default 60); then "
-                                         "return the status document, the sweep going on"}},
+             overrides={"timeout_secs": {"default": 30, "maximum": MAX_WAIT_SECS, "exclusiveMinimum": 0,
+                                         "description": "wait at most N seconds (default 30, at most 600; keep "
+                                         "it under your client's request timeout, often 60 s); then return the "
+                                         "status document, the sweep going on"}},
              on_timeout="sweep_status"),
     ToolSpec("fetch_run", "any state; the run on the pod", "seconds to minutes (rsync of the run's dir)",
              read_only=False),
