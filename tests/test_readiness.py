@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from fakes.common import Timeline
+from fakes.common import SilentPort, Timeline
 from fakes.harness import CloudProject
 from fakes.vast import VastOffer
 
@@ -44,6 +44,22 @@ def test_debug_shows_the_ssh_library_log(vast):
     r = cp.wf("--debug", "pod-up")
     assert r.returncode == 0, r.stderr
     assert "Error reading SSH protocol banner" in r.stderr  # paramiko's own record, asked for
+
+
+def test_connect_to_a_port_where_no_sshd_answers_fails_quietly(ssh_pod, project):
+    """The SSH transport's own connect (check-connection, every command after pod-up): the
+    same silent port gives one error line and exit 4, none of the library's log."""
+    ssh_pod.write_config(project, pod__connect_timeout_secs=2)
+    ssh_pod.stop()
+    silent = SilentPort(ssh_pod.port)
+    try:
+        r = _wf(project, "check-connection")
+    finally:
+        silent.close()
+    assert r.returncode == 4, r.stderr
+    assert "cannot reach" in r.stderr
+    for noise in ("Traceback", "Exception (client)", "EOFError"):
+        assert noise not in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------- checkout.require_cuda and the host
