@@ -146,12 +146,12 @@ def test_bad_input_is_a_tool_error_with_exit_code_line_numbers_and_hint(project)
     run(main)
 
 
-def test_pod_down_and_fsm_reset_need_confirm_and_config_edits_are_seen(project):
+def test_confirm_guards_the_same_documents_as_the_cli_and_config_edits_are_seen(project):
     local_project(project)
     state_file = project / ".podflow" / "local-pod" / "outputs" / "_control" / "workflow_state.json"
 
     async def main():
-        async with agent(project) as a:
+        async with agent(project, {"WF__PROGRESS": "quiet"}) as a:
             assert (await a.ok("fsm_status"))["state"] == "INIT"
             for name, args in (("pod_down", {}), ("pod_down", {"destroy": True, "confirm": False}),
                                ("fsm_reset", {"state": "CHECKED_OUT"})):
@@ -161,6 +161,10 @@ def test_pod_down_and_fsm_reset_need_confirm_and_config_edits_are_seen(project):
             doc = await a.ok("fsm_reset", state="CHECKED_OUT", reason="by an agent", confirm=True)
             assert doc["state"] == "CHECKED_OUT" and doc["history"][-1]["reason"] == "by an agent"
             assert json.loads(state_file.read_text())["state"] == "CHECKED_OUT"
+            cli = subprocess.run([WF, "fsm-status", "--json"], cwd=project, capture_output=True, text=True)
+            assert await a.ok("fsm_status") == json.loads(cli.stdout)  # the very document --json prints
+            shown = await a.ok("config_show")  # the CLI's precedence: the environment over the file
+            assert shown["config"]["progress"] == "quiet" and shown["sources"]["progress"].startswith("env")
             assert set(await a.ok("cost")) >= {"pods", "total_usd"}
             assert (await a.ok("config_show"))["config"]["project"] == "t"
             (project / "configs" / "workflow.yaml").write_text("project: renamed\npod:\n  provider: local\n")
