@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import shutil
+import subprocess
 
 import pytest
+import yaml
 
 from fakes.common import SilentPort, Timeline
-from fakes.harness import CloudProject
+from fakes.harness import WF, CloudProject
 from fakes.vast import VastOffer
 
 pytestmark = pytest.mark.ssh
@@ -26,6 +29,10 @@ def vast(tmp_path, ssh_client_keys, ssh_session_dir):
         yield lambda timeline, **pod: stack.enter_context(CloudProject(
             "vastai", tmp_path / f"p{next(n)}", ssh_client_keys, ssh_session_dir,
             [VastOffer(1, timeline=timeline)], **pod))
+
+
+def _wf(project, *args, timeout=120):
+    return subprocess.run([WF, *args], cwd=project, capture_output=True, text=True, timeout=timeout)
 
 
 def test_port_open_before_sshd_answers_prints_no_traceback(vast):
@@ -65,18 +72,8 @@ def test_connect_to_a_port_where_no_sshd_answers_fails_quietly(ssh_pod, project)
 # ---------------------------------------------------------------- checkout.require_cuda and the host
 
 
-def _wf(project, *args, timeout=120):
-    import subprocess
-
-    from fakes.harness import WF
-
-    return subprocess.run([WF, *args], cwd=project, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture
 def cpu_only():
-    import shutil
-
     assert shutil.which("nvidia-smi") is None, "this test needs a machine without an NVIDIA driver"
 
 
@@ -99,8 +96,6 @@ def test_require_cuda_true_on_a_cpu_only_ssh_host_fails_at_once(ssh_pod, project
 
 
 def test_local_provider_with_the_default_config_and_with_require_cuda_true(project, cpu_only):
-    import yaml
-
     conf = project / "configs" / "workflow.yaml"
     conf.write_text(yaml.safe_dump({"project": "loc", "pod": {"provider": "local"}}))
     r = _wf(project, "pod-up")
