@@ -30,6 +30,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
 from workflow import __version__, runtime
+from workflow.errors import ExitCode
 from workflow.cli.mcp_server import tools
 
 log = logging.getLogger("podflow.mcp")
@@ -86,16 +87,14 @@ class PodflowTools:
             name=spec.name,
             description=tools.description_of(spec),
             input_schema=tools.schema_of(spec),
-            annotations=types.ToolAnnotations(read_only_hint=spec.read_only,
-                                              destructive_hint=bool(spec.confirm),
-                                              open_world_hint=False),
+            annotations=types.ToolAnnotations(read_only_hint=spec.read_only, destructive_hint=bool(spec.confirm)),
         ) for spec in self.specs.values()]
 
     def call_sync(self, name: str, arguments: Optional[Dict[str, Any]]) -> tools.Outcome:
         spec = self.specs.get(name)
         if spec is None:
-            return tools._error(2, "InputError", f"no tool named {name!r}",
-                                hint="tools: " + ", ".join(self.specs))
+            return tools.failure(ExitCode.BAD_INPUT, "InputError", f"no tool named {name!r}",
+                                 hint="tools: " + ", ".join(self.specs))
         with self._lock:
             stamp = _config_stamp()
             if stamp != self._stamp:

@@ -11,6 +11,7 @@ values of secret environment variables.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -91,10 +92,10 @@ TOOLS: Tuple[ToolSpec, ...] = (
 )
 
 
-def available(ns=None) -> List[ToolSpec]:
-    """The tools whose command exists in the collection (``cost`` arrives with §10)."""
-    if ns is None:
-        from workflow.cli import ns
+def available() -> List[ToolSpec]:
+    """The tools whose command exists in the collection."""
+    from workflow.cli import ns
+
     return [spec for spec in TOOLS if spec.command in ns.task_names]
 
 
@@ -114,8 +115,6 @@ def schema_of(spec: ToolSpec) -> Dict[str, Any]:
 
 
 def description_of(spec: ToolSpec) -> str:
-    import inspect
-
     doc = inspect.getdoc(inspect.unwrap(_task(spec).body)) or spec.name
     lines = [doc, "", f"Needs: {spec.needs}.", f"Takes: {spec.takes}.", _RETURNS.format(command=spec.command)]
     if spec.confirm:
@@ -139,7 +138,7 @@ class Outcome:
         return self.exit_code != 0
 
 
-def _error(exit_code: int, kind: str, message: str, hint: Optional[str] = None) -> Outcome:
+def failure(exit_code: int, kind: str, message: str, hint: Optional[str] = None) -> Outcome:
     return Outcome({"error": {"type": kind, "message": message, "hint": hint}, "exit_code": int(exit_code)},
                    int(exit_code))
 
@@ -151,7 +150,7 @@ def _check_arguments(spec: ToolSpec, schema: Dict[str, Any], arguments: Dict[str
     if not errors:
         return None
     text = "; ".join((f"{'.'.join(map(str, e.path))}: " if e.path else "") + e.message for e in errors)
-    return _error(ExitCode.BAD_INPUT, "InputError", f"{spec.name}: bad arguments: {text}",
+    return failure(ExitCode.BAD_INPUT, "InputError", f"{spec.name}: bad arguments: {text}",
                   hint=f"see the tool's input schema (the flags of wf {spec.command} --help)")
 
 
@@ -160,7 +159,7 @@ def call(spec: ToolSpec, arguments: Optional[Mapping[str, Any]]) -> Outcome:
     args = dict(arguments or {})
     schema = schema_of(spec)
     if spec.confirm and args.get("confirm") is not True:
-        return _error(ExitCode.BAD_INPUT, "ConfirmationRequired",
+        return failure(ExitCode.BAD_INPUT, "ConfirmationRequired",
                       f"{spec.name} {spec.confirm}; refused without confirm: true",
                       hint=f"call {spec.name} again with confirm: true if that is what you want")
     bad = _check_arguments(spec, schema, args)
@@ -168,7 +167,7 @@ def call(spec: ToolSpec, arguments: Optional[Mapping[str, Any]]) -> Outcome:
         return bad
     args.pop("confirm", None)
     for name, prop in schema["properties"].items():
-        if name != "confirm" and name not in args and "default" in prop and name in spec.overrides:
+        if name in spec.overrides and name not in args and "default" in prop:
             args[name] = prop["default"]  # a default the tool needs and the CLI has not (a bound wait)
     outcome = _run_task(spec, args)
     if outcome.exit_code == ExitCode.WAIT_TIMEOUT and spec.on_timeout:
@@ -194,7 +193,7 @@ def _run_task(spec: ToolSpec, args: Dict[str, Any]) -> Outcome:
             code, message = int(exc.code), exc.message
         except Exception as exc:  # a bug, not a user error: report it, keep serving
             log.exception("%s failed unexpectedly", spec.name)
-            return _error(ExitCode.REMOTE_FAILED, type(exc).__name__, f"{spec.name} failed unexpectedly: {exc}",
+            return failure(ExitCode.REMOTE_FAILED, type(exc).__name__, f"{spec.name} failed unexpectedly: {exc}",
                           hint="this is a podflow bug; the server's stderr has the traceback")
     doc = docs[-1] if docs else {}
     if code == 0:
@@ -202,7 +201,7 @@ def _run_task(spec: ToolSpec, args: Dict[str, Any]) -> Outcome:
     if isinstance(doc, dict) and "error" in doc and "exit_code" in doc:
         return Outcome(doc, code)  # the failure document --json printed
     text = (message or "").removeprefix("error: ") or f"wf {spec.command} exited {code}: {_MEANING.get(code, 'failed')}"
-    failed = _error(code, "CommandFailed", text, hint="'document' holds what the command reported" if docs else None)
+    failed = failure(code, "CommandFailed", text, hint="'document' holds what the command reported" if docs else None)
     if docs:
         failed.doc["document"] = doc
     return failed
