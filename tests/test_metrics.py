@@ -202,3 +202,43 @@ def test_minigpt_script_through_a_real_sweep(project):
                                "metrics": {"patterns": ["loss (\\d+)"]}}})
     bad = sp.wf("sweep-status")
     assert bad.returncode == 2 and "no named group" in bad.stderr
+
+
+def test_minigpt_on_an_ssh_pod_then_the_report_from_fetched_files_alone(ssh_pod, project):
+    """The same script on a real sshd pod: metrics and best over SSH, then fetch-all and a
+    report made with the pod stopped."""
+    import subprocess
+
+    from test_sweep_run_helpers import WF
+
+    repo = ssh_pod.remote_dir / "repo"
+    (repo / "configs").mkdir(parents=True)
+    (repo / "configs" / "tiny.json").write_text("{}\n")
+    (repo / "minigpt.py").write_text(MINIGPT)
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "python").symlink_to("/usr/bin/python3")
+    for p in [repo, *repo.rglob("*")]:
+        os.lchown(p, ssh_pod.uid, ssh_pod.gid)
+    (project / "sweeps").mkdir()
+    (project / "sweeps" / "s.csv").write_text("run_id,config,seed,overrides,notes\n"
+                                              "g1,configs/tiny.json,0,--learning_rate=0.01 --max_iters=40,\n")
+    ssh_pod.write_config(project, sweep={"csv": "sweeps/s.csv", "workdir": ".", "entrypoint": "minigpt.py",
+                                         "launcher": "python", "args": ["{config}"]})
+
+    def wf(*args, code=0):
+        p = subprocess.run([WF, *args], cwd=project, capture_output=True, text=True, timeout=180)
+        assert p.returncode == code, f"wf {args}: {p.returncode}\n{p.stdout}\n{p.stderr}"
+        return p.stdout
+
+    wf("fsm-reset", "CHECKED_OUT", "--reason", "checkout made by the test")
+    wf("sweep-start")
+    wf("sweep-wait", "--timeout-secs", "120")
+    run = json.loads(wf("sweep-status", "--json"))["runs"][0]
+    assert run["best"] == {"name": "val_loss", "value": round(4.0 * 2.718281828 ** -3 + 1.1, 4), "step": 30}
+    assert "learning_rate" not in run["metrics"] and run["metrics"]["train_loss"] == pytest.approx(1.0733, abs=1e-3)
+    wf("fetch-all")
+    ssh_pod.stop()
+    out = wf("sweep-report", "--out", "r.html")
+    assert "1 run(s)" in out
+    page = (project / "r.html").read_text()
+    assert 'id="chart-val_loss"' in page and "--learning_rate=0.01 --max_iters=40" in page
