@@ -242,3 +242,34 @@ def test_minigpt_on_an_ssh_pod_then_the_report_from_fetched_files_alone(ssh_pod,
     assert "1 run(s)" in out
     page = (project / "r.html").read_text()
     assert 'id="chart-val_loss"' in page and "--learning_rate=0.01 --max_iters=40" in page
+
+
+def test_the_grouped_fast_path_gives_what_line_by_line_gives(tmp_path):
+    """Status on the pod groups lines by shape; the report reads line by line (series):
+    both must agree on every last value, best and step, whatever the mix of formats."""
+    import random
+
+    rnd = random.Random(7)
+    lines = MINIGPT_LOG.splitlines()[:11]
+    for i in range(3000):
+        kind = rnd.randrange(9)
+        v = rnd.choice([rnd.random() * 5, rnd.randrange(4), 1.5, float("nan")])
+        lines.append([
+            f"iter {i}: loss {v:.4f}, time {rnd.random() * 30:.2f}ms, mfu {rnd.random():.2f}%",
+            f"step {i}: train loss {v:.4f}, val loss {rnd.random() * 5:.4f}",
+            f"{{'loss': {v:.3f}, 'learning_rate': {rnd.random():.2e}, 'epoch': {i / 100}}}",
+            f"acc={rnd.random():.3f} grad_norm={v}",
+            "W1202 dataloader.py:123] prefetch took longer than expected",
+            f"layer{rnd.randrange(3)} norm={rnd.random():.3f}",
+            f'{{"step": {i}, "eval_loss": {v:.3f}}}',
+            f"Epoch {i}: 100 batches",
+            f"iter {i}: loss nan, time 20.00ms, mfu 0.50%",
+        ][kind])
+    log = tmp_path / "stdout.log"
+    log.write_text("\n".join(lines) + "\n")
+    fast, slow = LogMetrics(), LogMetrics(series=True)
+    fast.feed_file(str(log))
+    slow.feed_file(str(log))
+    a, b = fast.state(), slow.state()
+    for key in ("last", "lo", "hi", "steps", "step", "total", "count"):
+        assert a[key] == b[key], key
