@@ -26,7 +26,7 @@ from test_sweep_run_helpers import TORCH_VENV, SweepProject, checkout_on_ssh_pod
 WF = str(Path(sys.executable).with_name("wf"))
 EXPECTED_TOOLS = {"config_show", "sweep_validate", "pod_status", "fsm_status", "sweep_start", "sweep_status",
                   "sweep_wait", "fetch_run", "fetch_all", "task_run", "task_status", "task_list", "task_logs",
-                  "task_kill", "cost", "pod_down", "fsm_reset"}
+                  "task_kill", "cost", "sweep_stop", "pod_down", "fsm_reset"}
 WANDB_CANARY = "wandb-canary-3f9c1e7d2b"
 
 
@@ -100,7 +100,7 @@ def test_every_tool_has_the_cli_flags_as_its_schema_and_a_description(project):
                 flags = {a.attr_name or a.name: a for a in parser.args.values() if (a.attr_name or a.name) not in hidden}
                 props = dict(tool.input_schema["properties"])
                 confirm = props.pop("confirm", None)
-                assert (confirm is not None) == (name in ("pod_down", "fsm_reset")), name
+                assert (confirm is not None) == (name in ("sweep_stop", "pod_down", "fsm_reset")), name
                 assert set(props) == set(flags), name
                 for key, arg in flags.items():
                     kind = {bool: "boolean", int: "integer", list: "array"}.get(arg.kind)
@@ -210,7 +210,7 @@ def test_tracked_task_tools_return_at_once_and_never_show_a_secret(project):
 
 
 @pytest.mark.skipif(not (TORCH_VENV / "bin" / "python").exists(), reason="needs .venv-torch (bash scripts/setup)")
-def test_a_long_wait_reports_progress_and_returns_the_status_on_time_out(project):
+def test_a_long_wait_reports_progress_returns_the_status_on_time_out_and_stop_needs_confirm(project):
     sp = SweepProject(project, {}, "run_id,config,seed,overrides,notes\nlong,configs/tiny.json,0,steps=200 sleep=0.1,\n")
     progress = []
 
@@ -224,11 +224,14 @@ def test_a_long_wait_reports_progress_and_returns_the_status_on_time_out(project
             assert not res.is_error, res.structured_content
             assert res.structured_content["state"] == "running"
             assert res.structured_content["runs"][0]["id"] == "long"
+            assert (await a.error("sweep_stop"))["exit_code"] == 2  # cancelling runs needs confirm
+            stopped = await a.ok("sweep_stop", confirm=True)
+            assert stopped["cancelled"] == ["long"] and stopped["state_moved"]
 
     try:
         run(main)
     finally:
-        sp.wf("sweep-stop")
+        sp.wf("sweep-stop")  # refused (exit 3) once the tool stopped it; here for a failed test
     assert progress and progress[0][:2] == (5.0, 6.0) and "sweep_wait" in progress[0][2]
 
 

@@ -15,7 +15,7 @@ def mcp(c, project: Optional[str] = None):
 
     Tools: pod_status, fsm_status, config_show, sweep_validate, sweep_start, sweep_status,
     sweep_wait, fetch_run, fetch_all, task_run, task_status, task_list, task_logs,
-    task_kill, cost, pod_down and fsm_reset (these two need confirm: true). Each returns
+    task_kill, cost, and sweep_stop, pod_down, fsm_reset (these need confirm: true). Each returns
     the document of the command's --json; a failure is a tool error with the exit code,
     message and hint. The config is read as by the CLI (file < env file < environment)
     and the connection to the pod is kept between calls. Needs the podflow[mcp] extra.
@@ -23,7 +23,7 @@ def mcp(c, project: Optional[str] = None):
     try:
         from workflow.cli.mcp_server.server import serve
     except ImportError as exc:
-        if not (exc.name or "").split(".")[0] in ("mcp", "mcp_types", "anyio"):
+        if (exc.name or "").split(".")[0] not in ("mcp", "mcp_types", "anyio"):
             raise
         raise InputError("wf mcp needs the MCP SDK, which is not installed",
                          hint="pip install 'podflow[mcp]' (Python 3.10 or newer)") from None

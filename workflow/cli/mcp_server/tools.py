@@ -85,6 +85,8 @@ TOOLS: Tuple[ToolSpec, ...] = (
     ToolSpec("task_kill", "a task started with task_run", "seconds (TERM, then KILL after a grace period)",
              read_only=False),
     ToolSpec("cost", "the local ledger; no pod", "instant"),
+    ToolSpec("sweep_stop", "state SWEEP_RUNNING", "seconds (each active run gets TERM, then KILL after "
+             "grace_secs)", read_only=False, confirm="cancels every active run of the sweep"),
     ToolSpec("pod_down", "any state", "seconds to a minute (the provider's API)", read_only=False,
              confirm="stops the pod, or with destroy: true destroys it and its disk for good"),
     ToolSpec("fsm_reset", "any state", "about a second", read_only=False,
