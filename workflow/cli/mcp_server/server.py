@@ -109,7 +109,7 @@ class PodflowTools:
 
 
 def _result(outcome: tools.Outcome) -> types.CallToolResult:
-    content = [types.TextContent(type="text", text=json.dumps(outcome.doc, indent=2, sort_keys=True))]
+    content = [types.TextContent(type="text", text=json.dumps(outcome.doc, sort_keys=True))]  # one line: fewer tokens
     if outcome.note:
         content.append(types.TextContent(type="text", text=outcome.note))
     return types.CallToolResult(content=content, structured_content=outcome.doc, is_error=outcome.is_error)

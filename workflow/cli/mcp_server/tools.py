@@ -11,6 +11,7 @@ values of secret environment variables.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -145,10 +146,17 @@ def failure(exit_code: int, kind: str, message: str, hint: Optional[str] = None)
                    int(exit_code))
 
 
-def _check_arguments(spec: ToolSpec, schema: Dict[str, Any], arguments: Dict[str, Any]) -> Optional[Outcome]:
+@functools.lru_cache(maxsize=None)
+def _validator(name: str):
+    """A tool's compiled schema: built once per server (the tasks do not change under it)."""
     import jsonschema
 
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(arguments), key=lambda e: list(e.path))
+    return jsonschema.Draft202012Validator(schema_of(next(s for s in TOOLS if s.name == name)))
+
+
+def _check_arguments(spec: ToolSpec, arguments: Dict[str, Any]) -> Optional[Outcome]:
+    validator = _validator(spec.name)
+    errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))
     if not errors:
         return None
     text = "; ".join((f"{'.'.join(map(str, e.path))}: " if e.path else "") + e.message for e in errors)
@@ -159,16 +167,15 @@ def _check_arguments(spec: ToolSpec, schema: Dict[str, Any], arguments: Dict[str
 def call(spec: ToolSpec, arguments: Optional[Mapping[str, Any]]) -> Outcome:
     """Run the tool's command in this process; never raises for a user-facing failure."""
     args = dict(arguments or {})
-    schema = schema_of(spec)
     if spec.confirm and args.get("confirm") is not True:
         return failure(ExitCode.BAD_INPUT, "ConfirmationRequired",
                       f"{spec.name} {spec.confirm}; refused without confirm: true",
                       hint=f"call {spec.name} again with confirm: true if that is what you want")
-    bad = _check_arguments(spec, schema, args)
+    bad = _check_arguments(spec, args)
     if bad is not None:
         return bad
     args.pop("confirm", None)
-    for name, prop in schema["properties"].items():
+    for name, prop in _validator(spec.name).schema["properties"].items():
         if name in spec.overrides and name not in args and "default" in prop:
             args[name] = prop["default"]  # a default the tool needs and the CLI has not (a bound wait)
     outcome = _run_task(spec, args)
