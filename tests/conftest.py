@@ -23,9 +23,23 @@ def isolated_home(tmp_path, monkeypatch):
             monkeypatch.delenv(var, raising=False)
     from workflow import runtime
 
+    runtime.keep_connections(False)
     runtime.reset()
     yield home
     runtime.reset()
+    runtime.keep_connections(False)
+    end_kept_connections(tmp_path)
+
+
+def end_kept_connections(base: Path) -> None:
+    """Kill the kept-connection servers that ``wf`` commands of a test left under ``base``
+    (by the PID in their lock files, checked to be one), so none outlives its test."""
+    from workflow.transport.kept import client as kept
+
+    for pattern in ("*/.podflow/kept", "*/*/.podflow/kept"):
+        for directory in base.glob(pattern):
+            for _name, lock in kept.servers(directory.parent.parent):
+                kept._kill(kept._owner(lock)[0])
 
 
 @pytest.fixture

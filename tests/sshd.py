@@ -11,6 +11,7 @@ What you get
 ------------
 ``ssh_pod`` (function scope) is a started :class:`SshPod`:
 
+- ``accepted_logins()``: how many SSH logins this sshd has accepted so far (its log).
 - ``host`` ("127.0.0.1"), ``port``, ``user`` (the test user, ``wftest``), ``password``
   (that user's password; export it as ``REMOTE_SSH_PASSWORD`` for password tests),
   ``key_path`` (client ed25519 private key, authorized for the user; ``pub_key`` is the
@@ -18,8 +19,9 @@ What you get
   ``remote_dir`` (a directory unique to this pod under ``home``: ``write_config`` puts
   ``remote.workdir``/``outputs_dir``/``data_dir`` in it, so tests sharing the user never
   collide; removed at teardown).
-- ``start()``, ``stop()``, ``restart()`` (same port, same host key),
-  ``regenerate_host_key()`` (new host key; restarts if running), ``authorize_key(False)``
+- ``start()``, ``stop()``, ``restart()`` (same port, same host key; open connections, the
+  kept connection of ``wf`` commands among them, live on as with a real sshd),
+  ``regenerate_host_key()`` (new host key; restarts if running, dropping connections), ``authorize_key(False)``
   (password-only pod), ``drop_connections()`` (kills this sshd's per-connection
   processes: a network fault mid-command), ``run_as_user(argv)`` (runs a command on
   this machine as the pod user with the pod's environment, for assertions; returns a
@@ -221,7 +223,10 @@ SetEnv {setenv}
         )
 
     def regenerate_host_key(self, restart: bool = True) -> None:
-        """A new host key (a pod rebuilt, or a man in the middle); restarts a running sshd."""
+        """A new host key (a pod rebuilt, or a man in the middle); restarts a running sshd
+        and drops its open connections (a rebuilt pod keeps none, kept ones included)."""
+        if restart:
+            self.drop_connections()
         for name in ("host_ed25519", "host_ed25519.pub"):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / name).unlink()
@@ -299,6 +304,13 @@ SetEnv {setenv}
             found.extend(kids)
             frontier = kids
         return found
+
+    def accepted_logins(self) -> int:
+        """Logins this sshd accepted (``Accepted publickey|password for`` in its log)."""
+        log = self.dir / "sshd.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return sum(1 for line in text.splitlines()
+                   if "Accepted publickey for " in line or "Accepted password for " in line)
 
     def drop_connections(self) -> None:
         """Kill this sshd's per-connection processes: every client sees its link die."""

@@ -2,6 +2,11 @@
 
 Chained tasks (``wf pod-up bootstrap checkout``) share them, so an invocation opens
 one connection whatever it runs. Tests that call library code directly use ``reset()``.
+
+Commands of the CLI also keep the connection for the next command
+(``keep_connections()``, ``pod.keepalive_secs``): the first one that connects directly
+starts the pod's kept connection when it ends; later ones go through it
+(``workflow.transport.kept``).
 """
 
 from __future__ import annotations
@@ -11,12 +16,32 @@ import sys
 from typing import Any, Dict, Optional
 
 _cache: Dict[str, Any] = {}
+_keeping = {"on": False}
+
+
+def keep_connections(on: bool = True) -> None:
+    """Use and leave kept connections (the CLI turns this on; library callers do not)."""
+    _keeping["on"] = on
+
+
+def forget_kept() -> None:
+    """This invocation leaves no kept connection behind (``pod-down``, ``disconnect``)."""
+    _cache.pop("keep", None)
 
 
 def reset() -> None:
     transport = _cache.get("transport")
+    keep = _cache.get("keep")
     if transport is not None:
+        connected = keep is not None and getattr(transport, "worked", lambda: False)()
         transport.close()
+        if connected:
+            from workflow.transport.kept import client as kept
+
+            try:
+                kept.spawn(*keep)
+            except OSError:
+                pass  # a kept connection is a speed-up, never a reason to fail
     _cache.clear()
 
 
@@ -51,8 +76,27 @@ def transport():
             from workflow.providers import current_endpoint
 
             endpoint = current_endpoint(cfg)
+            keepalive = float(cfg.get("pod.keepalive_secs", 0) or 0)
+            if _keeping["on"] and keepalive > 0:
+                from workflow.transport.kept import client as kept
+                from workflow.transport.params import ssh_params
+
+                params = ssh_params(cfg, endpoint)
+                _cache["keep"] = (cfg.root, "pod", params, keepalive)
+                found = kept.find(cfg.root, "pod", params)
+                if found is not None:
+                    _cache["transport"] = found
+                    return found
         _cache["transport"] = open_transport(cfg, endpoint)
     return _cache["transport"]
+
+
+def disconnect() -> int:
+    """End this project's kept connections now; how many were running."""
+    from workflow.transport.kept import client as kept
+
+    forget_kept()
+    return kept.stop(config().root)
 
 
 def agent():

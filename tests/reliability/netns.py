@@ -64,6 +64,9 @@ def _pick_subnet() -> int:
 class NetnsPod(SshPod):
     """An ``SshPod`` whose sshd lives in a network namespace of its own."""
 
+    #: The namespace is ``<ns_prefix>-<random>``: a suite that makes its own pods names them.
+    ns_prefix = "wfrel"
+
     def __init__(self, keys, base):
         self.ns = None
         self._setup_namespace()
@@ -80,7 +83,7 @@ class NetnsPod(SshPod):
         with open(_LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             n = _pick_subnet()
-            self.ns, self.veth = f"wfrel-{tag}", f"wfv{tag}"
+            self.ns, self.veth = f"{self.ns_prefix}-{tag}", f"wfv{tag}"
             self.host = f"10.77.{n}.2"
             self.gateway = f"10.77.{n}.1"
             _ip("netns", "add", self.ns)

@@ -24,7 +24,10 @@ def wf_task(*args: Any, **kwargs: Any) -> Callable:
     def decorate(fn: Callable) -> Any:
         @functools.wraps(fn)
         def guarded(c, *a, **kw):
+            from workflow import runtime
+
             _json_printed.clear()
+            runtime.keep_connections()
             try:
                 return fn(c, *a, **kw)
             except PodflowError as exc:

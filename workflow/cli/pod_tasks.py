@@ -1,4 +1,4 @@
-"""pod tasks: reach the pod (check-connection, remote-exec) and set up SSH keys (setup-keys).
+"""pod tasks: reach the pod (check-connection, remote-exec, disconnect) and set up SSH keys (setup-keys).
 
 ``pod-up``, ``pod-down``, ``pod-status`` and ``offers`` live in ``provider_tasks``.
 """
@@ -67,3 +67,15 @@ def setup_keys(c):
     from workflow.transport.keys import setup_keys as setup
 
     setup(runtime.config(), runtime.transport, out=print)
+
+
+@wf_task
+def disconnect(c):
+    """End the pod's kept connection now (it also ends by itself after pod.keepalive_secs idle).
+
+    The first command that reaches a pod leaves a small background process holding the
+    SSH connection (a unix socket under .podflow/kept/, usable only by you), so later
+    commands skip the SSH handshake. The next command after this connects afresh.
+    """
+    n = runtime.disconnect()
+    print(f"ended {n} kept connection{'s' if n != 1 else ''}" if n else "no kept connection was running")

@@ -120,7 +120,10 @@ def pod_down(c, destroy=False, force=False, json=False):
     """
     from workflow.providers.lifecycle import pod_down as down
 
-    doc = down(runtime.config(), destroy=destroy, force=force)
+    try:
+        doc = down(runtime.config(), destroy=destroy, force=force)
+    finally:
+        runtime.disconnect()
     if json:
         print_json(doc)
         return

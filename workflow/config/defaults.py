@@ -20,6 +20,7 @@ DEFAULTS: Dict[str, Any] = {
         "identity_file": "~/.ssh/id_ed25519",
         "known_hosts": ".podflow/known_hosts",
         "connect_timeout_secs": 20,
+        "keepalive_secs": 600,
         "target": None,
         "offer": {
             "preset": None,

@@ -22,91 +22,31 @@ from __future__ import annotations
 import codecs
 import os
 import select
-import shlex
 import socket
 import stat
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import fabric
 import paramiko
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from workflow.config.model import Config
-from workflow.errors import ConfigError, ConnectionFailed, HostKeyMismatch, InputError, RemoteCommandFailed
+from workflow.errors import ConnectionFailed, HostKeyMismatch
 from workflow.transport import hostkeys
-from workflow.transport.base import RunResult, Transport
 from workflow.transport.endpoint import Endpoint
+from workflow.transport.params import KEEPALIVE_SECS as _KEEPALIVE_SECS
+from workflow.transport.params import PASSWORD_ENV, SshParams, dead_link_secs, rsync_target, ssh_argv, ssh_params
+from workflow.transport.shell import ShellTransport, build_command, dirname as _dirname, quote_path, sftp_path
 from workflow.transport.sshlog import quiet_ssh_library
 
 quiet_ssh_library()
 
-PASSWORD_ENV = "REMOTE_SSH_PASSWORD"
-_ENV_NAME_OK = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
-_MISSING_EXIT = 44  # read_file: no such file
-_ASKPASS = '#!/bin/sh\n# podflow: hands ssh the password from the environment; holds no secret.\nprintf \'%s\\n\' "$REMOTE_SSH_PASSWORD"\n'
-#: An SSH keepalive goes out after this many idle seconds, so a dead link always has
-#: unacknowledged data in flight (which is what TCP_USER_TIMEOUT measures).
-_KEEPALIVE_SECS = 5
-
-
-def dead_link_secs(connect_timeout: float) -> float:
-    """How long a link may leave sent data unacknowledged before it counts as dead (the
-    connection is dropped: ``ConnectionFailed``, exit 4): ``pod.connect_timeout_secs``,
-    kept within 5..30 s. Without it a cut link (cable, veth, NAT state lost) leaves a
-    blocking call (``task-wait``) hanging for TCP's ~15 minutes of retransmissions."""
-    return max(5.0, min(float(connect_timeout), 30.0))
-
-
-# ---------------------------------------------------------------- quoting
-
-
-def quote_path(path: str) -> str:
-    """A remote path for the pod's shell: ``~/x`` -> ``"$HOME"/'x'``, others quoted."""
-    if path == "~":
-        return '"$HOME"'
-    if path.startswith("~/"):
-        rest = path[2:]
-        return '"$HOME"/' + shlex.quote(rest) if rest else '"$HOME"/'
-    return shlex.quote(path)
-
-
-def sftp_path(path: str) -> str:
-    """SFTP resolves relative paths against the user's home: ``~/x`` -> ``x``."""
-    if path == "~":
-        return "."
-    if path.startswith("~/"):
-        return path[2:] or "."
-    return path
-
-
-def build_command(argv: Sequence[str], env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None) -> str:
-    """The shell text that runs ``argv`` literally, with ``env`` added and in ``cwd``."""
-    if not argv:
-        raise InputError("empty command")
-    parts: List[str] = []
-    if cwd:
-        parts.append(f"cd -- {quote_path(cwd)} &&")
-    if env:
-        assigns = []
-        for key, value in env.items():
-            if not key or key[0].isdigit() or not set(key) <= _ENV_NAME_OK:
-                raise InputError(f"invalid environment variable name: {key!r}")
-            assigns.append(f"{key}={shlex.quote(str(value))}")
-        parts.append("env " + " ".join(assigns))
-    parts.extend(shlex.quote(str(a)) for a in argv)
-    return " ".join(parts)
-
-
-def _dirname(path: str) -> str:
-    head = path.rsplit("/", 1)[0] if "/" in path else ""
-    if path.startswith("/") and head == "":
-        return "/"
-    return head or "."
-
+__all__ = ["SshTransport", "open_ssh_transport", "build_command", "quote_path", "sftp_path", "dead_link_secs",
+           "PASSWORD_ENV"]
 
 # ---------------------------------------------------------------- connecting
 
@@ -127,7 +67,7 @@ def _prefer_curve25519(sock, **kwargs) -> paramiko.Transport:
     return t
 
 
-class SshTransport(Transport):
+class SshTransport(ShellTransport):
     """Commands and files on the pod over one SSH connection (see the module docstring)."""
 
     kind = "ssh"
@@ -154,6 +94,7 @@ class SshTransport(Transport):
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._lock = threading.Lock()  # one connect at a time (threads may share a transport)
         self.connects = 0  # connections opened (tests, benches)
+        self.lost = False  # the last connection died under a command
         self.connect_secs: Optional[float] = None
 
     # -- connection
@@ -210,6 +151,7 @@ class SshTransport(Transport):
                 "sets how long to keep trying)",
             ) from None
         self.connects += 1
+        self.lost = False
         self.connect_secs = time.monotonic() - started
 
     def _connect_once(self, deadline: float, last: List[BaseException]) -> None:
@@ -288,6 +230,7 @@ class SshTransport(Transport):
 
     def _lost(self, exc: Optional[BaseException] = None) -> ConnectionFailed:
         self.close()
+        self.lost = True
         detail = f": {_describe_error(exc)}" if exc is not None else ""
         return ConnectionFailed(f"connection to {self.describe()} lost{detail}",
                                 hint="the remote work may still be running; check with 'wf check-connection'")
@@ -308,20 +251,6 @@ class SshTransport(Transport):
 
     # -- commands
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Optional[Mapping[str, str]] = None,
-        cwd: Optional[str] = None,
-        input: Optional[bytes] = None,
-        timeout: Optional[float] = None,
-        on_stdout: Optional[Callable[[str], None]] = None,
-    ) -> RunResult:
-        code, out, err = self.exec_command(build_command(argv, env, cwd), input=input, timeout=timeout,
-                                           on_stdout=on_stdout)
-        return RunResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
-
     def exec_command(
         self,
         command: str,
@@ -329,22 +258,32 @@ class SshTransport(Transport):
         input: Optional[bytes] = None,
         timeout: Optional[float] = None,
         on_stdout: Optional[Callable[[str], None]] = None,
+        on_chunk: Optional[Callable[[int, bytes], None]] = None,
+        cancel: Optional[threading.Event] = None,
+        started: Optional[threading.Event] = None,
     ) -> Tuple[int, bytes, bytes]:
-        """Run shell text (already quoted) on the pod: (exit code, stdout, stderr) bytes."""
+        """Run shell text (already quoted) on the pod: (exit code, stdout, stderr) bytes.
+
+        ``on_chunk(fd, data)`` receives raw output as it arrives (fd 1 or 2) and then
+        nothing is kept (the result's bytes are empty): the kept connection relays it.
+        ``cancel`` set: the channel is closed (exit 130), as a Ctrl-C would. ``started``
+        is set once the command was handed to the pod (a failure before it ran nothing)."""
         t = self._transport()
         try:
             chan = t.open_session(timeout=self.connect_timeout)
             chan.exec_command(command)
+            if started is not None:
+                started.set()
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if not t.is_active():
                 raise self._lost(exc) from None
             raise ConnectionFailed(f"{self.describe()} refused a command channel: {_describe_error(exc)}") from None
         try:
-            return self._pump(chan, t, input, timeout, on_stdout)
+            return self._pump(chan, t, input, timeout, on_stdout, on_chunk, cancel)
         finally:
             chan.close()
 
-    def _pump(self, chan, t, input, timeout, on_stdout) -> Tuple[int, bytes, bytes]:
+    def _pump(self, chan, t, input, timeout, on_stdout, on_chunk=None, cancel=None) -> Tuple[int, bytes, bytes]:
         out: List[bytes] = []
         err: List[bytes] = []
         data = memoryview(input or b"")
@@ -359,6 +298,9 @@ class SshTransport(Transport):
                 chunk = chan.recv(65536)
                 if not chunk:
                     break
+                if on_chunk is not None:
+                    on_chunk(1, chunk)
+                    continue
                 out.append(chunk)
                 if decoder is not None:
                     text = decoder.decode(chunk)
@@ -368,6 +310,9 @@ class SshTransport(Transport):
                 chunk = chan.recv_stderr(65536)
                 if not chunk:
                     break
+                if on_chunk is not None:
+                    on_chunk(2, chunk)
+                    continue
                 err.append(chunk)
 
         try:
@@ -379,6 +324,8 @@ class SshTransport(Transport):
                 drain()
                 if chan.status_event.is_set():
                     break
+                if cancel is not None and cancel.is_set():
+                    return 130, b"".join(out), b"".join(err)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     drain()
@@ -404,12 +351,6 @@ class SshTransport(Transport):
             return 255, b"".join(out), b"".join(err)
         return chan.exit_status, b"".join(out), b"".join(err)
 
-    def _check(self, command: str, *, input: Optional[bytes] = None, what: str) -> bytes:
-        code, out, err = self.exec_command(command, input=input)
-        if code != 0:
-            raise RemoteCommandFailed(what, code, (out + err).decode(errors="replace")[-2000:])
-        return out
-
     # -- files
 
     def _sftp_client(self) -> paramiko.SFTPClient:
@@ -421,23 +362,6 @@ class SshTransport(Transport):
                 raise self._lost(exc) if not t.is_active() else ConnectionFailed(
                     f"{self.describe()}: sftp unavailable: {_describe_error(exc)}") from None
         return self._sftp
-
-    def read_file(self, remote: str) -> bytes:
-        q = quote_path(remote)
-        code, out, err = self.exec_command(f"test -e {q} || exit {_MISSING_EXIT}; exec cat -- {q}")
-        if code == _MISSING_EXIT:
-            raise FileNotFoundError(f"{self.describe()}:{remote}")
-        if code != 0:
-            raise RemoteCommandFailed(f"read {remote}", code, err.decode(errors="replace"))
-        return out
-
-    def write_file_atomic(self, remote: str, data: bytes, mode: int = 0o644) -> None:
-        d = _dirname(remote)
-        name = remote.rstrip("/").rsplit("/", 1)[-1]
-        tmp = quote_path(f"{d}/.{name}.{uuid.uuid4().hex[:12]}.tmp")
-        script = (f"mkdir -p -- {quote_path(d)} && cat > {tmp} && chmod {mode:o} {tmp} && "
-                  f"mv -f -- {tmp} {quote_path(remote)} || {{ rm -f -- {tmp}; exit 1; }}")
-        self._check(script, input=data, what=f"write {remote}")
 
     def _file_error(self, exc: BaseException, remote: str) -> BaseException:
         """An sftp failure: the link died (ConnectionFailed) or a file error (kept)."""
@@ -484,40 +408,23 @@ class SshTransport(Transport):
 
     # -- rsync
 
-    def _askpass(self) -> Path:
-        path = self.askpass_dir / "ssh-askpass.sh"
-        if not path.is_file() or path.read_text() != _ASKPASS:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(_ASKPASS)
-            os.chmod(tmp, 0o700)
-            os.replace(tmp, path)
-        return path
+    @property
+    def params(self) -> SshParams:
+        return SshParams(host=self.endpoint.host, port=int(self.endpoint.port), user=self.user,
+                         known_hosts=str(self.known_hosts), known_hosts_display=self.known_hosts_display,
+                         identity_file=str(self.identity_file) if self.identity_file else None,
+                         connect_timeout=self.connect_timeout, askpass_dir=str(self.askpass_dir))
+
+    def worked(self) -> bool:
+        """This transport connected and its link did not die (worth keeping for the next command)."""
+        return self.connects > 0 and not self.lost
+
+    def is_connected(self) -> bool:
+        return self._conn is not None and self._conn.transport is not None and self._conn.transport.is_active()
 
     def ssh_argv(self) -> List[str]:
         """``ssh`` options reaching the pod like this transport does (same key, port, pins)."""
-        argv = [
-            "ssh", "-F", "/dev/null", "-p", str(self.endpoint.port),
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", f"ConnectTimeout={max(1, int(self.connect_timeout))}",
-            "-o", f"ServerAliveInterval={_KEEPALIVE_SECS}",
-            "-o", f"ServerAliveCountMax={max(1, int(dead_link_secs(self.connect_timeout) // _KEEPALIVE_SECS))}",
-            "-o", "Compression=no",
-            "-o", "IdentitiesOnly=yes",
-            "-l", self.user,
-        ]
-        key = self._key()
-        if key:
-            argv += ["-i", key]
-        if self._password() is None:
-            argv += ["-o", "BatchMode=yes"]
-        else:
-            argv += ["-o", "PreferredAuthentications=publickey,password", "-o", "NumberOfPasswordPrompts=1"]
-            # The password reaches ssh through SSH_ASKPASS, from the environment rsync inherits.
-            argv = ["env", f"SSH_ASKPASS={self._askpass()}", "SSH_ASKPASS_REQUIRE=force",
-                    f"DISPLAY={os.environ.get('DISPLAY') or 'podflow:0'}"] + argv
-        return argv
+        return ssh_argv(self.params, password=self._password() is not None)
 
     def rsync_remote_shell(self) -> Optional[Sequence[str]]:
         """The ``rsync -e`` program (join with ``shlex.join``). Pins the host key first by
@@ -528,10 +435,7 @@ class SshTransport(Transport):
         return self.ssh_argv()
 
     def rsync_target(self, remote: str) -> str:
-        host = self.endpoint.host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{self.user}@{host}:{sftp_path(remote)}"
+        return rsync_target(self.params, remote)
 
 
 def _describe_error(exc: Optional[BaseException]) -> str:
@@ -545,25 +449,17 @@ def _describe_error(exc: Optional[BaseException]) -> str:
     return text
 
 
+def from_params(p: SshParams, *, use_password: bool = True) -> SshTransport:
+    return SshTransport(p.endpoint, known_hosts=Path(p.known_hosts), known_hosts_display=p.known_hosts_display,
+                        identity_file=Path(p.identity_file) if p.identity_file else None,
+                        connect_timeout=p.connect_timeout, use_password=use_password,
+                        askpass_dir=Path(p.askpass_dir))
+
+
 def open_ssh_transport(config, endpoint: Endpoint) -> SshTransport:
     """The SSH transport to ``endpoint`` with ``config``'s keys, pins and time-outs.
 
     The endpoint is given, never looked up here: resolving it (``pod.host``, the session
     file, a provider's API) is the caller's job (``runtime.transport``), so this layer
     imports nothing above it. Connects lazily (the first operation, or ``connect()``)."""
-    if endpoint.user is None and config.get("pod.user", None):
-        endpoint = Endpoint(endpoint.host, endpoint.port, config.get("pod.user"), endpoint.identity_file)
-    identity = endpoint.identity_file or config.get("pod.identity_file", None)
-    known_display = str(config.get("pod.known_hosts", None) or ".podflow/known_hosts")
-    try:
-        timeout = float(config.get("pod.connect_timeout_secs", 20) or 20)
-    except (TypeError, ValueError):
-        raise ConfigError("pod.connect_timeout_secs must be a number") from None
-    return SshTransport(
-        endpoint,
-        known_hosts=config.local_path(known_display),
-        known_hosts_display=known_display,
-        identity_file=config.local_path(identity) if identity else None,
-        connect_timeout=timeout,
-        askpass_dir=config.local_path(".podflow"),
-    )
+    return from_params(ssh_params(config, endpoint))

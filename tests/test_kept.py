@@ -1,0 +1,299 @@
+"""The kept connection (``workflow/transport/kept/``) against a real sshd: later commands
+open no new SSH login, it ends by itself when idle, only its user can use it, a dead or
+wedged one is routed around, streaming and Ctrl-C go through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workflow.transport.kept import client as kept
+from workflow.transport.kept import wire
+
+pytestmark = pytest.mark.ssh
+
+WF = str(Path(sys.executable).with_name("wf"))
+#: What a fallback may cost on top of a command: the health check plus a direct login,
+#: on a loaded 2-core machine.
+FALLBACK_BOUND = kept.HEALTH_SECS + 15
+
+
+def wf(project, *args, env=None, timeout=90):
+    return subprocess.run([WF, *args], cwd=project, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def lock_files(project):
+    return sorted((project / ".podflow" / "kept").glob("*.lock"))
+
+
+def server_pid(project):
+    """The running kept server's pid (waits for it to be up and answering)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for lock in lock_files(project):
+            pid, _ = kept._owner(lock)
+            if pid and lock.with_suffix(".sock").exists():
+                try:
+                    kept._ask(lock.with_suffix(".sock"), "ping")
+                    return pid
+                except (kept._Unavailable, socket.timeout):
+                    pass
+        time.sleep(0.05)
+    raise AssertionError("no kept connection came up")
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def gone_within(pid, secs):
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def warm(ssh_pod, project):
+    """A project whose first command left a kept connection running."""
+    ssh_pod.write_config(project)
+    r = wf(project, "fsm-status")
+    assert r.returncode == 0, r.stderr
+    pid = server_pid(project)
+    return ssh_pod, project, pid
+
+
+def test_second_and_later_commands_open_no_new_login(warm):
+    pod, project, pid = warm
+    logins = pod.accepted_logins()
+    assert logins == 2  # the first command's own, and the kept connection's
+    cold = json.loads(wf(project, "fsm-status", "--json").stdout)
+    r = wf(project, "task-run", "--id", "t1", "--cmd", "echo hello-warm; exit 3")
+    assert r.returncode == 0, r.stderr
+    r = wf(project, "task-wait", "--id", "t1", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["exit_code"] == 3  # exit codes hold through it
+    listed = json.loads(wf(project, "task-list", "--json").stdout)
+    assert [t["id"] for t in (listed["tasks"] if isinstance(listed, dict) else listed)] == ["t1"]
+    assert json.loads(wf(project, "fsm-status", "--json").stdout) == cold
+    r = wf(project, "remote-exec", "echo out; echo err >&2; exit 7")
+    assert r.returncode == 7 and r.stdout == "out\nerr\n"
+    assert pod.accepted_logins() == logins
+    assert alive(pid)
+
+
+def test_a_warm_command_does_not_import_the_ssh_stack(warm):
+    pod, project, _ = warm
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: sys.stderr.write('SSH-STACK:%s\\n' % sorted("
+            "m for m in ('paramiko', 'fabric') if m in sys.modules)))\n"
+            "from workflow.cli.main import main\n"
+            "sys.argv = ['wf', 'fsm-status', '--json']\n"
+            "main()\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "SSH-STACK:[]" in r.stderr
+    assert json.loads(r.stdout)["state"] == "INIT"
+
+
+def test_idle_server_ends_and_leaves_no_process(ssh_pod, project):
+    ssh_pod.write_config(project, pod__keepalive_secs=1)
+    assert wf(project, "fsm-status").returncode == 0
+    pid = server_pid(project)
+    assert gone_within(pid, 15)
+    sock = lock_files(project)[0].with_suffix(".sock")
+    assert not sock.exists()
+
+
+def test_keepalive_0_keeps_nothing(ssh_pod, project):
+    ssh_pod.write_config(project, pod__keepalive_secs=0)
+    for _ in range(2):
+        assert wf(project, "fsm-status").returncode == 0
+    time.sleep(1)
+    assert lock_files(project) == [] and ssh_pod.accepted_logins() == 2
+
+
+def test_disconnect_ends_it_now_and_the_next_command_reconnects(warm):
+    pod, project, pid = warm
+    r = wf(project, "disconnect")
+    assert r.returncode == 0 and "ended 1 kept connection" in r.stdout
+    assert gone_within(pid, 5)
+    before = pod.accepted_logins()
+    assert wf(project, "fsm-status").returncode == 0
+    assert pod.accepted_logins() == before + 1
+    assert server_pid(project) != pid
+
+
+def test_socket_is_private_and_refuses_another_user(warm, tmp_path):
+    pod, project, pid = warm
+    directory = project / ".podflow" / "kept"
+    sock = lock_files(project)[0].with_suffix(".sock")
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and sock.stat().st_uid == os.getuid()
+    # Even past the file modes (a hard link in an open directory, mode 0666) the server
+    # refuses a caller of another uid: it checks SO_PEERCRED.
+    shared = Path(f"/tmp/wf-warm-{os.getpid()}-{pod.id}")
+    shared.mkdir(mode=0o755)
+    try:
+        link = shared / "s.sock"
+        os.link(sock, link)
+        os.chmod(link, 0o666)
+        probe = ("import socket, struct, sys\n"
+                 "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
+                 "body = b'{\"op\": \"exec\", \"command\": \"id\", \"cred\": \"\"}'\n"
+                 "s.sendall(struct.pack('!cI', b'Q', len(body)) + body)\n"
+                 "try:\n    answer = s.recv(100)\nexcept ConnectionResetError:\n    answer = b''\n"
+                 "print('answer:', answer)\n")
+        r = pod.run_as_user(["/usr/bin/python3", "-c", probe, str(link)])
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "answer: b''"  # closed without a word
+        os.chmod(link, 0o600)
+    finally:
+        for p in shared.iterdir():
+            p.unlink()
+        shared.rmdir()
+    log = next(directory.glob("*.log")).read_text()
+    assert f"refused a caller of uid {pod.uid}" in log
+    assert alive(pid) and wf(project, "fsm-status").returncode == 0
+
+
+def test_a_killed_server_falls_back_within_a_bound(warm):
+    pod, project, pid = warm
+    os.kill(pid, signal.SIGKILL)
+    assert gone_within(pid, 5)
+    started = time.monotonic()
+    r = wf(project, "fsm-status", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "INIT", r.stderr
+    assert time.monotonic() - started < FALLBACK_BOUND
+    assert r.stderr == ""  # no visible difference but time
+    assert server_pid(project) != pid  # and the direct command left a new one
+
+
+def test_a_wedged_server_falls_back_within_a_bound(warm):
+    pod, project, pid = warm
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        r = wf(project, "task-list", "--json")
+        took = time.monotonic() - started
+        assert r.returncode == 0, r.stderr
+        assert took < FALLBACK_BOUND
+        assert r.stderr == ""
+        assert gone_within(pid, 5)  # the wedged one was ended (ours: checked by pid and cmdline)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_two_concurrent_commands_share_it(warm):
+    pod, project, pid = warm
+    logins = pod.accepted_logins()
+    procs = [subprocess.Popen([WF, "remote-exec", f"for i in 1 2 3; do echo c{n}-$i; sleep 0.2; done"],
+                              cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n in range(4)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    for n, (p, (out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, err
+        assert out == "".join(f"c{n}-{i}\n" for i in (1, 2, 3))
+    assert pod.accepted_logins() == logins
+
+
+def test_follow_streams_and_ctrl_c_ends_the_remote_side(warm):
+    pod, project, pid = warm
+    assert wf(project, "task-run", "--id", "talk",
+              "--cmd", "for i in $(seq 1 200); do echo tick$i; sleep 0.1; done").returncode == 0
+    logins = pod.accepted_logins()
+    proc = subprocess.Popen([WF, "task-logs", "--id", "talk", "--follow"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.monotonic() + 30
+    while len(seen) < 3 and time.monotonic() < deadline:
+        seen.append(proc.stdout.readline())
+    assert all(line.startswith("tick") for line in seen), seen  # lines arrive while the task runs
+
+    def followers():
+        return [p for p in pod.user_pids()
+                if b"task.logs" in Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")]
+
+    assert followers(), "the follow runs on the pod"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 130 and "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while followers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert followers() == []  # the remote side ended, as with a direct connection
+    r = wf(project, "task-status", "--id", "talk", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "running"  # the task itself goes on
+    assert pod.accepted_logins() == logins and alive(pid)
+    wf(project, "task-kill", "--id", "talk")
+
+
+def test_time_out_through_it(warm):
+    pod, project, _ = warm
+    r = wf(project, "remote-exec", "--timeout-secs", "1", "sleep 30")
+    assert r.returncode == 124 and "timed out after 1" in r.stderr
+
+
+def test_a_changed_pin_ends_it(warm):
+    pod, project, pid = warm
+    pins = project / ".podflow" / "known_hosts"
+    pins.write_text("")  # the user removed the pin (e.g. ssh-keygen -R): the next login pins afresh
+    r = wf(project, "fsm-status")
+    assert r.returncode == 0 and "pinned host key" in r.stderr, r.stderr
+    assert gone_within(pid, 5)
+
+
+def test_a_new_endpoint_is_another_connection(warm, ssh_client_keys, ssh_session_dir):
+    from sshd import SshPod
+
+    pod, project, pid = warm
+    other = SshPod(ssh_client_keys, ssh_session_dir).start()
+    try:
+        other.write_config(project)
+        assert wf(project, "fsm-status").returncode == 0
+        assert gone_within(pid, 10)  # the old endpoint's connection ended
+        new = server_pid(project)
+        assert new != pid and other.accepted_logins() == 2
+    finally:
+        other.cleanup()
+
+
+def test_long_socket_paths_work(ssh_pod, tmp_path, monkeypatch):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    ssh_pod.write_config(deep)
+    assert wf(deep, "fsm-status").returncode == 0
+    server_pid(deep)
+    sock = lock_files(deep)[0].with_suffix(".sock")
+    assert len(str(sock)) > 108
+    assert wf(deep, "fsm-status").returncode == 0 and ssh_pod.accepted_logins() == 2
+    wf(deep, "disconnect")
+
+
+def test_frames_round_trip():
+    a, b = socket.socketpair()
+    with a, b:
+        wire.send(a, b"O", b"\x00\xffbytes")
+        wire.send_json(a, b"S", {"code": 3})
+        assert wire.recv(b) == (b"O", b"\x00\xffbytes")
+        assert wire.recv(b) == (b"S", b'{"code": 3}')
+        a.close()
+        with pytest.raises(wire.Closed):
+            wire.recv(b)

@@ -1,0 +1,268 @@
+"""The kept connection's background process: ``python -m workflow.transport.kept.server``.
+
+Reads its job from stdin (JSON: ``params``, ``pod``, ``root``, ``keepalive_secs``), takes
+``<name>.lock`` (one per pod and connection; a second one started meanwhile leaves at
+once), logs in once with the direct transport, then serves commands on ``<name>.sock``
+until it has been idle ``keepalive_secs``, its link dies, the pin of its host changes, it
+is told to stop, or it gets SIGTERM. Each caller gets its own SSH channel on the one
+connection (threads), so concurrent commands share it safely; a caller of another uid
+(``SO_PEERCRED``) is refused. A password reaches it only through its environment.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from workflow.errors import PodflowError
+from workflow.transport.kept import wire
+from workflow.transport.params import SshParams
+
+
+def _log(text: str) -> None:
+    sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] {text}\n")
+    sys.stderr.flush()
+
+
+def _stamp(path: Path):
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class Server:
+    """Serves one pod's kept connection (see the module docstring)."""
+
+    def __init__(self, ssh, params: SshParams, listener: socket.socket, sock_path: Path, keepalive: float):
+        self.ssh, self.params, self.listener, self.sock_path = ssh, params, listener, sock_path
+        self.keepalive = keepalive
+        self.stop = threading.Event()
+        self.active = 0
+        self.last_used = time.monotonic()
+        self._count = threading.Lock()
+        self.host_key = ssh._conn.transport.get_remote_server_key()
+        self.pins = _stamp(Path(params.known_hosts))
+        self.cred = wire.credential()
+
+    # -- why it would end
+
+    def pin_changed(self) -> bool:
+        """The pin file changed and no longer holds the key this connection was made with."""
+        stamp = _stamp(Path(self.params.known_hosts))
+        if stamp == self.pins:
+            return False
+        from workflow.transport import hostkeys
+
+        entry = hostkeys.load(Path(self.params.known_hosts)).get(
+            hostkeys.known_hosts_name(self.params.host, self.params.port))
+        if entry is not None and entry.get(self.host_key.get_name()) == self.host_key:
+            self.pins = stamp
+            return False
+        return True
+
+    def serve(self) -> str:
+        self.listener.settimeout(0.25)
+        while True:
+            if self.stop.is_set():
+                return "told to stop"
+            if not self.ssh.is_connected():
+                return "link lost"
+            with self._count:
+                idle = self.active == 0 and time.monotonic() - self.last_used >= self.keepalive
+            if idle:
+                return f"idle {self.keepalive:g}s"
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return "listener closed"
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    # -- one caller
+
+    def handle(self, conn: socket.socket) -> None:
+        with self._count:
+            self.active += 1
+        try:
+            pid, uid = wire.peer_uid(conn)
+            if uid != os.getuid():
+                _log(f"refused a caller of uid {uid} (pid {pid})")
+                return
+            conn.settimeout(10)
+            kind, payload = wire.recv(conn)
+            req = json.loads(payload)
+            op = req.get("op")
+            same = req.get("cred") == self.cred
+            if op == "ping":
+                wire.send_json(conn, b"P", {"pid": os.getpid(), "endpoint": self.params.describe(), "cred_ok": same})
+            elif op == "stop":
+                self.stop.set()
+                wire.send_json(conn, b"P", {"pid": os.getpid(), "stopping": True})
+            elif op == "exec" and not same:
+                wire.send_json(conn, b"F", {"started": False, "message": "another credential"})
+            elif op == "exec":
+                self.exec(conn, req)
+        except (wire.Closed, OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+            with self._count:
+                self.active -= 1
+                self.last_used = time.monotonic()
+
+    def exec(self, conn: socket.socket, req: dict) -> None:
+        from workflow.errors import ConnectionFailed
+
+        data = b""
+        if req.get("stdin"):
+            kind, data = wire.recv(conn)
+        if self.pin_changed():
+            _log("the pinned host key changed: ending")
+            self.stop.set()
+            wire.send_json(conn, b"F", {"started": False, "message": "the pinned host key changed"})
+            return
+        if not self.ssh.is_connected():
+            wire.send_json(conn, b"F", {"started": False, "message": "link lost"})
+            return
+        conn.settimeout(None)
+        sending = threading.Lock()
+        cancel, started, done = threading.Event(), threading.Event(), threading.Event()
+        last = [time.monotonic()]
+
+        def relay(fd: int, chunk: bytes) -> None:
+            with sending:
+                last[0] = time.monotonic()
+                try:
+                    wire.send(conn, b"O" if fd == 1 else b"E", chunk)
+                except OSError:
+                    cancel.set()
+
+        def watch() -> None:  # the caller left (Ctrl-C) or cancelled: close the channel
+            try:
+                wire.recv(conn)
+            except (wire.Closed, OSError, ValueError):
+                pass
+            cancel.set()
+
+        def beat() -> None:
+            while not done.wait(wire.HEARTBEAT_SECS / 2):
+                with sending:
+                    if time.monotonic() - last[0] >= wire.HEARTBEAT_SECS:
+                        last[0] = time.monotonic()
+                        try:
+                            wire.send(conn, b"H")
+                        except OSError:
+                            cancel.set()
+                            return
+
+        threading.Thread(target=watch, daemon=True).start()
+        threading.Thread(target=beat, daemon=True).start()
+        try:
+            code, out, err = self.ssh.exec_command(req["command"], input=data or None, timeout=req.get("timeout"),
+                                                   on_chunk=relay, cancel=cancel, started=started)
+        except ConnectionFailed as exc:
+            done.set()
+            with sending:
+                wire.send_json(conn, b"F", {"started": started.is_set(), "message": exc.message, "hint": exc.hint})
+            return
+        finally:
+            done.set()
+        if cancel.is_set():
+            return
+        with sending:
+            if out:
+                wire.send(conn, b"O", out)
+            if err:
+                wire.send(conn, b"E", err)
+            wire.send_json(conn, b"S", {"code": code})
+
+
+def _bind(sock_path: Path) -> socket.socket:
+    with_fd = wire.socket_address(sock_path)
+    address, fd = with_fd
+    try:
+        try:
+            os.unlink(address)
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            listener.bind(address)
+        finally:
+            os.umask(old)
+        os.chmod(address, 0o600)
+        listener.listen(64)
+        return listener
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def run(job: dict) -> int:
+    params = SshParams.from_doc(job["params"])
+    directory = wire.kept_dir(job["root"])
+    name = wire.base_name(job.get("pod") or "pod", params.key)
+    lock = open(directory / f"{name}.lock", "a+")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another one holds this connection (or is making it)
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()} {time.time():.3f}\n")
+    lock.flush()
+    from workflow.transport.ssh import from_params
+
+    ssh = from_params(params)
+    try:
+        ssh.connect()
+    except PodflowError as exc:
+        _log(f"cannot connect to {params.describe()}: {exc.message}")
+        return 1
+    sock_path = directory / f"{name}.sock"
+    listener = _bind(sock_path)
+    server = Server(ssh, params, listener, sock_path, float(job.get("keepalive_secs") or 600))
+    signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
+    _log(f"serving {params.describe()} on {sock_path.name} (keepalive {server.keepalive:g}s)")
+    try:
+        why = server.serve()
+    finally:
+        address, fd = wire.socket_address(sock_path)
+        try:
+            os.unlink(address)
+        except FileNotFoundError:
+            pass
+        finally:
+            if fd is not None:
+                os.close(fd)
+        listener.close()
+        ssh.close()
+        lock.seek(0)
+        lock.truncate()
+        lock.flush()
+    _log(f"ended: {why}")
+    return 0
+
+
+def main(argv: Optional[list] = None) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the starting terminal is not for it
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    job = json.loads(sys.stdin.read())
+    sys.stdin.close()
+    return run(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
