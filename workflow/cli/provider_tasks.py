@@ -116,7 +116,8 @@ def pod_status(c, json=False):
 def pod_down(c, destroy=False, force=False, json=False):
     """Stop the pod (disk kept), or --destroy it; refuses to destroy unfetched runs without --force.
 
-    Lium pods, and RunPod pods without a volume, can only be destroyed.
+    Lium pods, and RunPod pods without a volume, can only be destroyed. The pod's kept
+    connection (see disconnect) ends too.
     """
     from workflow.providers.lifecycle import pod_down as down
 

@@ -163,10 +163,8 @@ def spawn(root: os.PathLike, pod: str, params: SshParams, keepalive_secs: float)
     stop(root, pod=pod, keep_key=params.key)
     if _owner(lock)[0] is not None:
         return False
-    import workflow
-
     env = dict(os.environ)
-    pkg_parent = str(Path(workflow.__file__).resolve().parents[1])
+    pkg_parent = str(Path(__file__).resolve().parents[3])  # where ``workflow`` imports from
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH")) if p)
     log_fd = os.open(d / f"{wire.base_name(pod, params.key)}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
