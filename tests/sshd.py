@@ -126,6 +126,14 @@ def _deep_merge(base: Dict[str, Any], top: Dict[str, Any]) -> None:
             base[k] = v
 
 
+def _start_time(pid: int) -> Optional[str]:
+    """A process's start time (``/proc/PID/stat`` field 22): with the pid, its identity."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 # ---------------------------------------------------------------- the pod
 
 
@@ -148,6 +156,7 @@ class SshPod:
         self.port = _free_port()
         self.proc: Optional[subprocess.Popen] = None
         self.path_dir: Optional[Path] = None
+        self._orphans: list = []  # (pid, start time) of sessions of stopped listeners
         self._make_dirs()
         self.regenerate_host_key(restart=False)
         self.authorize_key(True)
@@ -270,6 +279,9 @@ SetEnv {setenv}
         """Stop the listener (open sessions live on, as with a real sshd)."""
         if self.proc is None:
             return
+        # Its sessions outlive it (re-parented away from any later listener):
+        # remember them, so drop_connections() still reaches them.
+        self._orphans = sorted({(pid, _start_time(pid)) for pid in self._connection_pids()}, key=str)
         self.proc.terminate()
         try:
             self.proc.wait(5)
@@ -284,9 +296,11 @@ SetEnv {setenv}
         self.start()
 
     def _connection_pids(self) -> list:
-        """This sshd's per-connection processes (``sshd: user [priv]`` and its child)."""
+        """This sshd's per-connection processes (``sshd: user [priv]`` and its child), and
+        those of its earlier listeners (before a ``restart()``) still alive."""
+        found = [pid for pid, started in self._orphans if started is not None and _start_time(pid) == started]
         if self.proc is None:
-            return []
+            return found
         parent, comm = {}, {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -298,7 +312,7 @@ SetEnv {setenv}
             name, rest = stat.split(" (", 1)[1].rsplit(")", 1)
             parent[int(entry.name)] = int(rest.split()[1])
             comm[int(entry.name)] = name
-        found, frontier = [], {self.proc.pid}
+        frontier = {self.proc.pid}
         while frontier:
             kids = {pid for pid, ppid in parent.items() if ppid in frontier and comm.get(pid) == "sshd"}
             found.extend(kids)

@@ -79,8 +79,10 @@ def current_endpoint(config) -> Endpoint:
     provider = config.pod.provider
     if provider == "local":
         raise ConnectionFailed("the local provider has no SSH endpoint")
-    if provider == "ssh":
-        return provider_class("ssh")(config).endpoint()
+    if provider == "ssh":  # what SshProvider.endpoint() says, without loading the providers
+        from workflow.transport.sshconfig import resolve_ssh_endpoint
+
+        return resolve_ssh_endpoint(config)
     s = sessions.load(config)
     if s is not None and s.provider == provider and s.host:
         if not config.pod.target or config.pod.target in (s.pod_id, s.name):

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -163,6 +162,8 @@ def spawn(root: os.PathLike, pod: str, params: SshParams, keepalive_secs: float)
     stop(root, pod=pod, keep_key=params.key)
     if _owner(lock)[0] is not None:
         return False
+    import subprocess
+
     env = dict(os.environ)
     pkg_parent = str(Path(__file__).resolve().parents[3])  # where ``workflow`` imports from
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_parent, env.get("PYTHONPATH")) if p)

@@ -1,0 +1,176 @@
+"""Warm commands bench: whole ``wf`` processes against a loopback pod, cold (a new SSH
+login each) vs warm (through the pod's kept connection), and raw ``ssh`` through an
+OpenSSH ControlMaster doing the same remote reads as the limit.
+
+    .venv/bin/python bench/warm.py [--repeat 7]
+
+Commands: ``fsm-status``, ``task-list`` of 100 tasks, ``task-run`` -> ``task-wait`` of
+``true``, ``sweep-status`` of 1000 runs (200 log lines each). Cold runs set
+``WF__POD__KEEPALIVE_SECS=0``; warm ones find the kept connection the first command
+left. The ControlMaster limit reads the same files with ``cat`` (``task-run`` ->
+``task-wait``: a detached ``sh`` writes its exit code, a second exec waits for it).
+Prints medians in seconds and warm / ControlMaster ratios. Targets (warm): fsm-status
+<= 0.15 s, task-run -> task-wait <= 0.35 s, sweep-status of 1000 runs <= 0.25 s, and
+no slower than the ControlMaster on every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+WF = str(Path(sys.executable).with_name("wf"))
+
+
+def timed(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.monotonic()
+        fn()
+        times.append(time.monotonic() - t0)
+    return statistics.median(times)
+
+
+def populate(outputs: Path, tasks: int, runs: int, chown) -> None:
+    for i in range(tasks):
+        d = outputs / "_tasks" / f"bulk-{i:04d}"
+        d.mkdir(parents=True)
+        (d / "status.json").write_text(json.dumps({
+            "id": d.name, "state": "success", "exit_code": 0, "command": f"echo {i}",
+            "created_at": "2026-01-01T00:00:00.%06dZ" % i, "started_at": "2026-01-01T00:00:01Z",
+            "finished_at": "2026-01-01T00:00:02Z", "timeout_secs": None, "pid": 1, "heartbeat_at": None,
+            "attempt": 1}))
+    plan = []
+    for i in range(runs):
+        rid = f"run{i:04d}"
+        d = outputs / rid
+        d.mkdir(parents=True)
+        (d / "status.json").write_text(json.dumps({"id": rid, "state": "failed" if i % 10 == 0 else "success",
+                                                    "exit_code": 0, "started_at": "2026-01-01T00:00:00Z",
+                                                    "finished_at": "2026-01-01T00:01:00Z", "attempt": 1}))
+        (d / "stdout.log").write_text("".join(f"{{'loss': {1 / (s + 1)}, 'epoch': {s}.0}}\n" for s in range(200)))
+        plan.append({"run_id": rid, "out_dir": str(d), "launch": True})
+    ctl = outputs / "_control" / "sweep"
+    ctl.mkdir(parents=True)
+    (ctl / "plan.json").write_text(json.dumps({"sweep_id": "bench", "runs": plan}))
+    chown(outputs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=7)
+    args = ap.parse_args()
+    import sshd
+
+    from workflow.config import load_config
+    from workflow.transport.params import ssh_argv, ssh_params
+    from workflow.transport.sshconfig import resolve_ssh_endpoint
+
+    with sshd.pod_context() as pod:
+        project = Path(tempfile.mkdtemp(prefix="podflow-bench-warm-"))
+        try:
+            pod.write_config(project)
+            outputs = pod.remote_dir / "outputs"
+            env_home = project / "home"
+            env_home.mkdir()
+            base_env = {**os.environ, "HOME": str(env_home)}
+            cold_env = {**base_env, "WF__POD__KEEPALIVE_SECS": "0"}
+
+            def wf(*argv, env=base_env, check=None):
+                p = subprocess.run([WF, *argv], cwd=project, env=env, capture_output=True, text=True)
+                if check is not None and p.returncode != check:
+                    raise SystemExit(f"wf {' '.join(argv)}: rc={p.returncode}\n{p.stderr}")
+                return p
+
+            wf("fsm-status", env=cold_env, check=0)  # pins the host key, installs the agent
+            populate(outputs, 100, 1000,
+                     lambda p: subprocess.run(["chown", "-R", f"{pod.uid}:{pod.gid}", str(p)], check=True))
+            n = [0]
+
+            def run_wait(env):
+                n[0] += 1
+                wf("task-run", "--id", f"rw{n[0]}", "--cmd", "true", env=env, check=0)
+                wf("task-wait", "--id", f"rw{n[0]}", env=env, check=0)
+
+            cmds = {
+                "fsm-status": lambda env: wf("fsm-status", "--json", env=env, check=0),
+                "task-list (100)": lambda env: wf("task-list", "--json", env=env, check=0),
+                "task-run -> task-wait": run_wait,
+                "sweep-status (1000 runs)": lambda env: wf("sweep-status", "--json", env=env, check=0),
+            }
+            for fn in cmds.values():
+                fn(cold_env)  # page cache, agent caches
+            cold = {name: timed(lambda: fn(cold_env), args.repeat) for name, fn in cmds.items()}
+            logins_before = pod.accepted_logins()
+            wf("fsm-status", check=0)  # leaves the kept connection
+            deadline = time.monotonic() + 20
+            while not list((project / ".podflow" / "kept").glob("*.sock")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            wf("fsm-status", check=0)
+            logins_warm = pod.accepted_logins()
+            warm = {name: timed(lambda: fn(base_env), args.repeat) for name, fn in cmds.items()}
+            assert pod.accepted_logins() == logins_warm, "a warm command logged in"
+
+            # The limit: OpenSSH with a ControlMaster, reading the same files.
+            cfg = load_config(cwd=project)
+            params = ssh_params(cfg, resolve_ssh_endpoint(cfg))
+            control = Path(tempfile.mkdtemp(prefix="cm-", dir="/tmp")) / "cm"
+            ssh = ssh_argv(params, password=False)[:1] + ["-o", f"ControlPath={control}"] + ssh_argv(
+                params, password=False)[1:] + [pod.host]
+            master = subprocess.Popen(ssh[:-1] + ["-o", "ControlMaster=yes", "-N", pod.host],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                while not control.exists():
+                    time.sleep(0.02)
+                o = str(outputs)
+                state = f"{o}/_control/workflow_state.json"
+
+                def raw(cmd):
+                    subprocess.run(ssh + [cmd], check=False, capture_output=True)
+
+                def raw_run_wait():
+                    n[0] += 1
+                    rc = f"{o}/_tasks/raw{n[0]}.rc"
+                    raw(f"nohup sh -c 'true; echo $? > {rc}' >/dev/null 2>&1 &")
+                    raw(f"while [ ! -e {rc} ]; do sleep 0.01; done; cat {rc}")
+
+                limit = {
+                    "fsm-status": timed(lambda: raw(f"cat {state} 2>/dev/null || true"), args.repeat),
+                    "task-list (100)": timed(lambda: raw(f"cat {o}/_tasks/*/status.json"), args.repeat),
+                    "task-run -> task-wait": timed(raw_run_wait, args.repeat),
+                    "sweep-status (1000 runs)": timed(lambda: raw(
+                        f"cd {o} && cat run*/status.json >/dev/null && tail -q -n 15 run*/stdout.log"), args.repeat),
+                }
+            finally:
+                master.terminate()
+                master.wait()
+                shutil.rmtree(control.parent, ignore_errors=True)
+            wf("disconnect")
+
+            print(f"SSH logins: {logins_warm - logins_before} to leave the kept connection (the first command's "
+                  f"own and the kept one's), 0 for the {len(cmds) * args.repeat + args.repeat} warm commands after")
+            print(f"{'command':28} {'cold':>7} {'warm':>7} {'ssh CM':>7}  cold/warm  warm/CM")
+            for name in cmds:
+                print(f"{name:28} {cold[name]:7.3f} {warm[name]:7.3f} {limit[name]:7.3f}  "
+                      f"{cold[name] / warm[name]:8.1f}x  {warm[name] / limit[name]:6.2f}x")
+        finally:
+            from workflow.transport.kept import client as kept
+
+            kept.stop(project)
+            shutil.rmtree(project, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
