@@ -178,8 +178,13 @@ def spawn(root: os.PathLike, pod: str, params: SshParams, keepalive_secs: float)
            "keepalive_secs": keepalive_secs}
     proc.stdin.write(json.dumps(job).encode())
     proc.stdin.close()
-    proc.returncode = 0  # it outlives this process on purpose: no "still running" warning
+    # It outlives a short command on purpose; a long-lived caller (``wf mcp``) reaps the
+    # ones that ended meanwhile here.
+    _children[:] = [c for c in _children if c.poll() is None] + [proc]
     return True
+
+
+_children: list = []
 
 
 def servers(root: os.PathLike) -> List[Tuple[str, Path]]:
