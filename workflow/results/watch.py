@@ -21,12 +21,10 @@ STATE_STYLE = {"success": "green", "running": "cyan", "pending": "dim", "failed"
 
 def live_available(stream=None) -> bool:
     """True when a live screen can be drawn: Rich is installed and ``stream`` is a terminal."""
+    import importlib.util
+
     stream = stream or sys.stdout
-    try:
-        import rich  # noqa: F401
-    except ImportError:
-        return False
-    return hasattr(stream, "isatty") and stream.isatty()
+    return importlib.util.find_spec("rich") is not None and hasattr(stream, "isatty") and stream.isatty()
 
 
 def _fmt_secs(secs) -> str:
