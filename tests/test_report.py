@@ -36,6 +36,10 @@ def report(tmp_path_factory):
     sp.wf("sweep-start", check=0)
     sp.wf("sweep-wait", "--timeout-secs", "120", check=1)
     sp.wf("fetch-all", check=0)
+    # the fetched run holds what the script wrote and the run's own files, not the engine's bookkeeping
+    assert {".status.lock", "wrapper.log"} <= set(os.listdir(sp.outputs / "lr-low"))
+    assert sorted(os.listdir(root / "artifacts" / "lr-low")) == ["command.sh", "status.json", "stdout.log",
+                                                                  "summary.json"]
     page = root / "artifacts" / "report.html"
     assert f"wf sweep-report writes {page}" in sp.wf("sweep-status", check=0).stdout
     out = sp.wf("sweep-report", check=0)

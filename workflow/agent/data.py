@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .fsutil import expand, makedirs, read_json, write_atomic
+from .procs import FIFO_FILE, LOCK_FILE, WRAPPER_LOG
 from .protocol import AgentError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -248,6 +249,10 @@ def list_runs(outputs):
     return sorted(n for n in names if NAME_RE.match(n) and os.path.isfile(os.path.join(outputs, n, "status.json")))
 
 
+#: The engine's own files in a run dir (the wrapper's lock, fifo and log): never fetched.
+ENGINE_FILES = (LOCK_FILE, FIFO_FILE, WRAPPER_LOG)
+
+
 def run_manifest(request):
     """``{outputs_dir, runs: [ids] | null, files: bool, exclude_checkpoints, sha256: {run: [paths]},
     stable_before_ns: int | {run: int}, stable_age_secs, running_margin_secs}`` -> ``{now, runs: {id: {exists, state, ended, files: [...]}}}``.
@@ -293,6 +298,7 @@ def run_manifest(request):
         if want_files:
             listing = _walk_files(run_dir, _is_checkpoint_dir if exclude else None,
                                   _is_checkpoint_file if exclude else None)
+            listing = [item for item in listing if item[0] not in ENGINE_FILES]
             if run in only:
                 keep = set(only[run])
                 listing = [item for item in listing if item[0] in keep]

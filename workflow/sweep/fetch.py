@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from workflow.agent.data import ENGINE_FILES
 from workflow.datapush import NAME_RE, Progress, RsyncStats, run_rsync, sha256_file
 from workflow.errors import CheckFailed, InputError, RemoteCommandFailed
 
@@ -199,6 +200,7 @@ class Fetcher:
                 rules.append(f"+ /{_escape(run)}/")
                 rules.append(f"- /{_escape(run)}/**")
         else:
+            rules += [f"- /*/{_escape(name)}" for name in ENGINE_FILES]
             rules += [f"+ /{run}/" for run in run_ids]
         rules.append("- /*")
         with tempfile.NamedTemporaryFile("w", prefix=".podflow-fetch-", suffix=".rules", delete=False) as fh:
