@@ -102,6 +102,10 @@ def available() -> List[ToolSpec]:
     return [spec for spec in TOOLS if spec.command in ns.task_names]
 
 
+def spec_named(name: str) -> ToolSpec:
+    return next(s for s in TOOLS if s.name == name)
+
+
 def _task(spec: ToolSpec):
     from workflow.cli import ns
 
@@ -151,7 +155,7 @@ def _validator(name: str):
     """A tool's compiled schema: built once per server (the tasks do not change under it)."""
     import jsonschema
 
-    return jsonschema.Draft202012Validator(schema_of(next(s for s in TOOLS if s.name == name)))
+    return jsonschema.Draft202012Validator(schema_of(spec_named(name)))
 
 
 def _check_arguments(spec: ToolSpec, arguments: Dict[str, Any]) -> Optional[Outcome]:
@@ -161,7 +165,7 @@ def _check_arguments(spec: ToolSpec, arguments: Dict[str, Any]) -> Optional[Outc
         return None
     text = "; ".join((f"{'.'.join(map(str, e.path))}: " if e.path else "") + e.message for e in errors)
     return failure(ExitCode.BAD_INPUT, "InputError", f"{spec.name}: bad arguments: {text}",
-                  hint=f"see the tool's input schema (the flags of wf {spec.command} --help)")
+                   hint=f"see the tool's input schema (the flags of wf {spec.command} --help)")
 
 
 def call(spec: ToolSpec, arguments: Optional[Mapping[str, Any]]) -> Outcome:
@@ -169,8 +173,8 @@ def call(spec: ToolSpec, arguments: Optional[Mapping[str, Any]]) -> Outcome:
     args = dict(arguments or {})
     if spec.confirm and args.get("confirm") is not True:
         return failure(ExitCode.BAD_INPUT, "ConfirmationRequired",
-                      f"{spec.name} {spec.confirm}; refused without confirm: true",
-                      hint=f"call {spec.name} again with confirm: true if that is what you want")
+                       f"{spec.name} {spec.confirm}; refused without confirm: true",
+                       hint=f"call {spec.name} again with confirm: true if that is what you want")
     bad = _check_arguments(spec, args)
     if bad is not None:
         return bad
@@ -180,7 +184,7 @@ def call(spec: ToolSpec, arguments: Optional[Mapping[str, Any]]) -> Outcome:
             args[name] = prop["default"]  # a default the tool needs and the CLI has not (a bound wait)
     outcome = _run_task(spec, args)
     if outcome.exit_code == ExitCode.WAIT_TIMEOUT and spec.on_timeout:
-        then = _run_task(next(s for s in TOOLS if s.name == spec.on_timeout), {})
+        then = _run_task(spec_named(spec.on_timeout), {})
         if not then.is_error:
             return Outcome(then.doc, 0, note=f"{spec.name}: {outcome.doc['error']['message']}")
         return then
@@ -203,7 +207,7 @@ def _run_task(spec: ToolSpec, args: Dict[str, Any]) -> Outcome:
         except Exception as exc:  # a bug, not a user error: report it, keep serving
             log.exception("%s failed unexpectedly", spec.name)
             return failure(ExitCode.REMOTE_FAILED, type(exc).__name__, f"{spec.name} failed unexpectedly: {exc}",
-                          hint="this is a podflow bug; the server's stderr has the traceback")
+                           hint="this is a podflow bug; the server's stderr has the traceback")
     doc = docs[-1] if docs else {}
     if code == 0:
         return Outcome(doc if isinstance(doc, dict) else {"result": doc}, 0)
