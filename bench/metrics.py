@@ -88,13 +88,17 @@ def bench_status(base: Path, runs: int, log_mb: float) -> dict:
     empty, full = base / "empty", base / "full"
     make_runs(empty, runs, base / "missing.log")
     make_runs(full, runs, log)
-    t0 = time.perf_counter()
     from workflow.agent import sweep
 
-    sweep.status({"outputs_dir": str(full)})  # the first status parses every log once
+    t0 = time.perf_counter()
+    calls = 0
+    while True:  # the first statuses parse every log once (each within its time budget)
+        calls += 1
+        if all(r.get("metrics_complete") for r in sweep.status({"outputs_dir": str(full)})["runs"]):
+            break
     first = time.perf_counter() - t0
     e, f = timed_status(empty), timed_status(full)
-    return {"runs": runs, "log_mb": log_mb, "first_status_secs": round(first, 1), "empty_logs_secs": round(e, 3),
+    return {"runs": runs, "log_mb": log_mb, "first_parse_secs": round(first, 1), "first_parse_statuses": calls, "empty_logs_secs": round(e, 3),
             "parsed_logs_secs": round(f, 3), "ratio": round(f / e, 2), "target_ratio": 1.3}
 
 
