@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+import time
 
 import pytest
 
-from workflow.agent.metrics import LogMetrics, compile_patterns, parse_metrics_line, read_run, run_summary
+from workflow.agent.metrics import CHUNK, LogMetrics, compile_patterns, parse_metrics_line, read_run, run_summary
 
 #: Verbatim shape of a minimal-GPT (nanoGPT-style) train.py log, configuration echo first.
 MINIGPT_LOG = """\
@@ -122,6 +123,10 @@ def test_a_200_mb_log_is_read_once_then_only_its_new_bytes(tmp_path):
         block = noise * 10000 + b"iter 1: loss 4.0000, time 20.0ms\n"
         while fh.tell() < 200 << 20:
             fh.write(block)
+    # A status out of time stops after one chunk; the next one goes on from there.
+    out = run_summary(str(tmp_path), str(state), deadline=time.monotonic())
+    offset = json.loads(state.read_text())["log"]["offset"]
+    assert not out["metrics_complete"] and 0 < offset <= CHUNK and out["best"]["value"] == 4.0
     out = run_summary(str(tmp_path), str(state))
     assert out["metrics"] == {"loss": 4.0, "time": 20.0} and out["best"] == {"name": "loss", "value": 4.0, "step": 1}
     assert out["metrics_complete"] and json.loads(state.read_text())["log"]["offset"] == log.stat().st_size

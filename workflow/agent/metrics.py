@@ -28,6 +28,7 @@ import math
 import os
 import re
 import tempfile
+import time
 
 from .fsutil import makedirs, read_json
 from .protocol import AgentError
@@ -321,7 +322,7 @@ class LogMetrics(object):
                 if len(pts) > MAX_POINTS:
                     del pts[0:-1:2]
 
-    def feed_file(self, path, budget_bytes=None, final=False):
+    def feed_file(self, path, budget_bytes=None, final=False, deadline=None):
         """Read ``path`` from the saved offset (from 0 when it was replaced or shrank), at
         most ``budget_bytes``; a line is read once it ends (``\\n``, or tqdm's ``\\r``;
         with ``final``, the end of the file ends the last line).
@@ -349,6 +350,8 @@ class LogMetrics(object):
                     break  # a partial last line: read when it is complete
                 self._feed_text(data[:cut + 1].decode("utf-8", "replace"))
                 self.offset += cut + 1
+                if deadline is not None and time.monotonic() > deadline:
+                    break
             return self.offset >= st.st_size
 
     def _feed_text(self, text):
@@ -507,17 +510,18 @@ def progress(m, elapsed_secs=None):
     return None
 
 
-def read_run(d, state=None, patterns=(), series=False, budget_bytes=None, final=False, log_name="stdout.log"):
+def read_run(d, state=None, patterns=(), series=False, budget_bytes=None, final=False, deadline=None,
+             log_name="stdout.log"):
     """(merged LogMetrics, new state) of run dir ``d``, resuming from ``state``;
     ``final``: the run has ended (its last line needs no newline)."""
     state = state or {}
     log = LogMetrics(state.get("log"), patterns, series)
-    done = log.feed_file(os.path.join(d, log_name), budget_bytes, final)
+    done = log.feed_file(os.path.join(d, log_name), budget_bytes, final, deadline)
     jsonl = None
     path = os.path.join(d, METRICS_FILE)
     if os.path.exists(path):
         jsonl = LogMetrics(state.get("jsonl"), (), series, echo_rule=False)
-        done = jsonl.feed_file(path, budget_bytes, final) and done
+        done = jsonl.feed_file(path, budget_bytes, final, deadline) and done
     new = {"log": log.state(), "jsonl": jsonl.state() if jsonl else None, "complete": done}
     return run_metrics(log, jsonl), new
 
@@ -535,14 +539,14 @@ def _save_cache(path, doc):
 
 
 def run_summary(d, state_path, patterns=(), primary=None, mode="min", final=False, elapsed_secs=None,
-                budget_bytes=None):
+                budget_bytes=None, deadline=None):
     """``{"metrics", "best", "progress", "metrics_complete"}`` of run dir ``d``; the
     parser's state is kept in ``state_path`` (rewritten only when it moved)."""
     try:
         saved = read_json(state_path, default=None, what="metrics state") or {}
     except AgentError:
         saved = {}
-    m, new = read_run(d, saved, patterns, budget_bytes=budget_bytes, final=final)
+    m, new = read_run(d, saved, patterns, budget_bytes=budget_bytes, final=final, deadline=deadline)
     if new != {k: saved.get(k) for k in new}:
         _save_cache(state_path, new)
     return {"metrics": dict(m.last), "best": m.best(primary, mode), "progress": progress(m, elapsed_secs),

@@ -303,11 +303,11 @@ def _run_row(r, sweep_id, runner_alive, tail_lines, ctl, opts, deadline):
         row.update(exit_code=doc.get("exit_code"), duration_secs=procs.duration_secs(doc),
                    attempt=doc.get("attempt"), gpus=doc.get("cuda_visible_devices"),
                    started_at=doc.get("started_at"), finished_at=doc.get("finished_at"), error=doc.get("error"))
-        # A status past its time budget shows what earlier statuses parsed (and says so).
+        # A status past its time budget shows what earlier statuses parsed ("metrics_complete": false).
         budget = None if time.monotonic() < deadline else 0
         row.update(metrics.run_summary(d, os.path.join(ctl, "metrics", r["run_id"] + ".json"), opts["patterns"],
                                        opts.get("primary"), opts["mode"], final=st in procs.TERMINAL,
-                                       elapsed_secs=row["duration_secs"], budget_bytes=budget))
+                                       elapsed_secs=row["duration_secs"], budget_bytes=budget, deadline=deadline))
         if st in NOT_OK or st == "unknown":
             row["log_tail"] = procs.tail(d, tail_lines)
     return row
