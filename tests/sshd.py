@@ -157,6 +157,8 @@ class SshPod:
         self.proc: Optional[subprocess.Popen] = None
         self.path_dir: Optional[Path] = None
         self._orphans: list = []  # (pid, start time) of sessions of stopped listeners
+        self.provider_env: Dict[str, str] = {}
+        """What a cloud provider puts into its pods for the pod itself (fakes set it)."""
         self._make_dirs()
         self.regenerate_host_key(restart=False)
         self.authorize_key(True)
@@ -193,7 +195,7 @@ class SshPod:
     @property
     def env(self) -> Dict[str, str]:
         """The variables every session of this pod gets (sshd ``SetEnv``)."""
-        env = {"WF_TEST_POD": self.id, "TMUX_TMPDIR": str(self.tmux_dir)}
+        env = {"WF_TEST_POD": self.id, "TMUX_TMPDIR": str(self.tmux_dir), **self.provider_env}
         if self.path_dir is not None:
             env["PATH"] = f"{self.path_dir}:/usr/local/bin:/usr/bin:/bin"
         return env
@@ -203,6 +205,13 @@ class SshPod:
         ``nvidia-smi``); takes effect at the next start."""
         self.path_dir = Path(directory)
         self._write_sshd_config()
+
+    def inject_env(self, env: Dict[str, str]) -> None:
+        """Give every later session these variables, as a provider does in its containers."""
+        self.provider_env = dict(env)
+        self._write_sshd_config()
+        if self.proc is not None:
+            self.restart()
 
     def _write_sshd_config(self) -> None:
         setenv = " ".join(f"{k}={v}" for k, v in self.env.items())

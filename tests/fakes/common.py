@@ -78,8 +78,10 @@ class SilentPort:
 class FakePod:
     """One rented "pod": a real sshd (``tests/sshd.SshPod``) driven through a timeline."""
 
-    def __init__(self, sshd, timeline: Timeline, *, key_attached: bool = True):
+    def __init__(self, sshd, timeline: Timeline, *, key_attached: bool = True, env: Optional[Dict[str, str]] = None):
         self.sshd = sshd
+        if env:
+            sshd.inject_env(env)  # the provider's own variables for the pod (pod-scoped id and key)
         self.timeline = timeline
         self.created = time.time()
         self.created_mono = time.monotonic()
@@ -277,7 +279,7 @@ class FakeApi:
 
     # -- serving
 
-    def authorized(self, headers) -> bool:
+    def authorized(self, headers, path: str = "") -> bool:
         return headers.get(self.auth_header, "") == f"Bearer {self.api_key}"
 
     def unauthorized(self) -> Reply:
@@ -309,7 +311,7 @@ class FakeApi:
                     reply = self.server_error(f[3])
                     break
         if reply is None:
-            if not self.authorized(h.headers):
+            if not self.authorized(h.headers, path):
                 reply = self.unauthorized()
             else:
                 for r in self.routes:

@@ -87,7 +87,7 @@ class FakeLium(FakeApi):
         self.route("GET", r"/api/version", lambda body, query: {"features": []})
         self.route("GET", r"/api/machines", lambda body, query: [{"name": e.machine_name} for e in self.executors.values()])
 
-    def authorized(self, headers) -> bool:
+    def authorized(self, headers, path: str = "") -> bool:
         return headers.get("X-API-KEY", "") == self.api_key
 
     def unauthorized(self):

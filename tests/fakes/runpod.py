@@ -10,11 +10,14 @@
 - ``POST /v2/pods/{id}/action {"action": "start|stop|restart|terminate"}``,
   ``DELETE /v2/pods/{id}`` (204), ``GET /v2/pods`` -> ``{"pods": [...]}``
 - every error is an RFC 9457 problem object (``title``, ``status``, ``detail``)
+- inside each pod, ``RUNPOD_POD_ID`` and a pod-scoped ``RUNPOD_API_KEY`` (as RunPod sets
+  them), accepted for that pod's own ``/v2/pods/{id}`` and ``/action`` only
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -52,8 +55,10 @@ class GpuType:
 
 
 class RunpodPod:
-    def __init__(self, pid: str, body: Dict[str, Any], gpu: GpuType, fake: FakePod):
+    def __init__(self, pid: str, body: Dict[str, Any], gpu: GpuType, fake: FakePod, pod_key: str = ""):
         self.id, self.body, self.gpu, self.fake = pid, body, gpu, fake
+        self.pod_key = pod_key
+        """the pod-scoped API key RunPod puts into the pod as RUNPOD_API_KEY"""
         self.terminated = False
 
     def status(self) -> str:
@@ -109,6 +114,13 @@ class FakeRunpod(FakeApi):
         self.route("POST", r"/v2/pods/(?P<pid>[^/]+)/action", self.action)
         self.route("DELETE", r"/v2/pods/(?P<pid>[^/]+)", self.delete)
 
+    def authorized(self, headers, path: str = "") -> bool:
+        if super().authorized(headers, path):
+            return True
+        m = re.fullmatch(r"/v2/pods/([^/]+)(/action)?", path)
+        pod = self.pods.get(m.group(1)) if m else None
+        return pod is not None and headers.get("Authorization", "") == f"Bearer {pod.pod_key}"
+
     def unauthorized(self):
         return problem(401, "Unauthorized", "missing bearer token")
 
@@ -161,10 +173,12 @@ class FakeRunpod(FakeApi):
             return problem(400, "Bad Request",
                            "There are no longer any instances available with the requested specifications.")
         g.capacity -= 1
-        fake = FakePod(self.make_sshd(), g.timeline, key_attached=False)
+        pid, pod_key = "pod_" + new_id(), "rp-podkey-" + new_id()
+        fake = FakePod(self.make_sshd(), g.timeline, key_attached=False,
+                       env={"RUNPOD_POD_ID": pid, "RUNPOD_API_KEY": pod_key})
         if body.get("startSsh") or (body.get("env") or {}).get("PUBLIC_KEY"):
             fake.attach_key((body.get("env") or {}).get("PUBLIC_KEY"))
-        pod = RunpodPod("pod_" + new_id(), body, g, fake)
+        pod = RunpodPod(pid, body, g, fake, pod_key)
         self.pods[pod.id] = pod
         return Reply(201, pod.doc())
 

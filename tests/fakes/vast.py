@@ -10,11 +10,15 @@
   ``ports["22/tcp"]``; the proxy in ``ssh_host``/``ssh_port``
 - ``GET /api/v1/instances/`` list, ``PUT /api/v0/instances/{id}/`` stop/start/label,
   ``DELETE /api/v0/instances/{id}/``, ``POST /api/v0/instances/{id}/ssh/`` attach a key
+- inside each instance, ``CONTAINER_ID`` and an instance-scoped ``CONTAINER_API_KEY`` (as
+  Vast sets them), accepted for that instance's own ``/api/v0/instances/{id}/`` only
 """
 
 from __future__ import annotations
 
+import re
 import socket
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -48,8 +52,10 @@ class VastOffer:
 
 
 class VastPod:
-    def __init__(self, iid: int, offer: VastOffer, fake: FakePod, label: str, image: str):
+    def __init__(self, iid: int, offer: VastOffer, fake: FakePod, label: str, image: str, container_key: str = ""):
         self.id, self.offer, self.fake, self.label, self.image = iid, offer, fake, label, image
+        self.container_key = container_key
+        """the instance-scoped API key Vast puts into the container as CONTAINER_API_KEY"""
         self.direct_port = _closed_port() if offer.direct_broken else fake.sshd.port
 
     def doc(self) -> Dict[str, Any]:
@@ -93,6 +99,13 @@ class FakeVast(FakeApi):
         self.route("DELETE", r"/api/v0/instances/(?P<iid>\d+)/", self.destroy)
         self.route("POST", r"/api/v0/instances/(?P<iid>\d+)/ssh/", self.attach_ssh)
 
+    def authorized(self, headers, path: str = "") -> bool:
+        if super().authorized(headers, path):
+            return True
+        m = re.fullmatch(r"/api/v0/instances/(\d+)/", path)
+        pod = self.pods.get(m.group(1)) if m else None
+        return pod is not None and headers.get("Authorization", "") == f"Bearer {pod.container_key}"
+
     def server_error(self, status):
         return Reply(status, {"success": False, "error": "server_error", "msg": "Internal Server Error"})
 
@@ -120,8 +133,10 @@ class FakeVast(FakeApi):
             return Reply(404, {"success": False, "error": "no_such_ask", "msg": f"Instance type {ask} is no longer available."})
         self.next_id += 1
         iid = self.next_id
-        fake = FakePod(self.make_sshd(), o.timeline, key_attached=False)
-        self.pods[str(iid)] = VastPod(iid, o, fake, (body or {}).get("label") or "", (body or {}).get("image") or "")
+        key = "vast-ctr-" + uuid.uuid4().hex
+        fake = FakePod(self.make_sshd(), o.timeline, key_attached=False,
+                       env={"CONTAINER_ID": str(iid), "CONTAINER_API_KEY": key})
+        self.pods[str(iid)] = VastPod(iid, o, fake, (body or {}).get("label") or "", (body or {}).get("image") or "", key)
         o.snatched = True  # an ask is rented once
         if o.id_quirk == "new_contract":
             return {"success": True, "new_contract": iid}

@@ -10,11 +10,11 @@ import json
 import sys
 import traceback
 
-from . import data, prepare, state, sweep, tasks
+from . import autostop, data, prepare, state, sweep, tasks
 from .protocol import AgentError, encode
 
 OPS = {}
-for _module in (state, tasks, sweep, data, prepare):
+for _module in (state, tasks, sweep, data, prepare, autostop):
     OPS.update(_module.OPS)
 
 #: Long-running entry points (the task wrapper, the sweep runner) take argv, not JSON.

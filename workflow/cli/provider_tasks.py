@@ -106,8 +106,24 @@ def pod_status(c, json=False):
             print(f"ttl: {doc['ttl']} ({'expired' if left is not None and left <= 0 else _dur(left) + ' left'})")
     fsm = doc.get("fsm_state") or f"unknown ({doc.get('fsm_error', 'pod not reachable')})"
     print(f"workflow state: {fsm}" + ("  (adopted: no state file before)" if doc.get("adopted") else ""))
+    if doc.get("autostop"):
+        print(autostop_line(doc["autostop"]))
     if doc.get("stop_or_destroy"):
         print(f"note: {doc['stop_or_destroy']}")
+
+
+def autostop_line(a) -> str:
+    """``pod-status``'s watchdog line: what it did, or when it will act and why not yet."""
+    if a.get("error"):
+        return f"autostop: unknown ({a['error']})"
+    d = a.get("decision")
+    if d:
+        return f"autostop: {d.get('action')} at {d.get('at')}: {d.get('reason')}" + (
+            f" ({d['error']})" if d.get("error") else "")
+    if not a.get("running"):
+        return "autostop: the watchdog is not running (wf pod-up or wf bootstrap starts it)"
+    when = f"{a.get('action')} in {_dur(a['acts_in_secs'])}" if a.get("acts_in_secs") is not None else a.get("action")
+    return f"autostop: {when}" + (f"; not yet: {a['not_yet']}" if a.get("not_yet") else "")
 
 
 @wf_task(help={"destroy": "destroy the pod for good (its disk is lost) instead of stopping it",

@@ -16,11 +16,15 @@ def bootstrap(c, progress=None, detach=False):
     (as root or with sudo -n); otherwise bootstrap fails naming them. Writes
     <outputs_dir>/_control/setup.log (versions, pip freeze, nvidia-smi). Runs
     bootstrap.wandb_setup_script only when sweep.wandb.enabled. A second run only
-    checks. Starts from POD_READY, BOOTSTRAPPED, CHECKED_OUT or SWEEP_COMPLETED.
+    checks. (Re)starts the watchdog on the pod (autostop.*, pod.ttl, pod.max_cost_usd).
+    Starts from POD_READY, BOOTSTRAPPED, CHECKED_OUT or SWEEP_COMPLETED.
     """
-    from workflow import prepare
+    from workflow import prepare, runtime
+    from workflow.money.watchdog import launch_current
 
     prepare.run("bootstrap", progress=progress, detach=detach)
+    if not detach:
+        launch_current(runtime.config(), runtime.agent())  # the watchdog, with the config of now
 
 
 @wf_task(help={"progress": _PROGRESS, "detach": _DETACH})

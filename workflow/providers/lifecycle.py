@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Set
 from workflow import runtime
 from workflow import session as sessions
 from workflow.errors import ConnectionFailed, ExitCode, InputError, PodflowError, ProviderError, UnsupportedAction
-from workflow.money import spend
+from workflow.money import spend, watchdog
 from workflow.providers import CLOUD, cuda_policy, get_provider
 from workflow.providers.base import CreateRequest, Offer, OfferUnavailable, PodGone, PodInfo, PodState, Provider
 from workflow.providers.presets import offer_spec
@@ -132,6 +132,23 @@ def _advance_fsm(say: Say) -> str:
     return doc.get("state", "POD_READY")
 
 
+def _autostop_status(config) -> Optional[Dict[str, Any]]:
+    """What the watchdog on the pod will do, when (None when none was asked for)."""
+    if not (watchdog.configured(config) or watchdog.marker_path(config).exists()):
+        return None
+    try:
+        return watchdog.describe(runtime.agent())
+    except PodflowError as exc:
+        return {"running": None, "error": exc.message}
+
+
+def _start_watchdog(config, say: Say) -> None:
+    """(Re)start the watchdog on the pod (autostop, pod.ttl, pod.max_cost_usd; SPEC §10)."""
+    started = watchdog.launch_current(config, runtime.agent())
+    if started:
+        say(f"watchdog on the pod: pid {started.get('pid')} (autostop.action {config.get('autostop.action', 'stop')})")
+
+
 def _save_session(config, provider: Provider, pod: PodInfo, endpoint, *, rented: bool,
                   created_at: Optional[float] = None) -> sessions.Session:
     previous = sessions.load(config)
@@ -152,6 +169,7 @@ def pod_up(config) -> PodUpResult:
     """Rent (or reuse) a pod, wait until an SSH command runs on it, then POD_READY."""
     say = _say(config)
     t0 = time.monotonic()
+    watchdog.check(config)
     provider = get_provider(config)
     if provider.name not in CLOUD:
         return _pod_up_owned(config, provider, say, t0)
@@ -173,6 +191,7 @@ def pod_up(config) -> PodUpResult:
         spend.observe(config, provider.name, pod_id, ready.pod)
         _save_session(config, provider, ready.pod, ready.endpoint, rented=rented)
         state = _advance_fsm(say)
+        _start_watchdog(config, say)
         return PodUpResult(provider.name, ready.pod, str(ready.endpoint), rented=rented, stages=ready.stages,
                            state=state, seconds=time.monotonic() - t0)
 
@@ -213,6 +232,7 @@ def pod_up(config) -> PodUpResult:
             raise
         _save_session(config, provider, ready.pod, ready.endpoint, rented=True, created_at=created_at)
         state = _advance_fsm(say)
+        _start_watchdog(config, say)
         return PodUpResult(provider.name, ready.pod, str(ready.endpoint), offer=offer, rented=True,
                            skipped=skipped, stages=ready.stages, state=state, seconds=time.monotonic() - t0)
     reasons = "; ".join(f"{s['offer']}: {s['reason']}" for s in skipped)
@@ -265,6 +285,7 @@ def _pod_up_owned(config, provider: Provider, say: Say, t0: float) -> PodUpResul
         pod, endpoint, stages = provider.get("local"), "local", []
     spend.note(config, "adopt", provider.name, spend.owned_id(config), price=spend.owned_price(config), label=pod.name)
     state = _advance_fsm(say)
+    _start_watchdog(config, say)
     return PodUpResult(provider.name, pod, endpoint, stages=stages, state=state, seconds=time.monotonic() - t0)
 
 
@@ -298,6 +319,7 @@ def pod_status(config) -> Dict[str, Any]:
         spend.note(config, "adopt", provider.name, spend.owned_id(config), price=spend.owned_price(config),
                    label=pod.name)
         doc.update(spend.figures(config, provider.name, spend.owned_id(config), live_price=spend.owned_price(config)))
+        doc["autostop"] = _autostop_status(config)
         return doc
 
     pod_id = s.pod_id if s is not None and s.provider == provider.name else None
@@ -338,6 +360,7 @@ def pod_status(config) -> Dict[str, Any]:
             st = _fsm_status()
             doc["fsm_state"] = st.get("state")
             doc["fsm_updated_at"] = st.get("updated_at")
+            doc["autostop"] = _autostop_status(config)
         except PodflowError as exc:
             doc["fsm_state"] = None
             doc["fsm_error"] = exc.message

@@ -169,6 +169,9 @@ class Fetcher:
         results = self._verify(run_ids, by_run, t_start, exclude_checkpoints, explicit)
         for r in results:
             self._record(r)
+        complete = [r.run_id for r in results if r.complete]
+        if complete:  # the watchdog destroys a pod only when every run on it was fetched
+            self.agent.call("autostop.mark_fetched", runs=complete)
         return FetchResult(tuple(results), stats, time.monotonic() - started, self.agent.calls - calls0)
 
     def _missing(self, run_ids, info=None) -> None:
