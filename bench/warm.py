@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -30,28 +31,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 WF = str(Path(sys.executable).with_name("wf"))
 
 
-def timed(fn, repeat: int) -> float:
-    times = []
+def timed(fn, repeat: int):
+    """Median (wall seconds, CPU seconds of the processes it ran and waited for). The CPU
+    figure does not grow with the machine's load the way wall time does."""
+    times, cpus = [], []
     for _ in range(repeat):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         fn()
         times.append(time.monotonic() - t0)
-    return statistics.median(times)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+    return statistics.median(times), statistics.median(cpus)
 
 
 def populate(outputs: Path, tasks: int, runs: int, chown) -> None:
-    for i in range(tasks):
-        d = outputs / "_tasks" / f"bulk-{i:04d}"
-        d.mkdir(parents=True)
-        (d / "status.json").write_text(json.dumps({
-            "id": d.name, "state": "success", "exit_code": 0, "command": f"echo {i}",
-            "created_at": "2026-01-01T00:00:00.%06dZ" % i, "started_at": "2026-01-01T00:00:01Z",
-            "finished_at": "2026-01-01T00:00:02Z", "timeout_secs": None, "pid": 1, "heartbeat_at": None,
-            "attempt": 1}))
+    """``tasks`` finished tasks (as bench/tasks.py makes them) and a sweep of ``runs``."""
+    from tasks import _bulk
+
+    _bulk(outputs / "_tasks", tasks)
     plan = []
     for i in range(runs):
         rid = f"run{i:04d}"
@@ -146,6 +149,13 @@ def main() -> None:
                     raw(f"nohup sh -c 'true; echo $? > {rc}' >/dev/null 2>&1 &")
                     raw(f"while [ ! -e {rc} ]; do sleep 0.01; done; cat {rc}")
 
+                # The kept connection's own cost: one exec of `true` through it, in one process.
+                from workflow.transport.kept import client as kept
+
+                through = kept.find(project, "pod", params)
+                assert through is not None, "no kept connection to measure"
+                exec_kept = timed(lambda: through.run(["true"]), args.repeat * 10)[0]
+                exec_cm = timed(lambda: raw("true"), args.repeat * 10)[0]
                 limit = {
                     "fsm-status": timed(lambda: raw(f"cat {state} 2>/dev/null || true"), args.repeat),
                     "task-list (100)": timed(lambda: raw(f"cat {o}/_tasks/*/status.json"), args.repeat),
@@ -161,10 +171,17 @@ def main() -> None:
 
             print(f"SSH logins: {logins_warm - logins_before} to leave the kept connection (the first command's "
                   f"own and the kept one's), 0 for the {len(cmds) * args.repeat + args.repeat} warm commands after")
-            print(f"{'command':28} {'cold':>7} {'warm':>7} {'ssh CM':>7}  cold/warm  warm/CM")
+            print(f"one exec of `true`: {exec_kept * 1000:.1f} ms through the kept connection (in-process), "
+                  f"{exec_cm * 1000:.1f} ms as a new `ssh` process through a ControlMaster")
+            load = os.getloadavg()[0]
+            print(f"medians of {args.repeat}; load average {load:.1f} on {os.cpu_count()} CPUs")
+            print(f"{'':28} {'wall seconds':^26}  {'ratios':^18}  {'CPU seconds (local)':^26}")
+            print(f"{'command':28} {'cold':>7} {'warm':>7} {'ssh CM':>7}   cold/warm  warm/CM  "
+                  f"{'cold':>7} {'warm':>7} {'ssh CM':>7}")
             for name in cmds:
-                print(f"{name:28} {cold[name]:7.3f} {warm[name]:7.3f} {limit[name]:7.3f}  "
-                      f"{cold[name] / warm[name]:8.1f}x  {warm[name] / limit[name]:6.2f}x")
+                (cw, cc), (ww, wc), (lw, lc) = cold[name], warm[name], limit[name]
+                print(f"{name:28} {cw:7.3f} {ww:7.3f} {lw:7.3f}   {cw / ww:8.1f}x {ww / lw:7.2f}x  "
+                      f"{cc:7.3f} {wc:7.3f} {lc:7.3f}")
         finally:
             from workflow.transport.kept import client as kept
 

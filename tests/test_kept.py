@@ -139,6 +139,15 @@ def test_disconnect_ends_it_now_and_the_next_command_reconnects(warm):
     assert server_pid(project) != pid
 
 
+def test_pod_down_ends_it(warm):
+    pod, project, pid = warm
+    r = wf(project, "pod-down")  # an ssh host cannot be stopped by podflow: refused, but the connection ends
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert gone_within(pid, 5)
+    time.sleep(0.5)
+    assert all(kept._owner(lock)[0] is None for lock in lock_files(project))  # and none was left anew
+
+
 def test_socket_is_private_and_refuses_another_user(warm, tmp_path):
     pod, project, pid = warm
     directory = project / ".podflow" / "kept"
