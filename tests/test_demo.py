@@ -123,3 +123,36 @@ def test_demo_from_a_wheel_in_a_fresh_venv(installed, tmp_path):
         assert " success " in line, line
         assert (empty / ".podflow" / "demo" / "artifacts" / run / "summary.json").is_file()
     assert "scripts/" not in proc.stdout + proc.stderr
+
+
+SITECUSTOMIZE = '''\
+import os
+if os.environ.get("WF_RUN_ID") == "demo-tiny-s1-lr05" and os.environ.get("RANK") == "1":
+    print("rank 1 of demo-tiny-s1-lr05 aborting on purpose (test sitecustomize)", flush=True)
+    os.abort()
+'''
+
+
+@pytest.mark.skipif(not (REPO / ".venv-torch" / "bin" / "torchrun").exists(), reason="needs .venv-torch")
+def test_demo_shows_why_a_run_failed_right_under_the_table(tmp_path):
+    """A rank of one run crashes (SIGABRT, injected through a sitecustomize on PYTHONPATH,
+    which every process of the run imports): the demo exits 1 and prints, under the table,
+    how that run ended (torchrun's exit status, the rank and its signal) and its last lines."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = dict(os.environ, PODFLOW_DEMO_DIR=str(tmp_path / "demo"), PYTHONPATH=str(inject))
+    proc = subprocess.run([WF, "demo", "--python", TORCH_PY], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    head = next(i for i, x in enumerate(lines) if x.startswith("RUN "))
+    states = {x.split()[0]: x.split()[1] for x in lines[head + 1:head + 4]}
+    assert states == {"demo-tiny-s0": "success", "demo-tiny-s1-lr05": "failed", "demo-small-s0": "success"}
+    assert lines[head + 4].startswith(
+        "--- demo-tiny-s1-lr05: failed: exit code 1; rank 1 killed by SIGABRT (root cause)"), proc.stdout
+    tail = lines[head + 5:lines.index(next(x for x in lines if x.startswith("demo finished with failed runs")))]
+    assert tail and all(x.startswith("    ") for x in tail)
+    assert any("Signal 6 (SIGABRT) received by PID" in x for x in tail), proc.stdout
+    log = (tmp_path / "demo" / "pod" / "outputs" / "demo-tiny-s1-lr05" / "stdout.log").read_text()
+    assert "aborting on purpose" in log and "Signal 6 (SIGABRT)" in log  # the whole log is kept

@@ -320,6 +320,43 @@ def test_retries_on_failure_stop_and_bad_input(project):
     assert sp.fsm_state() == "SWEEP_COMPLETED"
 
 
+def test_runs_killed_by_a_signal_keep_their_log_exit_status_and_signal(project):
+    """A torchrun worker killed by SIGABRT (torchrun exits 1 and reports the rank) and a
+    launcher killed by it: status.json, sweep-status and --json say which and how."""
+    sp = SweepProject(project, {"sweep": {"launcher": "torchrun", "nproc_per_node": 2}}, """\
+        run_id,config,seed,overrides,notes
+        worker,configs/tiny.json,0,steps=3 abort_rank=1,
+        """)
+    sp.wf("sweep-start", check=0)
+    sp.wf("sweep-wait", "--timeout-secs", "120", check=1)
+    doc = sp.run_status("worker")
+    assert doc["state"] == "failed" and doc["exit_code"] == 1 and "signal" not in doc
+    assert doc["worker_failures"][0] == {"rank": 1, "exitcode": -6, "signal": 6, "signal_name": "SIGABRT",
+                                         "root_cause": True}, doc["worker_failures"]
+    log = (sp.outputs / "worker" / "stdout.log").read_text()
+    assert '"step": 0' in log and "rank 1 aborting on purpose" in log and "Signal 6 (SIGABRT)" in log
+    text = sp.wf("sweep-status", check=0).stdout
+    assert "--- worker: failed: exit code 1; rank 1 killed by SIGABRT (root cause)" in text, text
+    assert "Signal 6 (SIGABRT) received by PID" in text
+    run = sp.status()["runs"][0]
+    assert run["signal"] is None and run["exit_code"] == 1
+    assert run["worker_failures"][0]["signal_name"] == "SIGABRT" and run["worker_failures"][0]["rank"] == 1
+
+    sp.write_config({"sweep": {"launcher": "python"}})
+    sp.write_csv("run_id,config,seed,overrides,notes\nlauncher,configs/tiny.json,0,abort_rank=0,\n")
+    sp.wf("sweep-start", check=0)
+    sp.wf("sweep-wait", "--timeout-secs", "60", check=1)
+    doc = sp.run_status("launcher")
+    assert (doc["state"], doc["exit_code"], doc["signal"], doc["signal_name"]) == ("failed", 134, 6, "SIGABRT")
+    assert doc["error"] == "killed by SIGABRT" and "worker_failures" not in doc
+    text = sp.wf("sweep-status", check=0).stdout
+    assert "--- launcher: failed: killed by SIGABRT; exit code 134" in text, text
+    assert "    rank 0 aborting on purpose" in text
+    run = sp.status()["runs"][0]
+    assert run["signal"] == "SIGABRT" and run["exit_code"] == 134 and run["worker_failures"] == []
+    assert "rank 0 aborting on purpose" in run["log_tail"]
+
+
 def test_gpus_counted_by_torch_when_there_is_no_nvidia_smi(tmp_path, monkeypatch):
     from workflow.agent import sweep
 

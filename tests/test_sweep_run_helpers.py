@@ -43,6 +43,9 @@ JOB = textwrap.dedent('''\
     if kv.get("fail"):
         print("boom: failing on purpose", flush=True)
         sys.exit(int(kv["fail"]))
+    if kv.get("abort_rank") == os.environ.get("RANK", "0"):
+        print("rank %s aborting on purpose" % kv["abort_rank"], flush=True)
+        os.abort()
     with open(os.path.join(out, "summary.json"), "w") as fh:
         json.dump({"script_key": 1, "duration_secs": "the script's own"}, fh)
     ''')

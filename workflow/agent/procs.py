@@ -24,7 +24,8 @@ Every status write is atomic and every read-modify-write holds ``.status.lock``;
 wrapper writes its final state under that lock before it exits, so a reader that finds
 the wrapper dead *under the lock* with a non-terminal state knows it is really lost.
 
-Exit codes follow the shell: a command killed by signal N has ``exit_code`` 128+N.
+Exit codes follow the shell: a command killed by signal N has ``exit_code`` 128+N, and
+``signal`` N with ``signal_name`` (e.g. ``SIGABRT``) beside it.
 """
 
 import errno
@@ -155,13 +156,24 @@ def update_status(d, **fields):
     return doc
 
 
+def signal_name(signum):
+    """``SIGABRT`` for 6; ``SIG<n>`` for a number without a name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "SIG%d" % signum
+
+
 def _finish_fields(state, exit_code=None, error=None, sig=None):
+    """The end-state fields; ``sig``: the signal that killed the command (number), also
+    written by name (``signal_name``)."""
     now = utcnow()
     out = {"state": state, "exit_code": exit_code, "finished_at": now, "heartbeat_at": now}
     if error:
         out["error"] = error
     if sig:
         out["signal"] = sig
+        out["signal_name"] = signal_name(sig)
     return out
 
 
@@ -830,12 +842,14 @@ def wrap_main(argv):
     # Whatever the command left in its group (or marked) goes with it.
     if job_pids(nonce, pgid):
         _stop_group(child, pgid, nonce, min(grace, 2.0))
-    code = _exit_code(child.wait())
+    returncode = child.wait()
+    code = _exit_code(returncode)
+    sig = -returncode if returncode < 0 else None  # killed by it (bash exec'd the command)
     if reason is None:
-        state, msg = (SUCCESS, None) if code == 0 else (FAILED, "exit code %s" % code)
+        state, msg = (SUCCESS, None) if code == 0 else (
+            FAILED, "killed by %s" % signal_name(sig) if sig else "exit code %s" % code)
     else:
         state, msg = reason
-    sig = (code - 128) if code is not None and code > 128 else None
     # The end state must land: on a full disk keep trying (a reader meanwhile sees the
     # wrapper alive, so the job is not taken for lost).
     give_up = time.monotonic() + FINAL_WRITE_SECS

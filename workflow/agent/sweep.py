@@ -44,7 +44,7 @@ import threading
 import time
 import uuid
 
-from . import gpulease, metrics, procs, state
+from . import gpulease, metrics, procs, state, torchrun_report
 from .fsutil import expand, locked, makedirs, read_json, utcnow, write_atomic, write_json_atomic
 from .protocol import AgentError
 
@@ -296,11 +296,13 @@ def _run_row(r, sweep_id, runner_alive, tail_lines, ctl, opts, deadline):
         doc = doc if not queued else None
     else:
         st = doc.get("state")
-    row = {"id": r["run_id"], "state": st, "exit_code": None, "duration_secs": None, "metrics": {},
+    row = {"id": r["run_id"], "state": st, "exit_code": None, "signal": None, "worker_failures": None,
+           "duration_secs": None, "metrics": {},
            "log_tail": None, "line": r.get("line"), "attempt": None, "gpus": None, "started_at": None,
            "finished_at": None, "error": None, "dir": d, "best": None, "progress": None}
     if doc is not None:
-        row.update(exit_code=doc.get("exit_code"), duration_secs=procs.duration_secs(doc),
+        row.update(exit_code=doc.get("exit_code"), signal=doc.get("signal_name"),
+                   worker_failures=doc.get("worker_failures"), duration_secs=procs.duration_secs(doc),
                    attempt=doc.get("attempt"), gpus=doc.get("cuda_visible_devices"),
                    started_at=doc.get("started_at"), finished_at=doc.get("finished_at"), error=doc.get("error"))
         # A status past its time budget shows what earlier statuses parsed ("metrics_complete": false).
@@ -449,6 +451,19 @@ def command_text(r, cvd, attempt):
                  "%s=%s" % (k, shlex.quote(v)) for k, v in sorted((r.get("env") or {}).items()))),
              "exec " + " ".join(shlex.quote(a) for a in r["argv"])]
     return "\n".join(lines) + "\n"
+
+
+def _note_worker_failures(d, doc):
+    """Keep torchrun's report of its failed workers (rank, exit code, signal) in the
+    run's ``status.json``: its own exit status (1) does not say a worker was killed."""
+    failures = torchrun_report.worker_failures(procs.tail(d, None, max_bytes=65536))
+    if not failures:
+        return doc
+    try:
+        return procs.update_status(d, worker_failures=failures)
+    except (AgentError, OSError) as exc:
+        _log("status of %s: worker failures not written: %s" % (d, exc))
+        return doc
 
 
 def _strip_runner_keys(d):
@@ -723,6 +738,8 @@ class Runner(object):
         if sync is not None:
             sync.finish()
         st = doc.get("state")
+        if st == procs.FAILED:
+            doc = _note_worker_failures(d, doc)
         try:
             merge_summary(d, {"ok": st == procs.SUCCESS, "exit_code": doc.get("exit_code"),
                               "duration_secs": procs.duration_secs(doc), "state": st, "attempt": doc.get("attempt"),

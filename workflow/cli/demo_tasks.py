@@ -154,11 +154,13 @@ def demo(c, progress=None, timeout_secs=None, json=False, python=None):
     and pod are untouched. Needs git and torch (in --python, or the python running wf;
     exit 2 saying what to install otherwise).
     Starts over each time (previous demo runs removed, state reset to INIT) and ends
-    with a results table. Exit 0 when every run succeeded, 1 otherwise.
+    with a results table; under it, for a run that failed, how it ended and the last
+    lines of its log. Exit 0 when every run succeeded, 1 otherwise.
     """
     from invoke import Exit
 
     from workflow import prepare, runtime
+    from workflow.cli.sweep_tasks import failure_tails
     from workflow.cli.task_tasks import _secs
     from workflow.providers.lifecycle import pod_up
     from workflow.sweep.control import start_sweep, wait_sweep
@@ -198,6 +200,8 @@ def demo(c, progress=None, timeout_secs=None, json=False, python=None):
         print_json({"ok": status.ok, "runs": rows, "seconds": round(time.monotonic() - t0, 1)})
     else:
         print(_table(rows))
+        for line in failure_tails(status, max_lines=15):  # why a run failed, right under the table
+            print(line)
         print(f"demo {'done' if status.ok else 'finished with failed runs'} in {time.monotonic() - t0:.0f}s; "
               f"logs and metrics in each run's dir above (stdout.log, metrics.jsonl, summary.json)")
     if not status.ok:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from typing import Optional
+from typing import List, Optional
 
 from workflow.cli.boundary import print_json, wf_task
 
@@ -103,12 +103,33 @@ def render_status(st) -> str:
         code = "-" if r.exit_code is None else str(r.exit_code)
         lines.append(f"  {r.id:<{width}}  {r.state:<9}  {code:>4}  {_fmt_secs(r.duration_secs):>7}  "
                      f"{_fmt_metrics(r.metrics, r.best)}".rstrip())
+    return "\n".join(lines + failure_tails(st))
+
+
+def failure_tails(st, max_lines: int = 10) -> List[str]:
+    """For each run that did not succeed: how it ended (state, error, exit status,
+    signal, torchrun's failed workers) and the last lines of its log, indented."""
+    lines = []
     for r in st.runs:
         if r.state in ("failed", "timed_out", "lost", "cancelled") and (r.log_tail or r.error):
-            lines.append(f"--- {r.id}: {r.state}{': ' + r.error if r.error else ''}")
-            for text in (r.log_tail or "").rstrip("\n").splitlines()[-10:]:
+            lines.append(f"--- {r.id}: {'; '.join([r.state + (': ' + r.error if r.error else '')] + _exit_detail(r))}")
+            for text in (r.log_tail or "").rstrip("\n").splitlines()[-max_lines:]:
                 lines.append(f"    {text}")
-    return "\n".join(lines)
+    return lines
+
+
+def _exit_detail(r) -> List[str]:
+    """How a run ended beyond its state: the launcher's exit status and signal, then
+    torchrun's failed workers, root cause first (``rank 1 killed by SIGABRT (root cause)``)."""
+    parts = []
+    if r.exit_code is not None and f"exit code {r.exit_code}" not in (r.error or ""):
+        parts.append(f"exit code {r.exit_code}")
+    if r.signal and r.signal not in (r.error or ""):
+        parts.append(f"killed by {r.signal}")
+    for w in r.worker_failures or ():
+        how = f"killed by {w['signal_name']}" if w.get("signal_name") else f"exit code {w.get('exitcode')}"
+        parts.append(f"rank {w.get('rank')} {how}{' (root cause)' if w.get('root_cause') else ''}")
+    return parts
 
 
 def render_cost(cost) -> str:
@@ -176,7 +197,8 @@ def sweep_status(c, watch=False, json=False, interval=None):
 
     The cost is the pod's price times the time since the first run started, and an
     estimate to finish at the same pace ("cost" in --json). Runs that did not succeed
-    show their last log lines. One round trip whatever the number of runs.
+    show how they ended (exit status, signal, torchrun's failed ranks) and their last
+    log lines. One round trip whatever the number of runs.
     """
     import time
 

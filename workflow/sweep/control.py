@@ -111,6 +111,10 @@ class RunState:
     state: str
     """``pending`` (queued or never run), ``running``, ``success``, ``failed``, ``timed_out``, ``cancelled``, ``lost``."""
     exit_code: Optional[int] = None
+    signal: Optional[str] = None
+    """The signal that killed the launcher (``SIGABRT``), if one did."""
+    worker_failures: Optional[Tuple[Mapping[str, Any], ...]] = None
+    """torchrun's report of its failed workers: ``rank``, ``exitcode``, ``signal_name``, ``root_cause``."""
     duration_secs: Optional[float] = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
     """The last value of each metric (SPEC §11: metrics.jsonl, then the log)."""
@@ -131,7 +135,10 @@ class RunState:
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> "RunState":
-        return cls(**{k: doc.get(k) for k in cls.__dataclass_fields__ if k in doc})
+        fields = {k: doc.get(k) for k in cls.__dataclass_fields__ if k in doc}
+        if fields.get("worker_failures"):
+            fields["worker_failures"] = tuple(dict(w) for w in fields["worker_failures"])
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -168,7 +175,9 @@ class SweepStatus:
         """SPEC §6 ``sweep-status --json`` (plus ``sweep_id``, ``fsm_state``, ``runner``)."""
         return {"state": self.state, "counts": dict(self.counts), "percent": self.percent,
                 "sweep_id": self.sweep_id, "fsm_state": self.fsm_state, "runner": dict(self.runner),
-                "runs": [{"id": r.id, "state": r.state, "exit_code": r.exit_code, "duration_secs": r.duration_secs,
+                "runs": [{"id": r.id, "state": r.state, "exit_code": r.exit_code, "signal": r.signal,
+                          "worker_failures": [dict(w) for w in r.worker_failures or ()],
+                          "duration_secs": r.duration_secs,
                           "metrics": dict(r.metrics or {}), "best": r.best, "progress": r.progress,
                           "log_tail": r.log_tail, "attempt": r.attempt,
                           "gpus": r.gpus, "dir": r.dir} for r in self.runs]}
