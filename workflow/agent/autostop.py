@@ -32,6 +32,7 @@ import time
 
 from . import procs
 from .fsutil import expand, locked, read_json, utcnow, write_json_atomic
+from .notify import Notifier
 from .protocol import AgentError
 
 DECISION = "autostop.json"
@@ -65,7 +66,12 @@ class Activity(object):
 
     def __init__(self, outputs):
         self.outputs = expand(outputs)
-        self._seen = {}  # status dir -> (mtime, state)
+        self._seen = {}  # status dir -> (mtime, state, started_at)
+        self._primed = False
+        self.changes = []
+        """(name, state before, state now) seen since the caller last emptied it: a new
+        state, or a new start (a run that started and ended between two polls); ``before``
+        is None for a job that appeared after the first scan"""
 
     def _dirs(self):
         tasks = os.path.join(self.outputs, "_tasks")
@@ -96,10 +102,13 @@ class Activity(object):
                 doc = procs.refresh_status(d)  # the repair pass: a dead job is not running
             except AgentError:
                 continue
-            state = (doc or {}).get("state")
-            self._seen[d] = (mtime, state)
+            state, started = (doc or {}).get("state"), (doc or {}).get("started_at")
+            self._seen[d] = (mtime, state, started)
+            if (seen and seen[1:] != (state, started)) or (not seen and self._primed):
+                self.changes.append((os.path.relpath(d, self.outputs), seen[1] if seen else None, state))
             if state in procs.ACTIVE:
                 names.append(os.path.relpath(d, self.outputs))
+        self._primed = True
         return sorted(names)
 
 
@@ -235,6 +244,8 @@ class Watchdog(object):
         self.idle_since = self.started
         self.last_state = None
         self.last_written = None
+        self.notifier = Notifier(self.ctl, cfg.get("notify_urls"), cfg.get("notify_on"),
+                                 [sys.executable] + list(cfg.get("notify_pythons") or []))
 
     def credential(self):
         found = pod_credential(self.cfg.get("provider"))
@@ -248,9 +259,40 @@ class Watchdog(object):
         b = self.cfg.get("budget") or {}
         return float(b.get("spent_usd") or 0.0) + float(b.get("rate_per_hour") or 0.0) * max(0.0, now - self.started) / 3600.0
 
+    def _title(self, what):
+        return "[%s] %s on pod %s" % (self.cfg.get("project") or "podflow", what, self.cfg.get("pod_name") or "p0")
+
+    def announce(self):
+        """Notifications for what changed since the last poll: a run that failed, a
+        sweep that completed (``notify.on``)."""
+        changes, self.activity.changes = self.activity.changes, []
+        for name, before, now in changes:
+            if name == os.path.join("_control", "sweep", "runner") and now == procs.SUCCESS:
+                counts = self._counts()
+                self.notifier.emit("sweep_completed", self._title("sweep completed"),
+                                   "counts: " + ", ".join("%s %d" % kv for kv in sorted(counts.items())))
+            elif not name.startswith("_") and now in (procs.FAILED, procs.TIMED_OUT, procs.LOST):
+                d = os.path.join(self.outputs, name)
+                doc = procs.read_status(d) or {}
+                self.notifier.emit("run_failed", self._title("run %s %s" % (name, now)),
+                                   "run %s: %s (exit code %s)\n--- log tail ---\n%s" % (
+                                       name, now, doc.get("exit_code"), procs.tail(d, 20)))
+
+    def _counts(self):
+        from .sweep import _plan, control_dir
+
+        counts = {}
+        for r in (_plan(control_dir(self.outputs)) or {}).get("runs") or []:
+            d = r.get("out_dir") or os.path.join(self.outputs, r.get("run_id") or "")
+            doc = procs.read_status(d) if os.path.isfile(procs.status_path(d)) else {}
+            state = (doc or {}).get("state") or "pending"
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
     def decide(self, now):
         """(why it acts or None, the state document for ``pod-status``)."""
         busy = self.activity.busy()
+        self.announce()
         gpus = None
         threshold = float(self.cfg.get("gpu_util_below", 5))
         if not busy:
@@ -304,6 +346,9 @@ class Watchdog(object):
                 len(unfetched), ", ".join(unfetched[:5]))
         decision = {"action": action, "reason": why, "at": utcnow(), "provider": self.cfg.get("provider"),
                     "pod": self.cfg.get("pod_name")}
+        event = "budget" if why.startswith("budget") else "autostop"
+        self.notifier.emit(event, self._title("autostop: %s" % action), why)
+        self.notifier.drain(30)  # before the pod (and its network) goes away
         if action == "command":
             write_json_atomic(os.path.join(self.ctl, DECISION), decision)
             log("autostop: %s: running autostop.command" % why)
@@ -336,8 +381,8 @@ class Watchdog(object):
         return True
 
     def poll_secs(self):
-        shortest = min([s for s in (self.cfg.get("idle_secs"), 60.0) if s])
-        return max(0.2, min(10.0, shortest / 6.0))
+        shortest = min([s for s in (self.cfg.get("idle_secs"), 30.0) if s])
+        return max(0.2, min(5.0, shortest / 6.0))
 
     def run(self):
         while os.path.isdir(self.outputs):

@@ -29,14 +29,30 @@ def _base_url(provider: str) -> Optional[str]:
     return os.environ.get({"vastai": "VAST_URL", "lium": "LIUM_BASE_URL"}.get(provider, ""), None)
 
 
-def configured(config) -> bool:
-    """Whether anything asks for a watchdog: idle autostop, a ttl or a budget."""
+#: request keys that hold secrets: never written or printed
+SECRET_KEYS = ("account_key", "notify_urls")
+
+
+def notify_urls(config) -> list:
+    """``WF_NOTIFY_URLS``: Apprise URLs separated by spaces or commas (a secret)."""
+    import re
+
+    return [u for u in re.split(r"[\s,]+", config.secret("WF_NOTIFY_URLS") or "") if u]
+
+
+def stops_pods(config) -> bool:
+    """Whether the watchdog is asked to end pods: idle autostop, a ttl or a budget."""
     return any(config.get(k, None) not in (None, "", 0) for k in ("autostop.idle_minutes", "pod.ttl", "pod.max_cost_usd"))
+
+
+def configured(config) -> bool:
+    """Whether anything asks for a watchdog: ending pods, or notifications."""
+    return stops_pods(config) or bool(notify_urls(config))
 
 
 def check(config) -> None:
     """Refuse (exit 2) settings the watchdog could not carry out, before anything is rented."""
-    if not configured(config):
+    if not stops_pods(config):
         return
     action = config.get("autostop.action", "stop")
     if action == "command" and not config.get("autostop.command", None):
@@ -61,6 +77,8 @@ def settings(config, *, provider: str, pod_id: str, created_at: Optional[float],
         "idle_secs": float(idle) * 60.0 if idle else None,
         "ttl_at": (created_at or now) + ttl if ttl else None,
         "api_base": _base_url(provider),
+        "notify_urls": notify_urls(config), "notify_on": list(config.get("notify.on", []) or []),
+        "notify_pythons": [f"{config.remote.workdir}/.venv/bin/python"] if config.remote.workdir else [],
     }
     budget = config.get("pod.max_cost_usd", None)
     if budget:
@@ -94,7 +112,7 @@ def launch(config, agent, *, provider: str, pod_id: str, created_at: Optional[fl
     doc = settings(config, provider=provider, pod_id=pod_id, created_at=created_at)
     started = agent.call("autostop.start", **doc)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    public = {k: v for k, v in doc.items() if k != "account_key"}
+    public = {k: v for k, v in doc.items() if k not in SECRET_KEYS}
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps(dict(public, pid=started.get("pid"), at=time.time()), indent=2) + "\n")
     os.replace(tmp, marker)
