@@ -112,7 +112,7 @@ def test_a_warm_command_does_not_import_the_ssh_stack(warm):
 
 
 def test_idle_server_ends_and_leaves_no_process(ssh_pod, project):
-    ssh_pod.write_config(project, pod__keepalive_secs=1)
+    ssh_pod.write_config(project, pod__keepalive_secs=2)
     assert wf(project, "fsm-status").returncode == 0
     pid = server_pid(project)
     assert gone_within(pid, 15)
@@ -235,9 +235,14 @@ def test_follow_streams_and_ctrl_c_ends_the_remote_side(warm):
         seen.append(proc.stdout.readline())
     assert all(line.startswith("tick") for line in seen), seen  # lines arrive while the task runs
 
+    def cmdline(pid):
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return b""
+
     def followers():
-        return [p for p in pod.user_pids()
-                if b"task.logs" in Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")]
+        return [p for p in pod.user_pids() if b"task.logs" in cmdline(p)]
 
     assert followers(), "the follow runs on the pod"
     proc.send_signal(signal.SIGINT)
