@@ -165,8 +165,11 @@ def test_socket_is_private_and_refuses_another_user(warm, tmp_path):
         probe = ("import socket, struct, sys\n"
                  "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
                  "body = b'{\"op\": \"exec\", \"command\": \"id\", \"cred\": \"\"}'\n"
-                 "s.sendall(struct.pack('!cI', b'Q', len(body)) + body)\n"
-                 "try:\n    answer = s.recv(100)\nexcept ConnectionResetError:\n    answer = b''\n"
+                 "try:\n"
+                 "    s.sendall(struct.pack('!cI', b'Q', len(body)) + body)\n"
+                 "    answer = s.recv(100)\n"
+                 "except (BrokenPipeError, ConnectionResetError):\n"
+                 "    answer = b''\n"
                  "print('answer:', answer)\n")
         r = pod.run_as_user(["/usr/bin/python3", "-c", probe, str(link)])
         assert r.returncode == 0, r.stderr
@@ -311,3 +314,24 @@ def test_frames_round_trip():
         a.close()
         with pytest.raises(wire.Closed):
             wire.recv(b)
+
+
+def test_rsync_goes_through_it_too(warm, tmp_path):
+    pod, project, pid = warm
+    src = tmp_path / "data"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.bin").write_bytes(os.urandom(300_000))
+    (src / "sub" / "b.txt").write_text("hello\n")
+    logins = pod.accepted_logins()
+    r = wf(project, "push-data", str(src), "--json")
+    assert r.returncode == 0, r.stderr
+    assert (pod.remote_dir / "data" / "data" / "a.bin").read_bytes() == (src / "a.bin").read_bytes()
+    assert (pod.remote_dir / "data" / "data" / "sub" / "b.txt").read_text() == "hello\n"
+    assert pod.accepted_logins() == logins  # rsync's remote shell was the kept connection
+    # a dead kept connection: rsync gets its own ssh, as without one
+    os.kill(pid, signal.SIGKILL)
+    assert gone_within(pid, 5)
+    (src / "c.txt").write_text("more\n")
+    r = wf(project, "push-data", str(src), "--json")
+    assert r.returncode == 0, r.stderr
+    assert (pod.remote_dir / "data" / "data" / "c.txt").read_text() == "more\n"

@@ -12,6 +12,7 @@ costs one exec, not one SSH handshake (and never imports the SSH stack).
   reaches it through its environment, as it reaches any command.
 - ``client``: ``KeptTransport`` and the calls around it (find a live one within a
   bounded health check, start one, stop them).
+- ``rsh``: rsync's remote shell through it (or the plain ``ssh`` when it is gone).
 
 Sockets are keyed by pod name and by every connection parameter (``SshParams.key``):
 a pool has one per pod, and a changed endpoint, key or pin file is another connection.

@@ -316,7 +316,10 @@ class KeptTransport(ShellTransport):
     # -- rsync reaches the pod with its own ssh, pinned like the connection itself
 
     def rsync_remote_shell(self) -> Optional[Sequence[str]]:
-        return ssh_argv(self.params, password=has_password())
+        """rsync through the kept connection too (``kept/rsh.py``), its own ``ssh`` when
+        the kept one cannot take it."""
+        ssh = ssh_argv(self.params, password=has_password())
+        return [sys.executable, "-m", "workflow.transport.kept.rsh", str(self.sock), str(len(ssh)), *ssh]
 
     def rsync_target(self, remote: str) -> str:
         return rsync_target(self.params, remote)

@@ -113,6 +113,8 @@ class Server:
                 wire.send_json(conn, b"F", {"started": False, "message": "another credential"})
             elif op == "exec":
                 self.exec(conn, req)
+            elif op == "stream" and same:
+                self.stream(conn, req)
         except (wire.Closed, OSError, ValueError):
             pass
         finally:
@@ -121,19 +123,25 @@ class Server:
                 self.active -= 1
                 self.last_used = time.monotonic()
 
+    def usable(self, conn: socket.socket) -> bool:
+        """Whether a command may start now; if not the caller hears ``F`` (not started)."""
+        if self.pin_changed():
+            _log("the pinned host key changed: ending")
+            self.stop.set()
+            wire.send_json(conn, b"F", {"started": False, "message": "the pinned host key changed"})
+            return False
+        if not self.ssh.is_connected():
+            wire.send_json(conn, b"F", {"started": False, "message": "link lost"})
+            return False
+        return True
+
     def exec(self, conn: socket.socket, req: dict) -> None:
         from workflow.errors import ConnectionFailed
 
         data = b""
         if req.get("stdin"):
             kind, data = wire.recv(conn)
-        if self.pin_changed():
-            _log("the pinned host key changed: ending")
-            self.stop.set()
-            wire.send_json(conn, b"F", {"started": False, "message": "the pinned host key changed"})
-            return
-        if not self.ssh.is_connected():
-            wire.send_json(conn, b"F", {"started": False, "message": "link lost"})
+        if not self.usable(conn):
             return
         conn.settimeout(None)
         sending = threading.Lock()
@@ -186,6 +194,80 @@ class Server:
             if err:
                 wire.send(conn, b"E", err)
             wire.send_json(conn, b"S", {"code": code})
+
+
+    def stream(self, conn: socket.socket, req: dict) -> None:
+        """A command with both directions open (rsync's remote shell, ``kept/rsh.py``):
+        ``A`` once it runs, then ``I`` frames to its stdin and ``D`` for its end; its
+        output comes back as ``O``/``E``, then ``S``. A caller that leaves closes it."""
+        import select
+
+        if not self.usable(conn):
+            return
+        try:
+            chan = self.ssh._conn.transport.open_session(timeout=self.params.connect_timeout)
+            chan.exec_command(req["command"])
+        except Exception as exc:  # paramiko's many channel errors: nothing ran
+            wire.send_json(conn, b"F", {"started": False, "message": f"no channel: {exc}"})
+            return
+        conn.settimeout(None)
+        sending = threading.Lock()
+
+        def feed() -> None:
+            try:
+                while True:
+                    kind, data = wire.recv(conn)
+                    if kind == b"I":
+                        chan.sendall(data)
+                    elif kind == b"D":
+                        chan.shutdown_write()
+                        return
+            except Exception:  # the caller left or the link died: end the command's side
+                chan.close()
+
+        with sending:
+            wire.send(conn, b"A")
+        threading.Thread(target=feed, daemon=True).start()
+        quiet = time.monotonic()
+        try:
+            while True:
+                got = False
+                while chan.recv_ready():
+                    data = chan.recv(65536)
+                    if not data:
+                        break
+                    got = True
+                    with sending:
+                        wire.send(conn, b"O", data)
+                while chan.recv_stderr_ready():
+                    data = chan.recv_stderr(65536)
+                    if not data:
+                        break
+                    got = True
+                    with sending:
+                        wire.send(conn, b"E", data)
+                done = chan.exit_status_ready() or chan.closed
+                if done and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    code = chan.exit_status if chan.exit_status_ready() else -1
+                    with sending:
+                        wire.send_json(conn, b"S", {"code": 255 if code == -1 else code})
+                    return
+                if got:
+                    quiet = time.monotonic()
+                elif time.monotonic() - quiet >= wire.HEARTBEAT_SECS:
+                    quiet = time.monotonic()
+                    with sending:
+                        wire.send(conn, b"H")
+                if not self.ssh.is_connected():
+                    with sending:
+                        wire.send_json(conn, b"F", {"started": True, "message": "link lost"})
+                    return
+                if not got:
+                    select.select([chan], [], [], 0.5)
+        except OSError:
+            pass
+        finally:
+            chan.close()
 
 
 def _bind(sock_path: Path) -> socket.socket:
