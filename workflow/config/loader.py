@@ -346,10 +346,17 @@ class _Builder:
     # -- validation --------------------------------------------------------------
 
     def validate(self) -> None:
+        from workflow.config import validmemo
+
+        key = validmemo.digest(S.SCHEMA_PATH, self.data)
+        if not self.problems and validmemo.known(key):
+            return
         for error in S.validator().iter_errors(self.data):
             path = tuple(error.absolute_path)
             origin = self._origin_of(path)
             self.problem(origin, S.path_text(path) or None, _schema_message(error))
+        if not self.problems:
+            validmemo.remember(key)
 
     def _origin_of(self, path: KeyPath) -> Origin:
         keys: List[str] = []
