@@ -38,8 +38,7 @@ def end_kept_connections(base: Path) -> None:
 
     for pattern in ("*/.podflow/kept", "*/*/.podflow/kept"):
         for directory in base.glob(pattern):
-            for _name, lock in kept.servers(directory.parent.parent):
-                kept._kill(kept._owner(lock)[0])
+            kept.kill_all(directory.parent.parent)
 
 
 @pytest.fixture

@@ -41,21 +41,10 @@ def _paths(root: os.PathLike, pod: str, params: SshParams) -> Tuple[Path, Path]:
 
 
 def _connect(path: Path, timeout: float) -> socket.socket:
-    """A unix connection to the server at ``path`` whose peer is this uid."""
-    address, fd = wire.socket_address(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
     try:
-        sock.connect(address)
-        if wire.peer_uid(sock)[1] != os.getuid():
-            raise _Unavailable("the socket's server is another user")
-    except (OSError, _Unavailable) as exc:
-        sock.close()
+        return wire.connect(path, timeout)
+    except OSError as exc:
         raise _Unavailable(str(exc)) from None
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return sock
 
 
 def _owner(lock: Path) -> Tuple[Optional[int], Optional[float]]:
@@ -185,6 +174,12 @@ def spawn(root: os.PathLike, pod: str, params: SshParams, keepalive_secs: float)
 
 
 _children: list = []
+
+
+def kill_all(root: os.PathLike) -> None:
+    """SIGKILL every kept connection of this project now (a test's teardown)."""
+    for _name, lock in servers(root):
+        _kill(_owner(lock)[0])
 
 
 def servers(root: os.PathLike) -> List[Tuple[str, Path]]:

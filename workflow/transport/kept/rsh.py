@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -37,21 +36,15 @@ def main(argv: List[str]) -> int:
     if words[:1] == ["-l"]:
         words = words[2:]
     command = " ".join(words[1:])
-    address, fd = wire.socket_address(sock_path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(2.0)
     try:
-        sock.connect(address)
-        if wire.peer_uid(sock)[1] != os.getuid():
-            raise OSError("the socket's server is another user")
+        sock = wire.connect(sock_path, 2.0)
+    except OSError:
+        _fallback(ssh, rest)
+    try:
         wire.send_json(sock, b"Q", {"op": "stream", "command": command, "cred": wire.credential()})
         kind, payload = wire.recv(sock)
     except (OSError, wire.Closed):
-        sock.close()
-        _fallback(ssh, rest)
-    finally:
-        if fd is not None:
-            os.close(fd)
+        kind = b""
     if kind != b"A":
         sock.close()
         _fallback(ssh, rest)

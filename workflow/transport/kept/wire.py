@@ -91,3 +91,22 @@ def socket_address(path: Path) -> Tuple[str, Optional[int]]:
         return text, None
     fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
     return f"/proc/self/fd/{fd}/{path.name}", fd
+
+
+def connect(path: Path, timeout: float) -> socket.socket:
+    """A unix connection to the server at ``path``, whose peer must be this uid
+    (``OSError`` otherwise, or when nothing answers there)."""
+    address, fd = socket_address(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+        if peer_uid(sock)[1] != os.getuid():
+            raise PermissionError("the socket's server is another user")
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return sock
