@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from fakes.harness import SECRET, CloudProject
+from fakes.lium import LiumExecutor
 from fakes.runpod import GpuType
 from fakes.vast import VastOffer
 
@@ -37,8 +38,8 @@ def cloud(tmp_path, ssh_client_keys, ssh_session_dir):
     made = []
 
     def make(kind, autostop=None, price=0.5, **pod):
-        item = VastOffer(1, dph_total=price) if kind == "vastai" else GpuType("NVIDIA GPU 1", "GPU 1", secure_price=price,
-                                                                              community_price=None)
+        item = {"vastai": lambda: VastOffer(1, dph_total=price), "lium": lambda: LiumExecutor(price_per_gpu=price),
+                "runpod": lambda: GpuType("NVIDIA GPU 1", "GPU 1", secure_price=price, community_price=None)}[kind]()
         cp = CloudProject(kind, tmp_path / f"proj-{len(made)}", ssh_client_keys, ssh_session_dir, [item], **pod)
         if autostop:
             cp.config["autostop"] = autostop
@@ -232,3 +233,68 @@ def test_a_running_sweep_keeps_the_local_pod_alive(project):
                 os.kill(int(pid_file.read_text()), signal.SIGTERM)
             except (OSError, ValueError):
                 pass
+
+
+def test_lium_acts_only_with_the_account_key_allowed(cloud):
+    """Lium puts no pod-scoped key into its pods: without autostop.allow_account_key the
+    watchdog cannot act (and says so); with it, it destroys through the API."""
+    cp = cloud("lium", {"idle_minutes": 0.02, "action": "destroy"})
+    assert cp.wf("pod-up").returncode == 0
+    decision = wait_until(lambda: control(cp, "autostop.json"), 60, "the decision")
+    assert decision["action"] == "none" and "allow_account_key" in decision["error"]
+    assert cp.live_pods()
+    st = json.loads(cp.wf("pod-status", "--json").stdout)
+    assert st["autostop"]["decision"]["action"] == "none"
+    assert "autostop: none" in cp.wf("pod-status").stdout
+
+    cp.config["autostop"]["allow_account_key"] = True
+    cp.write_config()
+    r = cp.wf("bootstrap")  # bootstrap restarts the watchdog with the config of now
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: not cp.live_pods(), 60, "the watchdog to destroy the pod")
+    deletes = requests_with(cp, "DELETE", "/api/pods/")
+    assert deletes and {k.lower(): v for k, v in deletes[-1][3].items()}["x-api-key"] == SECRET["lium"]
+    assert control(cp, "autostop.json")["credential"] == "account"
+
+
+def test_ttl_ends_the_pod_the_same_way(project):
+    from test_pod_tasks import wf
+
+    marker = project / "ttl-ran"
+    (project / "configs" / "workflow.yaml").write_text(yaml.safe_dump({
+        "project": "ttl", "pod": {"provider": "local", "ttl": 2},
+        "autostop": {"action": "command", "command": f"touch {marker}"}}))
+    assert wf(project, "pod-up").returncode == 0
+    wait_until(marker.exists, 60, "the ttl to end the pod")
+    decision = json.loads((project / ".podflow" / "local-pod" / "outputs" / "_control" / "autostop.json").read_text())
+    assert decision["action"] == "command" and decision["reason"].startswith("ttl")
+
+
+def test_a_busy_gpu_keeps_the_pod_alive(ssh_pod, project):
+    """nvidia-smi says a GPU works (a notebook, a process outside podflow): not idle."""
+    bin_dir = ssh_pod.remote_dir / "bin"
+    bin_dir.mkdir()
+    flag = ssh_pod.remote_dir / "gpu-busy"
+    flag.write_text("")
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(f"""#!/bin/sh
+case "$*" in *utilization.gpu*) if [ -e {flag} ]; then echo 87; else echo 0; fi;; *) exit 9;; esac
+""")
+    smi.chmod(0o755)
+    for p in (bin_dir, flag, smi):
+        os.chown(p, ssh_pod.uid, ssh_pod.gid)
+    ssh_pod.prepend_path(bin_dir)
+    ssh_pod.restart()
+    marker = ssh_pod.remote_dir / "autostop-ran"
+    ssh_pod.write_config(project, checkout={"require_cuda": False},
+                         autostop={"idle_minutes": 0.03, "action": "command", "command": f"touch {marker}"})
+    from test_pod_tasks import wf
+
+    assert wf(project, "pod-up").returncode == 0
+    time.sleep(4)
+    st = json.loads(wf(project, "pod-status", "--json").stdout)["autostop"]
+    assert not marker.exists() and "gpu 0 at or over 5%" in st["not_yet"]
+    flag.unlink()
+    wait_until(marker.exists, 60, "the watchdog once the GPU is idle")
+    decision = json.loads((ssh_pod.remote_dir / "outputs" / "_control" / "autostop.json").read_text())
+    assert "every GPU under 5%" in decision["reason"]

@@ -86,7 +86,13 @@ def test_run_failed_and_sweep_completed_arrive_with_the_client_gone(project, hoo
         wait_until(lambda: log_path.exists() and log_path.read_text().count("delivered") == 2, 30, "the log")
         log = log_path.read_text()
         assert "run_failed: url #1: delivered" in log and "sweep_completed: url #1: delivered" in log
-        assert str(port) not in log  # the URL is a secret
+        assert str(port) not in log  # the URL is a secret: not in the log, any file, the watchdog's env or argv
+        url = f"127.0.0.1:{port}/hook".encode()
+        for path in project.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert url not in path.read_bytes(), path
+        for name in ("environ", "cmdline"):
+            assert url not in open(f"/proc/{pid}/{name}", "rb").read()
     finally:
         os.kill(pid, signal.SIGTERM)
 

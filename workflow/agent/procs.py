@@ -71,7 +71,7 @@ PENDING_LOST_SECS = 60.0
 FINAL_WRITE_SECS = 600.0
 
 #: Credentials of the engine itself: never handed to a job even if the agent has them.
-ENGINE_SECRETS = ("REMOTE_SSH_PASSWORD", "VAST_API_KEY", "RUNPOD_API_KEY", "LIUM_API_KEY")
+ENGINE_SECRETS = ("REMOTE_SSH_PASSWORD", "VAST_API_KEY", "RUNPOD_API_KEY", "LIUM_API_KEY", "WF_NOTIFY_URLS")
 
 
 def is_terminal(state):

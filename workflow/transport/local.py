@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from workflow.agent.fsutil import write_atomic
+from workflow.agent.procs import ENGINE_SECRETS
 from workflow.transport.base import RunResult, Transport
 
 
@@ -37,7 +38,10 @@ class LocalTransport(Transport):
         timeout: Optional[float] = None,
         on_stdout: Optional[Callable[[str], None]] = None,
     ) -> RunResult:
-        full_env = dict(os.environ)
+        # The engine's own credentials stay with the engine: the "pod" here is this machine,
+        # but what runs on it (the agent, its watchdog, jobs) gets them no more than a
+        # remote pod would.
+        full_env = {k: v for k, v in os.environ.items() if k not in ENGINE_SECRETS}
         full_env.update(env or {})
         if on_stdout is not None:
             return self._run_streaming(argv, full_env, cwd, input, timeout, on_stdout)
