@@ -358,13 +358,13 @@ def test_runs_killed_by_a_signal_keep_their_log_exit_status_and_signal(project):
 
 
 def test_gpus_counted_by_torch_when_there_is_no_nvidia_smi(tmp_path, monkeypatch):
-    from workflow.agent import sweep
+    from workflow.agent import gpus
 
     fake_python = tmp_path / "python"
     fake_python.write_text("#!/bin/sh\necho 'noise from an import'\necho 3\n")
     fake_python.chmod(0o755)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
-    assert sweep.detect_gpus({}, str(fake_python)) == (["0", "1", "2"], "torch")
-    assert sweep.detect_gpus({}, str(tmp_path / "missing")) == ([], "none")
-    assert sweep.detect_gpus({"CUDA_VISIBLE_DEVICES": "4,5"}, str(fake_python)) == (["4", "5"], "remote.env CUDA_VISIBLE_DEVICES")
+    assert gpus.detect_gpus({}, str(fake_python)) == (["0", "1", "2"], "torch")
+    assert gpus.detect_gpus({}, str(tmp_path / "missing")) == ([], "none")
+    assert gpus.detect_gpus({"CUDA_VISIBLE_DEVICES": "4,5"}, str(fake_python)) == (["4", "5"], "remote.env CUDA_VISIBLE_DEVICES")
