@@ -26,7 +26,7 @@ CSV = REPO / "examples" / "demo-sweep.csv"
 TORCH_PY = str(REPO / ".venv-torch" / "bin" / "python")
 RUNS = int(os.environ.get("PODFLOW_STRESS_RUNS") or 3)
 
-pytestmark = [pytest.mark.stress,
+pytestmark = [pytest.mark.stress, pytest.mark.timeout(600 + 120 * RUNS),
               pytest.mark.skipif(not (REPO / ".venv-torch" / "bin" / "torchrun").exists(),
                                  reason="needs .venv-torch")]
 
