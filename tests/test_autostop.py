@@ -16,9 +16,7 @@ import pytest
 import yaml
 
 from fakes.harness import SECRET, CloudProject
-from fakes.lium import LiumExecutor
-from fakes.runpod import GpuType
-from fakes.vast import VastOffer
+from test_money import offer
 
 pytestmark = pytest.mark.ssh
 
@@ -38,9 +36,8 @@ def cloud(tmp_path, ssh_client_keys, ssh_session_dir):
     made = []
 
     def make(kind, autostop=None, price=0.5, **pod):
-        item = {"vastai": lambda: VastOffer(1, dph_total=price), "lium": lambda: LiumExecutor(price_per_gpu=price),
-                "runpod": lambda: GpuType("NVIDIA GPU 1", "GPU 1", secure_price=price, community_price=None)}[kind]()
-        cp = CloudProject(kind, tmp_path / f"proj-{len(made)}", ssh_client_keys, ssh_session_dir, [item], **pod)
+        cp = CloudProject(kind, tmp_path / f"proj-{len(made)}", ssh_client_keys, ssh_session_dir, [offer(kind, price)],
+                          **pod)
         if autostop:
             cp.config["autostop"] = autostop
             cp.write_config()

@@ -445,17 +445,11 @@ def start(request):
     """Replace this pod's watchdog by one with these settings; returns its pid."""
     ctl = _ctl(request["outputs_dir"])
     os.makedirs(ctl, exist_ok=True)
-    old = _owner_pid(ctl)
-    if old:
-        try:
-            os.kill(old, signal.SIGTERM)
-        except OSError:
-            pass
-    for name in (DECISION,):
-        try:
-            os.unlink(os.path.join(ctl, name))
-        except OSError:
-            pass
+    stop(request)  # the new one waits for the old one's lock
+    try:
+        os.unlink(os.path.join(ctl, DECISION))  # a decision of the old settings
+    except OSError:
+        pass
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:

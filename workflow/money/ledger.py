@@ -16,13 +16,14 @@ No secret ever goes in.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+from workflow.agent.fsutil import locked
 
 LEDGER_FILE = Path(".podflow") / "ledger.jsonl"
 
@@ -77,19 +78,6 @@ class PodSpend:
                 "state": self.state, "price_per_hour": self.price_per_hour,
                 "spent_usd": None if self.spent_usd is None else round(self.spent_usd, 6),
                 "first_at": self.first_at, "last_at": self.last_at}
-
-
-@contextlib.contextmanager
-def _locked(p: Path) -> Iterator[None]:
-    import fcntl
-
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p.with_name(p.name + ".lock"), "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def _read(p: Path) -> List[Dict[str, Any]]:
@@ -171,7 +159,7 @@ def record(config, event: str, key: PodKey, *, price_per_hour: Optional[float] =
     if event not in STATE_AFTER:
         raise ValueError(f"unknown ledger event {event!r}")
     p = path_for(config, root)
-    with _locked(p):
+    with locked(str(p) + ".lock"):
         now_state = next((ps.state for ps in fold(_read(p)) if ps.key == key), None)
         if not _changes(now_state, event):
             return False
