@@ -171,6 +171,25 @@ class _Shapes(object):
 
     def __init__(self):
         self.known = {}
+        self._hot = self._union = None
+
+    def hot(self, most=8):
+        """(plan, compiled regex) of up to ``most`` known shapes whose numbers map to names."""
+        if self._hot is None or len(self._hot) < min(most, sum(isinstance(p, tuple) for p in self.known.values())):
+            self._hot = [(plan, re.compile(self._regex(key), re.M)) for key, plan in self.known.items()
+                         if isinstance(plan, tuple)][:most]
+            self._union = None
+        return self._hot
+
+    def union(self):
+        if self._union is None:
+            self._union = re.compile("|".join("(?:%s)" % rx.pattern for _, rx in self._hot) + "|^$", re.M)
+        return self._union
+
+    @staticmethod
+    def _regex(key):
+        texts = key.split("\x00")
+        return "^" + ("(?<![\\w.])(" + _NUM + ")").join(re.escape(t) for t in texts) + "$"
 
     def parse(self, line):
         parts = _SPLIT_RE.split(line)
@@ -181,6 +200,7 @@ class _Shapes(object):
             plan = self._learn(line, nums)
             if len(self.known) >= SHAPES_MAX:
                 self.known.clear()
+                self._hot = None
             self.known[key] = plan
         if plan is None or plan == "full":
             return None if plan is None else _parse(line, ())
@@ -361,7 +381,9 @@ class LogMetrics(object):
             self._feed_slow(lines[start:start + 1])
             start += 1
         if self.patterns or self.series is not None or "[podflow] run " in text or "it/s]" in text \
-                or "s/it]" in text or not self._feed_fast(lines, start):
+                or "s/it]" in text:
+            self._feed_slow(lines[start:])
+        elif not (start == 0 and self._feed_hot(text)) and not self._feed_fast(lines, start):
             self._feed_slow(lines[start:])
 
     def _feed_slow(self, lines):
@@ -388,9 +410,30 @@ class LogMetrics(object):
                     plan = known[key] = learn(lines[i], parts[1::2])
                 b = buckets[key] = [plan, [], []]
             b[1].append(i)
-            b[2].append(parts)
-        shapes = []  # (names [(name, column or None)], line numbers, split lines or parses, step column, total column)
-        for plan, idx, rows in buckets.values():
+            b[2].append(parts[1::2])
+        return self._aggregate(buckets.values(), lines)
+
+    def _feed_hot(self, text):
+        """The chunk's lines of known shapes found by one regular expression per shape
+        (in C), when every other line of it holds no metric; False: not taken."""
+        hot = self.shapes.hot()
+        if not hot:
+            return False
+        buckets = []
+        for plan, rx in hot:
+            found = [(m.start(), m.groups()) for m in rx.finditer(text)]
+            if found:
+                buckets.append([plan, [f[0] for f in found], [f[1] for f in found]])
+        for line in self.shapes.union().sub("", text).splitlines():
+            if line and self.shapes.parse(line) is not None:
+                return False  # a line of another shape: the line-by-line path learns it
+        return bool(buckets) and self._aggregate(buckets, None)
+
+    def _aggregate(self, buckets, lines):
+        """Each bucket is [plan, positions, rows of number strings] of one shape."""
+        # (names [(name, column or None)], positions, number rows or parses, step column, total column)
+        shapes = []
+        for plan, idx, rows in buckets:
             if plan is None:
                 continue
             if plan == "full":
@@ -416,7 +459,7 @@ class LogMetrics(object):
             for idx, rows, at in stepped:
                 j = bisect.bisect_right(idx, i) - 1
                 if j >= 0 and (best is None or idx[j] > best[0]):
-                    best = (idx[j], rows[j][1] if at == "parsed" else _number(rows[j][2 * at + 1]))
+                    best = (idx[j], rows[j][1] if at == "parsed" else _number(rows[j][at]))
             return best[1] if best else self.step
 
         first = min(idx[0] for _, idx, _, _, _ in shapes)
@@ -428,14 +471,14 @@ class LogMetrics(object):
                 if rows[0][2]:
                     self.total = rows[0][2]
             elif total_at is not None:
-                self.total = int(rows[-1][2 * total_at + 1])
+                self.total = int(rows[-1][total_at])
             for name, j in names:
                 if j is None:
                     value = rows[0][0][name]
                     cands = [] if isinstance(value, str) else [(value, idx[0])]
                     end = (idx[0], value)
                 else:
-                    k = 2 * j + 1
+                    k = j
                     col = [float(p[k]) for p in rows]
                     a, b = col.index(min(col)), col.index(max(col))
                     cands = [(_number(rows[a][k]), idx[a]), (_number(rows[b][k]), idx[b])]
