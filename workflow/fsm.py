@@ -44,6 +44,12 @@ TABLE: Dict[str, tuple] = {
 }
 
 
+def order(state: Optional[str]) -> int:
+    """How far along the flow ``state`` is (INIT 0 ... SWEEP_COMPLETED 5); an unknown state -1.
+    A pool is as far as its pod that is least far."""
+    return ANY.index(state) if state in ANY else -1
+
+
 def _trigger_name(command: str) -> str:
     return command.replace("-", "_")
 

@@ -22,6 +22,7 @@ task's environment, which the podagent hands over through a FIFO.
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional
 
@@ -156,15 +157,42 @@ def new_task_id(kind: str, now: Optional[datetime.datetime] = None) -> str:
     return f"{kind}-{now.strftime('%Y%m%d-%H%M%S')}"
 
 
+def resolve_commit(cfg, transport) -> str:
+    """The commit ``checkout.pr`` / ``checkout.branch`` / the default branch names right now,
+    read on the pod with one ``git ls-remote`` (the pod reaches the repository as its
+    checkout does). A pool resolves it once and every pod checks out that SHA (SPEC §8)."""
+    spec = checkout_spec(cfg)
+    if spec["pr"]:
+        ref, what = f"refs/pull/{spec['pr']}/head", f"PR {spec['pr']}"
+    elif spec["branch"]:
+        ref, what = f"refs/heads/{spec['branch']}", f"branch {spec['branch']}"
+    else:
+        ref, what = "HEAD", "the default branch"
+    env = {str(k): str(v) for k, v in dict(cfg.get("remote.env", None) or {}).items()}
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/true", LC_ALL="C")
+    res = transport.run(["git", "ls-remote", "--", spec["repo_url"], ref], env=env, timeout=120)
+    for line in res.stdout.splitlines():
+        sha, _, name = line.strip().partition("\t")
+        if name == ref and re.fullmatch(r"[0-9a-f]{40}", sha):
+            return sha
+    tail = (res.stdout + res.stderr).strip()[-500:]
+    raise CheckFailed(f"cannot tell which commit {what} is (git ls-remote exit {res.exit_code})"
+                      + (f": {tail}" if tail else ""),
+                      hint="check checkout.repo_url / branch / pr, and that the pod can reach the repository")
+
+
 # ---------------------------------------------------------------- running
 
 
-def start(kind: str, *, cfg=None, agent=None, fsm=None) -> tracked.TaskStatus:
-    """Validate, ask the state machine, start the task; returns its status (running)."""
+def start(kind: str, *, cfg=None, agent=None, fsm=None, sha: Optional[str] = None) -> tracked.TaskStatus:
+    """Validate, ask the state machine, start the task; returns its status (running).
+    ``sha``: the commit ``checkout`` must check out (a pool's, resolved once)."""
     from workflow import runtime
 
     cfg = cfg or runtime.config()
     spec = build_spec(kind, cfg)  # exit 2 before anything touches the pod
+    if sha:
+        spec["sha"] = sha
     fsm = fsm or runtime.fsm()
     agent = agent or runtime.agent()
     seen = fsm.check(kind)
@@ -225,13 +253,13 @@ def _without_closing_hint(kind: str, sink: progress_mod.Sink) -> progress_mod.Li
 
 
 def run(kind: str, *, progress: Optional[str] = None, detach: bool = False,
-        echo: Printer = print, sink: Optional[progress_mod.Sink] = None) -> Outcome:
+        echo: Printer = print, sink: Optional[progress_mod.Sink] = None, sha: Optional[str] = None) -> Outcome:
     """``wf bootstrap`` / ``wf checkout``: start, follow at ``progress``, finish."""
     from workflow import runtime
 
     cfg = runtime.config()
     how = progress_mod.level(progress, default=cfg.get("progress", "milestones") or "milestones")
-    status = start(kind, cfg=cfg)
+    status = start(kind, cfg=cfg, sha=sha)
     task_id = status.id
     if detach:
         echo(task_id)

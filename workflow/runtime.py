@@ -1,9 +1,14 @@
-"""Per-invocation singletons: the config, the one connection, the agent, the FSM.
+"""Per-invocation singletons: the config, and per pod its connection, agent and FSM.
 
 Chained tasks (``wf pod-up bootstrap checkout``) share them, so an invocation opens
-one connection whatever it runs. Tests that call library code directly use ``reset()``.
+one connection per pod whatever it runs. Tests that call library code directly use ``reset()``.
 
-Commands of the CLI also keep the connection for the next command
+Pools (SPEC §8): ``on_pod(pod)`` makes a pod current in this thread (``pool.fan_out``
+does it for each pod's worker), and ``config()``, ``transport()``, ``agent()`` and
+``fsm()`` are then that pod's. Outside any pod, ``config()`` is the project's config
+and the others are the first pod's (``p0``), as in a project of one pod.
+
+Commands of the CLI also keep each pod's connection for the next command
 (``keep_connections()``, ``pod.keepalive_secs``): the first one that connects directly
 starts the pod's kept connection when it ends; later ones go through it
 (``workflow.transport.kept``).
@@ -12,10 +17,13 @@ starts the pod's kept connection when it ends; later ones go through it
 from __future__ import annotations
 
 import atexit
+import contextlib
 import sys
-from typing import Any, Dict, Optional
+import threading
+from typing import Any, Dict, Iterator, Optional
 
 _cache: Dict[str, Any] = {}
+_local = threading.local()
 _keeping = {"on": False}
 
 
@@ -26,13 +34,15 @@ def keep_connections(on: bool = True) -> None:
 
 def forget_kept() -> None:
     """This invocation leaves no kept connection behind (``pod-down``, ``disconnect``)."""
-    _cache.pop("keep", None)
+    for key in [k for k in _cache if k.split(":")[0] == "keep"]:
+        _cache.pop(key, None)
 
 
 def reset() -> None:
-    transport = _cache.get("transport")
-    keep = _cache.get("keep")
-    if transport is not None:
+    for key, transport in list(_cache.items()):
+        if key.split(":")[0] != "transport":
+            continue
+        keep = _cache.get("keep:" + key.split(":", 1)[1])
         connected = keep is not None and getattr(transport, "worked", lambda: False)()
         transport.close()
         if connected:
@@ -56,7 +66,7 @@ def set_flags(**flags: Any) -> None:
         _cache["flags"] = clean
 
 
-def config():
+def _project_config():
     if "config" not in _cache:
         from workflow.config import load_config
 
@@ -64,13 +74,56 @@ def config():
     return _cache["config"]
 
 
+@contextlib.contextmanager
+def on_pod(pod) -> Iterator[None]:
+    """Make ``pod`` (a ``workflow.pool.Pod``) the current pod of this thread."""
+    before = getattr(_local, "pod", None)
+    _local.pod = pod
+    try:
+        yield
+    finally:
+        _local.pod = before
+
+
+def pod_here():
+    """The pod ``on_pod`` made current in this thread, or None."""
+    return getattr(_local, "pod", None)
+
+
+def current_pod():
+    """The pod this thread works on: the one ``on_pod`` set, else the pool's first."""
+    pod = getattr(_local, "pod", None)
+    if pod is None:
+        from workflow import pool
+
+        pod = pool.pods(_project_config())[0]
+    return pod
+
+
+def _pod_config(pod):
+    key = f"config:{pod.name}"
+    if key not in _cache:
+        from workflow import pool
+
+        _cache[key] = pool.pod_config(_project_config(), pod)
+    return _cache[key]
+
+
+def config():
+    """The current pod's config inside ``on_pod``; the project's config outside."""
+    pod = getattr(_local, "pod", None)
+    return _project_config() if pod is None else _pod_config(pod)
+
+
 def transport():
-    """The one connection to the pod. The endpoint is resolved here (the session's job:
-    ``pod.host``, the session file or the provider's API), then handed to the transport."""
-    if "transport" not in _cache:
+    pod = current_pod()
+    key = f"transport:{pod.name}"
+    if key not in _cache:
         from workflow.transport import open_transport
 
-        cfg = config()
+        # The endpoint is resolved here (the session's job: ``pod.host``, the pod's
+        # session file or the provider's API), then handed to the transport.
+        cfg = _pod_config(pod)
         endpoint = None
         if cfg.pod.provider != "local":
             from workflow.providers import current_endpoint
@@ -81,43 +134,47 @@ def transport():
                 from workflow.transport.kept import client as kept
                 from workflow.transport.params import ssh_params
 
-                params = ssh_params(cfg, endpoint)
-                _cache["keep"] = (cfg.root, "pod", params, keepalive)
+                params = ssh_params(cfg, endpoint)  # its key tells the pods' kept connections apart
+                _cache[f"keep:{pod.name}"] = (cfg.root, "pod", params, keepalive)
                 found = kept.find(cfg.root, "pod", params)
                 if found is not None:
-                    _cache["transport"] = found
+                    _cache[key] = found
                     return found
-        _cache["transport"] = open_transport(cfg, endpoint)
-    return _cache["transport"]
+        _cache[key] = open_transport(cfg, endpoint)
+    return _cache[key]
 
 
 def disconnect() -> int:
-    """End this project's kept connections now; how many were running."""
+    """End this project's kept connections now (every pod's); how many were running."""
     from workflow.transport.kept import client as kept
 
     forget_kept()
-    return kept.stop(config().root)
+    return kept.stop(_project_config().root)
 
 
 def agent():
-    if "agent" not in _cache:
+    pod = current_pod()
+    key = f"agent:{pod.name}"
+    if key not in _cache:
         from workflow.agent_client import AgentClient
 
-        cfg = config()
+        cfg = _pod_config(pod)
         # On the local "pod" this interpreter is a known python >= 3.8 and skips the
         # ~0.2 s of a pyenv shim that a bare `python3` may resolve to.
         python = sys.executable if cfg.pod.provider == "local" else "python3"
-        _cache["agent"] = AgentClient(transport(), cfg.remote.outputs_dir, python=python,
-                                      state_file=cfg.fsm.state_file)
-    return _cache["agent"]
+        _cache[key] = AgentClient(transport(), cfg.remote.outputs_dir, python=python,
+                                  state_file=cfg.fsm.state_file)
+    return _cache[key]
 
 
 def fsm():
-    if "fsm" not in _cache:
+    pod = current_pod()
+    key = f"fsm:{pod.name}"
+    if key not in _cache:
         from workflow.fsm import Fsm
 
-        _cache["fsm"] = Fsm(agent(), enforce=bool(config().fsm.enforce))
-    return _cache["fsm"]
+        _cache[key] = Fsm(agent(), enforce=bool(_pod_config(pod).fsm.enforce))
+    return _cache[key]
 
 
 def cached(name: str, factory) -> Any:

@@ -69,13 +69,19 @@ class Session:
 
 
 def path_for(config=None, root: Optional[os.PathLike] = None) -> Path:
+    """``.podflow/session.json`` for the pool's first pod; ``.podflow/session-<pod>.json``
+    for the others (SPEC §8: each pod keeps its own records)."""
     base = Path(root) if root is not None else (Path(config.root) if config is not None else Path.cwd())
-    return base / SESSION_FILE
+    pod = getattr(config, "pod_name", "p0") if config is not None else "p0"
+    return base / (SESSION_FILE if pod == "p0" else SESSION_FILE.with_name(f"session-{pod}.json"))
 
 
 def load(config=None, *, root: Optional[os.PathLike] = None) -> Optional[Session]:
     """The session, or None when this project has none."""
-    p = path_for(config, root)
+    return _read(path_for(config, root))
+
+
+def _read(p: Path) -> Optional[Session]:
     try:
         text = p.read_text()
     except FileNotFoundError:
@@ -133,7 +139,7 @@ def update(config=None, *, root: Optional[os.PathLike] = None, **fields: Any) ->
     """Change some fields of the existing session (no-op returning None when there is none)."""
     p = path_for(config, root)
     with _locked(p):
-        current = load(root=p.parent.parent)
+        current = _read(p)
         if current is None:
             return None
         new = replace(current, updated_at=time.time(), **fields)
@@ -162,7 +168,7 @@ def record_fetched(run_id: str, *, config=None, root: Optional[os.PathLike] = No
     """
     p = path_for(config, root)
     with _locked(p):
-        current = load(root=p.parent.parent)
+        current = _read(p)
         if current is None:
             current = Session(provider=provider or (config.pod.provider if config is not None else "local"))
         fetched = dict(current.fetched)

@@ -579,6 +579,19 @@ def _target(r, git, spec):
     return sha, branch, desc
 
 
+def _pinned(r, git, pinned, desc):
+    """The commit a pool's checkout resolved once (SPEC §8): every pod checks out that SHA,
+    even when the branch moved on since; fetched by id when this clone lacks it."""
+    r.say("the pool checks out %s (resolved once for every pod); %s moved on" % (pinned, desc))
+    if not git.sha(pinned):
+        git.run("fetch", "origin", pinned, what="git fetch of %s" % pinned[:12],
+                hint="the remote must serve that commit (it was the branch's head when the pool's checkout began)")
+    sha = git.sha(pinned)
+    if sha != pinned:
+        raise StepFailed("commit %s is not in %s" % (pinned, _mask_url(git.r.spec["repo_url"])))
+    return sha
+
+
 def _checkout_tree(r, git, spec, sha, local, fresh):
     """Check out ``sha`` as branch ``local``; refuse to lose local work unless force_clean."""
     discarded = []
@@ -822,6 +835,8 @@ def do_checkout(r, result):
     with r.step("resolve", "which commit"):
         sha, local, desc = _target(r, git, spec)
         r.say("%s is %s" % (desc, sha))
+        if spec.get("sha") and spec["sha"] != sha:
+            sha = _pinned(r, git, spec["sha"], desc)
         expect = (spec.get("expect_sha") or "").lower()
         if expect and not sha.startswith(expect):
             raise StepFailed("checkout.expect_sha %s does not match %s, which is at %s" % (expect, desc, sha),

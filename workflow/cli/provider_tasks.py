@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from workflow import runtime
 from workflow.cli.boundary import print_json, wf_task
+from workflow.cli.pods import POD_HELP, on_pods
 
 
 def _money(v) -> str:
@@ -43,13 +44,14 @@ def offers(c, json=False):
         print(f"{o.id:<28} {o.gpu[:24]:<24} {o.num_gpus:>2} {ram:>5} {rel:>5} {o.price_per_hour:>8.3f}  {o.region or '-'}")
 
 
-@wf_task(help={"json": "print one JSON document: pod, endpoint, offer, skipped offers, stage timings"})
-def pod_up(c, json=False):
+@wf_task(help={"json": "print one JSON document: pod, endpoint, offer, skipped offers, stage timings",
+               "pod": POD_HELP})
+def pod_up(c, json=False, pod=None):
     """Rent a pod (or use pod.target / the session's pod) and wait until SSH really runs a command.
 
     Offers are tried cheapest first, at most pod.max_offer_attempts; one taken meanwhile
     or never usable within pod.ready_timeout_secs is skipped (and destroyed if it was
-    rented). Ends in state POD_READY.
+    rented). Ends in state POD_READY. With pod.count N, N pods come up at once.
 
     Usable means an SSH command runs; with checkout.require_cuda (auto: on a rented
     cloud pod, or a host with nvidia-smi) `nvidia-smi -L` must list GPUs. A host you
@@ -59,10 +61,10 @@ def pod_up(c, json=False):
     """
     from workflow.providers.lifecycle import pod_up as up
 
-    res = up(runtime.config())
-    if json:
-        print_json(res.as_dict())
-        return
+    on_pods(pod, lambda: up(runtime.config()), render=_print_up, to_doc=lambda res: res.as_dict(), json=json)
+
+
+def _print_up(res) -> None:
     if str(runtime.config().get("progress", "")) == "quiet":  # otherwise progress already said so
         for s in res.skipped:
             print(f"skipped offer {s['offer']}: {s['reason']}")
@@ -74,8 +76,8 @@ def pod_up(c, json=False):
 
 
 @wf_task(help={"json": "print one JSON document: provider state, endpoint, price_per_hour, uptime_secs, "
-                       "spent_usd, fsm state, ttl"})
-def pod_status(c, json=False):
+                       "spent_usd, fsm state, ttl", "pod": POD_HELP})
+def pod_status(c, json=False, pod=None):
     """Show the pod: provider state, endpoint, uptime, price per hour and spend so far, FSM state, ttl.
 
     The price is the provider's for the live pod (pod.price_per_hour for ssh and local);
@@ -83,10 +85,10 @@ def pod_status(c, json=False):
     """
     from workflow.providers.lifecycle import pod_status as status
 
-    doc = status(runtime.config())
-    if json:
-        print_json(doc)
-        return
+    on_pods(pod, lambda: status(runtime.config()), render=_print_status, to_doc=lambda doc: doc, json=json)
+
+
+def _print_status(doc) -> None:
     pod = doc.get("pod")
     if pod is None:
         print(f"provider: {doc['provider']}: no pod for this project" + (f" ({doc['error']})" if doc.get("error") else ""))
@@ -128,8 +130,8 @@ def autostop_line(a) -> str:
 
 @wf_task(help={"destroy": "destroy the pod for good (its disk is lost) instead of stopping it",
                "force": "with --destroy: destroy even if runs on the pod were never fetched",
-               "json": "print one JSON document"})
-def pod_down(c, destroy=False, force=False, json=False):
+               "json": "print one JSON document", "pod": POD_HELP})
+def pod_down(c, destroy=False, force=False, json=False, pod=None):
     """Stop the pod (disk kept), or --destroy it; refuses to destroy unfetched runs without --force.
 
     Lium pods, and RunPod pods without a volume, can only be destroyed. The pod's kept
@@ -138,12 +140,13 @@ def pod_down(c, destroy=False, force=False, json=False):
     from workflow.providers.lifecycle import pod_down as down
 
     try:
-        doc = down(runtime.config(), destroy=destroy, force=force)
+        on_pods(pod, lambda: down(runtime.config(), destroy=destroy, force=force), render=_print_down,
+                to_doc=lambda doc: doc, json=json)
     finally:
         runtime.disconnect()
-    if json:
-        print_json(doc)
-        return
+
+
+def _print_down(doc) -> None:
     if doc["action"] == "none":
         print(doc["message"])
     elif doc["action"] == "stop":

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shlex
 from typing import List, Optional
 
+from workflow import pool, runtime
 from workflow.cli.boundary import print_json, wf_task
+from workflow.cli.pods import POD_HELP, on_pods
 
 
 def _csv_path(csv: Optional[str]):
@@ -88,9 +90,10 @@ def _fmt_metrics(metrics, best=None, limit: int = 4) -> str:
     return text
 
 
-def render_status(st) -> str:
+def render_status(st, pod_of=None) -> str:
     """The text of ``sweep-status``: a header with counts and percent, one line per run,
-    the last log lines of runs that did not succeed."""
+    the last log lines of runs that did not succeed. ``pod_of`` (run id -> pod, a pool's)
+    adds a pod column."""
     if st.state == "none":
         return "no sweep has been started on this pod (wf sweep-start)"
     counts = ", ".join(f"{k} {v}" for k, v in sorted(st.counts.items()))
@@ -98,10 +101,11 @@ def render_status(st) -> str:
     lines = [f"sweep {st.sweep_id}: {st.state} (state {st.fsm_state}); {done}/{len(st.runs)} done "
              f"({st.percent:.0f}%): {counts}"]
     width = max([len(r.id) for r in st.runs] + [3])
-    lines.append(f"  {'run':<{width}}  {'state':<9}  {'exit':>4}  {'time':>7}  metrics")
+    pod_col = (lambda run_id: f"{pod_of.get(run_id, '-'):<4}  ") if pod_of else (lambda run_id: "")
+    lines.append(f"  {'run':<{width}}  {'pod   ' if pod_of else ''}{'state':<9}  {'exit':>4}  {'time':>7}  metrics")
     for r in st.runs:
         code = "-" if r.exit_code is None else str(r.exit_code)
-        lines.append(f"  {r.id:<{width}}  {r.state:<9}  {code:>4}  {_fmt_secs(r.duration_secs):>7}  "
+        lines.append(f"  {r.id:<{width}}  {pod_col(r.id)}{r.state:<9}  {code:>4}  {_fmt_secs(r.duration_secs):>7}  "
                      f"{_fmt_metrics(r.metrics, r.best)}".rstrip())
     return "\n".join(lines + failure_tails(st))
 
@@ -150,8 +154,10 @@ def render_cost(cost) -> str:
     "retry_failed": "only rows that ran and did not succeed (failed, timed_out, lost, cancelled)",
     "csv": "sweep CSV (default: sweep.csv from the config)",
     "json": "print one JSON document",
+    "pod": POD_HELP,
 })
-def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_run=False, retry_failed=False, csv=None, json=False):
+def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_run=False, retry_failed=False, csv=None,
+                json=False, pod=None):
     """Start the sweep on the pod in tmux and return (every row not already ok).
 
     Validates the CSV here (exit 2, line numbers), checks on the pod that every row's
@@ -159,17 +165,33 @@ def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_r
     timestamped copy with the effective config), moves the state to SWEEP_RUNNING and
     starts the runner in tmux session sweep.tmux_session. Allowed from CHECKED_OUT,
     SWEEP_COMPLETED, or SWEEP_RUNNING whose runner is dead (exit 3 otherwise).
+
+    On a pool every row goes to one pod (the one that ran it before, else the least
+    busy per GPU) and each pod starts its share; .podflow/pool-sweep.json keeps which
+    pod holds each run. Every pod must answer first, or nothing starts.
     """
-    from workflow import runtime
     from workflow.cli.task_tasks import _int
-    from workflow.sweep.control import describe_plan, start_sweep
+    from workflow.sweep import pooled
+    from workflow.sweep.control import start_sweep
 
     cfg = runtime.config()
-    started = start_sweep(cfg, runtime.agent(), runtime.fsm(), csv=csv, match=match, start_at=start_at,
-                          limit=_int(limit, "--limit"), dry_run=dry_run, retry_failed=retry_failed)
-    if json:
-        print_json(started.to_dict())
-        return
+    selection = dict(csv=csv, match=match, start_at=start_at, limit=_int(limit, "--limit"), retry_failed=retry_failed)
+    placed = pooled.plan(pool.select(cfg, pod), dry_run=dry_run, **selection)
+    holders = [p for p in pool.select(cfg, pod) if placed.get(p.name)]
+    results = on_pods(pod, lambda: start_sweep(runtime.config(), runtime.agent(), runtime.fsm(), dry_run=dry_run,
+                                               run_ids=placed[runtime.current_pod().name], **selection),
+                      render=lambda started: _print_started(started, dry_run, retry_failed),
+                      to_doc=lambda started: started.to_dict(), json=json, pods=holders, raise_errors=False)
+    started = [r for r in results if r.ok]
+    if started and not dry_run:
+        pooled.save(cfg, {run_id: r.pod.name for r in started for run_id in placed[r.pod.name]},
+                    started[0].value.sweep_id)
+    pool.raise_failures(results)
+
+
+def _print_started(started, dry_run: bool, retry_failed: bool) -> None:
+    from workflow.sweep.control import describe_plan
+
     if dry_run:
         print("\n".join(describe_plan(started)))
         print(f"dry run: {len(started.to_run)} of {len(started.runs)} run(s) would start; nothing was changed")
@@ -190,83 +212,186 @@ def _report_line(cfg) -> str:
     return f"report: none yet (wf fetch-all, then wf sweep-report writes {page})"
 
 
-@wf_task(help={"watch": "refresh until the sweep ends: a live screen in a terminal (podflow[watch]), else plain lines", "json": "print one JSON document",
-               "interval": "seconds between refreshes with --watch (default 2)"})
-def sweep_status(c, watch=False, json=False, interval=None):
+@wf_task(help={"watch": "refresh until the sweep ends: a live screen in a terminal (podflow[watch]), else plain lines",
+               "json": "print one JSON document",
+               "interval": "seconds between refreshes with --watch (default 2)", "pod": POD_HELP})
+def sweep_status(c, watch=False, json=False, interval=None, pod=None):
     """Counts by state, percent done, each run's state, exit code, duration and latest metrics, and cost.
 
     The cost is the pod's price times the time since the first run started, and an
     estimate to finish at the same pace ("cost" in --json). Runs that did not succeed
     show how they ended (exit status, signal, torchrun's failed ranks) and their last
-    log lines. One round trip whatever the number of runs.
+    log lines. One round trip whatever the number of runs (one per pod, the pods read at
+    once); on a pool --json adds pods: [{name, state (up|down), counts}] and each run's pod.
     """
     import time
 
-    from workflow import runtime
-    from workflow.money.spend import sweep_cost
     from workflow.results.watch import live_available, live_watch
     from workflow.sweep.control import metrics_options
     from workflow.sweep.control import sweep_status as fetch_status
 
-    agent = runtime.agent()
     opts = metrics_options(runtime.config())
-    st = fetch_status(agent, metrics=opts)
-    if json and not watch:
-        print_json(dict(st.to_json(), cost=sweep_cost(runtime.config(), st)))
-        return
+
+    def read():
+        return on_pods(pod, lambda: _with_cost(fetch_status(runtime.agent(), metrics=opts)), raise_errors=False)
+
+    results = read()
     pause = float(interval or 2.0)
     if watch and not json and live_available():
-        st = live_watch(lambda: fetch_status(agent, metrics=opts), pause, first=st)
+        live_watch(lambda: _one_status(read()), pause, first=_one_status(results))
         print(_report_line(runtime.config()))
         return
     while True:
-        if json:
-            print_json(dict(st.to_json(), cost=sweep_cost(runtime.config(), st)))
-        else:
-            print(render_status(st), flush=True)
-            if st.state != "none":
-                print(render_cost(sweep_cost(runtime.config(), st)))
-        if not watch or not st.active:
+        doc = _show(results, json, cost=True)
+        if not watch or doc is None or doc["state"] != "running":
             if not json:
                 print(_report_line(runtime.config()))
+            pool.raise_failures(results)
             return
         time.sleep(pause)
-        st = fetch_status(agent, metrics=opts)
+        results = read()
 
 
-@wf_task(help={"timeout_secs": "give up after N seconds (exit 5; the sweep goes on)", "json": "print one JSON document"})
-def sweep_wait(c, timeout_secs: Optional[float] = None, json=False):
-    """Wait until the sweep ends: exit 0 if every run succeeded, 1 if any did not, 5 on timeout."""
+def _one_status(results):
+    """The sweep as one ``SweepStatus``: a lone pod's own, or the pool's merged."""
+    from workflow.sweep import pooled
+    from workflow.sweep.control import SweepStatus
+
+    if len(results) == 1:
+        pool.raise_failures(results)
+        return results[0].value[0]
+    statuses = [pool.PodResult(r.pod, value=r.value[0]) if r.ok else r for r in results]
+    return SweepStatus.from_doc(pooled.merge(statuses, pooled.load(runtime.config())))
+
+
+def _with_cost(st):
+    """A pod's sweep status and its cost (read in the pod's context: its price)."""
+    from workflow.money.spend import sweep_cost
+
+    return st, sweep_cost(runtime.config(), st)
+
+
+def _pool_cost(costs):
+    """The pool's cost: the pods' spend and estimates added up (None where one is unknown)."""
+    def total(key):
+        values = [c.get(key) for c in costs]
+        return None if not values or any(v is None for v in values) else round(sum(values), 6)
+
+    etas = [c.get("eta_secs") for c in costs if c.get("eta_secs") is not None]
+    return {"price_per_hour": total("price_per_hour"), "elapsed_secs": max([c["elapsed_secs"] for c in costs] or [0.0]),
+            "spent_usd": total("spent_usd"), "eta_secs": max(etas) if etas else None,
+            "estimate_to_finish_usd": total("estimate_to_finish_usd")}
+
+
+def _show(results, json: bool, cost: bool = False):
+    """Print the sweep of the pods read (results of ``(status, cost)``; one pod: its own
+    status, as ever; several: one status of the pool). Returns the JSON document (None: a
+    lone pod could not be read)."""
+    from workflow.sweep import pooled
+    from workflow.sweep.control import SweepStatus
+
+    if len(results) == 1:
+        r = results[0]
+        if not r.ok:
+            return None
+        st, spend = r.value
+        doc = st.to_json()
+        for run in doc["runs"]:
+            run["pod"] = r.pod.name
+        doc["pods"] = [{"name": r.pod.name, "state": "up", "counts": dict(doc["counts"])}]
+        if cost:
+            doc["cost"] = spend
+        if json:
+            print_json(doc)
+        else:
+            print(render_status(st), flush=True)
+            if cost and st.state != "none":
+                print(render_cost(spend))
+        return doc
+    statuses = [pool.PodResult(r.pod, value=r.value[0]) if r.ok else r for r in results]
+    doc = pooled.merge(statuses, pooled.load(runtime.config()))
+    costs = {r.pod.name: r.value[1] for r in results if r.ok}
+    for entry in doc["pods"]:
+        if entry["name"] in costs and cost:
+            entry["cost"] = costs[entry["name"]]
+    if cost:
+        doc["cost"] = _pool_cost(list(costs.values()))
+    if json:
+        print_json(doc)
+        return doc
+    print("pods: " + "; ".join(f"{p['name']} {p['state']}"
+                               + (f" ({', '.join(f'{k} {v}' for k, v in sorted(p['counts'].items()))})"
+                                  if p["counts"] else "")
+                               + (f": {p['error']}" if p.get("error") else "") for p in doc["pods"]))
+    print(render_status(SweepStatus.from_doc(doc), pod_of={run["id"]: run["pod"] for run in doc["runs"]}))
+    if cost and doc["state"] != "none":
+        print(render_cost(doc["cost"]))
+    return doc
+
+
+def _holding(which):
+    """The selected pods that hold runs of the pool's sweep (all selected when none is known)."""
+    from workflow.sweep import pooled
+
+    cfg = runtime.config()
+    selected = pool.select(cfg, which)
+    holders = set(pooled.load(cfg).holders())
+    return [p for p in selected if p.name in holders] or list(selected)
+
+
+@wf_task(help={"timeout_secs": "give up after N seconds (exit 5; the sweep goes on)", "json": "print one JSON document",
+               "pod": POD_HELP})
+def sweep_wait(c, timeout_secs: Optional[float] = None, json=False, pod=None):
+    """Wait until the sweep ends: exit 0 if every run succeeded, 1 if any did not, 5 on timeout.
+
+    On a pool it waits on every pod that holds runs of the sweep, at once."""
     from invoke import Exit
 
-    from workflow import runtime
     from workflow.cli.task_tasks import _secs
     from workflow.sweep.control import metrics_options, wait_sweep
 
-    st = wait_sweep(runtime.agent(), _secs(timeout_secs, "--timeout-secs"), metrics=metrics_options(runtime.config()))
-    if json:
-        print_json(st.to_json())
-    else:
-        print(render_status(st))
-    if not st.ok:
+    secs, opts = _secs(timeout_secs, "--timeout-secs"), metrics_options(runtime.config())
+    results = on_pods(pod, lambda: (wait_sweep(runtime.agent(), secs, metrics=opts), None), pods=_holding(pod),
+                      raise_errors=False)
+    doc = _show(results, json)
+    pool.raise_failures(results)
+    if not doc or not doc["runs"] or any(run["state"] != "success" for run in doc["runs"]):
         raise Exit(code=1)
 
 
-@wf_task(help={"grace_secs": "seconds between TERM and KILL for each run (default 10)", "json": "print one JSON document"})
-def sweep_stop(c, grace_secs=None, json=False):
+@wf_task(help={"grace_secs": "seconds between TERM and KILL for each run (default 10)", "json": "print one JSON document",
+               "pod": POD_HELP})
+def sweep_stop(c, grace_secs=None, json=False, pod=None):
     """Stop the sweep: cancel every active run, end the runner; state back to CHECKED_OUT.
 
     Each active run's whole process group (torchrun workers included) gets TERM, then
-    KILL after the grace period; its state becomes cancelled. Allowed from SWEEP_RUNNING."""
-    from workflow import runtime
+    KILL after the grace period; its state becomes cancelled. Allowed from SWEEP_RUNNING.
+    On a pool: on every pod that holds runs of the sweep, at once."""
     from workflow.cli.task_tasks import _secs
     from workflow.sweep.control import stop_sweep
 
-    res = stop_sweep(runtime.agent(), runtime.fsm(), grace_secs=_secs(grace_secs, "--grace-secs"))
-    if json:
-        doc = res.status.to_json()
-        doc.update(cancelled=list(res.cancelled), state_moved=res.state_moved, note=res.note)
-        print_json(doc)
+    grace = _secs(grace_secs, "--grace-secs")
+    holders = _holding(pod)
+
+    def work():
+        if len(holders) > 1 and runtime.fsm().status()["state"] != "SWEEP_RUNNING":
+            return None  # this pod's share of the pool's sweep has ended: nothing to stop here
+        return stop_sweep(runtime.agent(), runtime.fsm(), grace_secs=grace)
+
+    on_pods(pod, work, render=_print_stopped, to_doc=_stopped_doc, json=json, pods=holders)
+
+
+def _stopped_doc(res):
+    if res is None:
+        return {"cancelled": [], "state_moved": False, "note": "its share of the sweep had ended"}
+    doc = res.status.to_json()
+    doc.update(cancelled=list(res.cancelled), state_moved=res.state_moved, note=res.note)
+    return doc
+
+
+def _print_stopped(res) -> None:
+    if res is None:
+        print("nothing to stop: its share of the sweep had ended")
         return
     print(f"sweep stopped: {len(res.cancelled)} run(s) cancelled"
           + (f" ({', '.join(res.cancelled)})" if res.cancelled else "")

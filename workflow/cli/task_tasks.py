@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Dict, Iterable, Optional
 
 from workflow import runtime
-from workflow.cli.boundary import print_json, wf_task
+from workflow.cli.boundary import wf_task
+from workflow.cli.pods import POD_HELP, on_pods, raise_returned
 from workflow.errors import InputError
 
 
@@ -66,60 +67,66 @@ def _print_status(st, tail: bool = True) -> None:
     "env": "KEY=VALUE added to the task's environment (repeatable; on top of remote.env)",
     "force": "run again under an id that exists; the old directory is kept as a backup",
     "json": "print the status as one JSON document",
+    "pod": POD_HELP,
 })
-def task_run(c, id, cmd, timeout_secs: Optional[float] = None, workdir=None, env=None, force=False, json=False):
+def task_run(c, id, cmd, timeout_secs: Optional[float] = None, workdir=None, env=None, force=False, json=False,
+             pod=None):
     """Start a tracked task on the pod in tmux and return once it runs; prints the id."""
     from workflow import tracked
 
     tracked.validate_id(id)
-    st = tracked.start_task(runtime.agent(), id, cmd, timeout_secs=_secs(timeout_secs, "--timeout-secs"),
-                            workdir=workdir, env=_parse_env(env), force=force)
-    if json:
-        print_json(st.to_dict())
-    else:
-        print(st.id)
+    secs, extra = _secs(timeout_secs, "--timeout-secs"), _parse_env(env)
+    on_pods(pod, lambda: tracked.start_task(runtime.agent(), id, cmd, timeout_secs=secs, workdir=workdir,
+                                            env=extra, force=force),
+            render=lambda st: print(st.id), to_doc=lambda st: st.to_dict(), json=json)
 
 
-@wf_task(help={"id": "task id", "tail": "how many log lines to show (20)", "json": "print one JSON document"})
-def task_status(c, id, tail=20, json=False):
+@wf_task(help={"id": "task id", "tail": "how many log lines to show (20)", "json": "print one JSON document",
+               "pod": POD_HELP})
+def task_status(c, id, tail=20, json=False, pod=None):
     """Show a task's state, exit code, times and the last lines of its log."""
     from workflow import tracked
 
-    st = tracked.task_status(runtime.agent(), tracked.validate_id(id), tail=_int(tail, "--tail"))
-    if json:
-        print_json(st.to_dict())
-    else:
-        _print_status(st)
+    tracked.validate_id(id)
+    lines = _int(tail, "--tail")
+    on_pods(pod, lambda: tracked.task_status(runtime.agent(), id, tail=lines), render=_print_status,
+            to_doc=lambda st: st.to_dict(), json=json)
 
 
 @wf_task(help={"id": "task id", "timeout_secs": "give up waiting after N seconds (exit 5; the task goes on)",
-               "json": "print the final status as one JSON document"})
-def task_wait(c, id, timeout_secs=None, json=False):
+               "json": "print the final status as one JSON document", "pod": POD_HELP})
+def task_wait(c, id, timeout_secs=None, json=False, pod=None):
     """Wait for a task to end: exit 0 success, 1 failed/timed_out/cancelled/lost, 5 wait timed out."""
     from workflow import tracked
 
     tracked.validate_id(id)
-    try:
-        st = tracked.wait_task(runtime.agent(), id, timeout_secs=_secs(timeout_secs, "--timeout-secs"))
-    except tracked.TaskFailed as exc:
-        if json:
-            print_json(exc.status.to_dict())
-        raise
-    if json:
-        print_json(st.to_dict())
-    else:
-        print(f"task {st.id}: {st.state} (exit {st.exit_code}, {st.duration_secs or 0:.1f}s)")
+    secs = _secs(timeout_secs, "--timeout-secs")
+
+    def work():
+        try:
+            return tracked.wait_task(runtime.agent(), id, timeout_secs=secs)
+        except tracked.TaskFailed as exc:
+            return exc  # its status is printed with --json, then it is raised
+
+    def render(st):
+        if not isinstance(st, tracked.TaskFailed):
+            print(f"task {st.id}: {st.state} (exit {st.exit_code}, {st.duration_secs or 0:.1f}s)")
+
+    results = on_pods(pod, work, render=render, json=json,
+                      to_doc=lambda st: (st.status if isinstance(st, tracked.TaskFailed) else st).to_dict())
+    raise_returned(results, tracked.TaskFailed)
 
 
-@wf_task(help={"json": "print {\"tasks\": [...]} as one JSON document"})
-def task_list(c, json=False):
+@wf_task(help={"json": "print {\"tasks\": [...]} as one JSON document", "pod": POD_HELP})
+def task_list(c, json=False, pod=None):
     """List the tracked tasks on the pod: id, state, exit code, started, duration."""
     from workflow import tracked
 
-    rows = tracked.list_tasks(runtime.agent())
-    if json:
-        print_json({"tasks": [r.to_dict() for r in rows]})
-        return
+    on_pods(pod, lambda: tracked.list_tasks(runtime.agent()), render=_print_tasks,
+            to_doc=lambda rows: {"tasks": [r.to_dict() for r in rows]}, json=json)
+
+
+def _print_tasks(rows) -> None:
     if not rows:
         print("no tasks")
         return
@@ -133,29 +140,38 @@ def task_list(c, json=False):
 
 
 @wf_task(help={"id": "task id", "tail": "only the last N lines", "follow": "keep printing new lines until the task ends",
-               "json": "print {\"id\", \"text\", \"status\"} as one JSON document (not with --follow)"})
-def task_logs(c, id, tail: Optional[int] = None, follow=False, json=False):
+               "json": "print {\"id\", \"text\", \"status\"} as one JSON document (not with --follow)",
+               "pod": POD_HELP})
+def task_logs(c, id, tail: Optional[int] = None, follow=False, json=False, pod=None):
     """Print a task's stdout.log (stdout and stderr); --follow streams it until the task ends."""
     from workflow import tracked
 
     if json and follow:
         raise InputError("--json prints the log once; it cannot be combined with --follow")
-    chunks = []
-    st = tracked.task_logs(runtime.agent(), tracked.validate_id(id), tail=_int(tail, "--tail"), follow=follow,
-                           sink=chunks.append if json else None)
-    if json:
-        print_json({"id": st.id, "text": "".join(chunks), "status": st.to_dict()})
+    tracked.validate_id(id)
+    lines = _int(tail, "--tail")
+
+    def work():
+        chunks: list = []
+        st = tracked.task_logs(runtime.agent(), id, tail=lines, follow=follow, sink=chunks.append if json else None)
+        return st, "".join(chunks)
+
+    on_pods(pod, work, to_doc=lambda got: {"id": got[0].id, "text": got[1], "status": got[0].to_dict()}, json=json)
 
 
-@wf_task(help={"id": "task id", "json": "print the final status as one JSON document"})
-def task_kill(c, id, json=False):
+@wf_task(help={"id": "task id", "json": "print the final status as one JSON document", "pod": POD_HELP})
+def task_kill(c, id, json=False, pod=None):
     """Stop a task: TERM its whole process group (grandchildren too), then KILL; state cancelled."""
     from workflow import tracked
 
-    st, was_active = tracked.kill_task(runtime.agent(), tracked.validate_id(id))
-    if json:
-        print_json(st.to_dict())
-    elif was_active:
+    tracked.validate_id(id)
+    on_pods(pod, lambda: tracked.kill_task(runtime.agent(), id), render=_print_killed,
+            to_doc=lambda killed: killed[0].to_dict(), json=json)
+
+
+def _print_killed(killed) -> None:
+    st, was_active = killed
+    if was_active:
         print(f"task {st.id}: {st.state} (exit {st.exit_code})")
     else:
         print(f"task {st.id} had already ended: {st.state} (exit {st.exit_code})")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from workflow.cli.boundary import wf_task
+from workflow.cli.pods import POD_HELP, on_pods
 
 _PROGRESS = "realtime (every log line), milestones (key steps) or quiet (only the end); default: config 'progress'"
 _DETACH = "start the task and return at once; print its id (wf task-wait --id ID waits; the state moves on success)"
 
 
-@wf_task(help={"progress": _PROGRESS, "detach": _DETACH})
-def bootstrap(c, progress=None, detach=False):
+@wf_task(help={"progress": _PROGRESS, "detach": _DETACH, "pod": POD_HELP})
+def bootstrap(c, progress=None, detach=False, pod=None):
     """Check (or install) git, tmux, rsync, python venv on the pod; run bootstrap.script; -> BOOTSTRAPPED.
 
     Missing prerequisites are installed with apt only with bootstrap.install_prereqs
@@ -22,13 +23,16 @@ def bootstrap(c, progress=None, detach=False):
     from workflow import prepare, runtime
     from workflow.money.watchdog import launch_current
 
-    prepare.run("bootstrap", progress=progress, detach=detach)
-    if not detach:
-        launch_current(runtime.config(), runtime.agent())  # the watchdog, with the config of now
+    def work():
+        prepare.run("bootstrap", progress=progress, detach=detach)
+        if not detach:
+            launch_current(runtime.config(), runtime.agent())  # the watchdog, with the config of now
+
+    on_pods(pod, work)
 
 
-@wf_task(help={"progress": _PROGRESS, "detach": _DETACH})
-def checkout(c, progress=None, detach=False):
+@wf_task(help={"progress": _PROGRESS, "detach": _DETACH, "pod": POD_HELP})
+def checkout(c, progress=None, detach=False, pod=None):
     """Clone/fetch checkout.repo_url at branch, PR or default; venv, install, torch/CUDA preflight, data checks; -> CHECKED_OUT.
 
     Verifies checkout.expect_sha, refuses to discard local changes on the pod unless
@@ -37,7 +41,26 @@ def checkout(c, progress=None, detach=False):
     checks `import torch` (checkout.require_torch) and CUDA (checkout.require_cuda) and
     data.checks (running data.download once on a failure). The checked-out SHA is
     recorded in the state file. Starts from BOOTSTRAPPED, CHECKED_OUT or SWEEP_COMPLETED.
+    On a pool the commit is resolved once (git ls-remote on the first pod that may
+    check out) and every pod checks out that SHA, the pods at once.
     """
     from workflow import prepare
 
-    prepare.run("checkout", progress=progress, detach=detach)
+    from workflow import pool, runtime
+    from workflow.errors import PodflowError
+
+    selected = pool.select(runtime.config(), pod)
+    sha, refused = None, []
+    if len(selected) > 1:  # the commit resolved once, on a pod that may check out; every pod at that SHA
+        checked = pool.fan_out(selected, lambda p: runtime.fsm().check("checkout"))
+        refused = [r for r in checked if not r.ok]
+        selected = tuple(r.pod for r in checked if r.ok)
+        if selected:
+            try:
+                with runtime.on_pod(selected[0]):
+                    sha = prepare.resolve_commit(runtime.config(), runtime.transport())
+            except PodflowError as exc:  # then no pod can check out: each says why
+                refused += [pool.PodResult(p, error=exc) for p in selected]
+                selected = ()
+    on_pods(pod, lambda: prepare.run("checkout", progress=progress, detach=detach, sha=sha),
+            pods=selected, earlier=refused)

@@ -40,6 +40,8 @@ DEFAULTS: Dict[str, Any] = {
         "max_cost_usd": None,
         "ready_timeout_secs": 600,
         "max_offer_attempts": 5,
+        "count": 1,
+        "hosts": [],
     },
     "remote": {
         "workdir": None,

@@ -95,6 +95,8 @@ class Config:
     """The YAML file read, or None when there was none."""
     root: Path = field(default_factory=Path.cwd)
     """Project root: relative local paths are resolved against it."""
+    pod_name: str = "p0"
+    """Which pod of the pool this config is for (``workflow.pool.pod_config``); p0 by default."""
 
     def __post_init__(self):
         object.__setattr__(self, "data", _Values(self.data))

@@ -27,7 +27,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
 from workflow.errors import InputError, TransitionRefused, WaitTimeout
 from workflow.sweep.csvfile import read_sweep_csv
@@ -199,14 +199,19 @@ def _who() -> str:
 
 def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[str] = None,
                 start_at: Optional[str] = None, limit: Optional[int] = None, dry_run: bool = False,
-                retry_failed: bool = False, warn: Optional[Callable[[str], None]] = None) -> SweepStart:
+                retry_failed: bool = False, warn: Optional[Callable[[str], None]] = None,
+                run_ids: Optional[Collection[str]] = None, check_state: bool = False) -> SweepStart:
     """Validate, probe, check the state, plan and start the sweep (see the module doc).
 
+    ``run_ids``: only these of the selected rows (the ones a pool placed on this pod).
+    ``check_state``: a dry run asks the state machine too (a pool's first phase).
     Raises ``SweepCsvError``/``InputError`` (exit 2: bad CSV, configs missing on the pod,
     bad selection), ``TransitionRefused`` (exit 3), transport errors (exit 4)."""
     path = Path(cfg.local_path(csv or cfg.sweep.csv))
     rows = read_sweep_csv(path)
     selected = select_rows(rows, match=match, start_at=start_at, limit=limit)
+    if run_ids is not None:
+        selected = [r for r in selected if r.run_id in run_ids]
     if not selected:
         raise InputError(f"no run of {path} matches the selection", hint="check --match / --start-at / --limit")
     settings = SweepSettings.from_config(cfg)
@@ -217,7 +222,7 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
                        remote_env=dict(settings.remote_env), data_dir=cfg.get("remote.data_dir", None))
     runner_dead = not (probe.get("runner") or {}).get("alive")
     current = None
-    if not dry_run:
+    if not dry_run or check_state:
         current = fsm.check("sweep-start", runner_dead=runner_dead)
     problems = []
     if not probe.get("run_root_exists"):

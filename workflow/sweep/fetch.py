@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 from workflow.agent.data import ENGINE_FILES
 from workflow.datapush import NAME_RE, Progress, RsyncStats, run_rsync, sha256_file
@@ -135,12 +135,14 @@ class Fetcher:
         validate_run_id(run_id)
         return self._fetch([run_id], exclude_checkpoints=exclude_checkpoints, explicit=True)
 
-    def fetch_all(self, *, exclude_checkpoints: bool = False) -> FetchResult:
-        return self._fetch(None, exclude_checkpoints=exclude_checkpoints, explicit=False)
+    def fetch_all(self, *, exclude_checkpoints: bool = False, skip: Collection[str] = ()) -> FetchResult:
+        """Every run on the pod but those in ``skip`` (a pool's runs that another pod holds)."""
+        return self._fetch(None, exclude_checkpoints=exclude_checkpoints, explicit=False, skip=skip)
 
     # -- the steps
 
-    def _fetch(self, runs: Optional[List[str]], *, exclude_checkpoints: bool, explicit: bool) -> FetchResult:
+    def _fetch(self, runs: Optional[List[str]], *, exclude_checkpoints: bool, explicit: bool,
+               skip: Collection[str] = ()) -> FetchResult:
         started = time.monotonic()
         calls0 = self.agent.calls
         self._outputs_abs = self.outputs_dir
@@ -149,7 +151,7 @@ class Fetcher:
         else:  # one call to list them; fetch-run needs none before its rsync
             pre = self.agent.call("run.manifest", runs=None, files=False)
             self._outputs_abs = pre["outputs_dir"]
-            run_ids = sorted(pre["runs"])
+            run_ids = sorted(set(pre["runs"]) - set(skip))
             if not run_ids:
                 return FetchResult((), None, time.monotonic() - started, self.agent.calls - calls0)
         self.artifacts.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ tried. Without it, the public key is printed between markers for a provider dash
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Tuple
 
@@ -56,9 +57,18 @@ def public_key_line(path: Path) -> str:
     return f"{key.get_name()} {key.get_base64()}"
 
 
+_KEY_LOCK = threading.Lock()
+
+
 def ensure_key(path: Path, comment: str) -> Tuple[str, bool]:
-    """The key's public line, creating an ed25519 key without passphrase if missing."""
-    path = Path(path)
+    """The key's public line, creating an ed25519 key without passphrase if missing.
+
+    Pods of a pool set up in parallel share the key: one thread makes it, the others use it."""
+    with _KEY_LOCK:
+        return _ensure_key(Path(path), comment)
+
+
+def _ensure_key(path: Path, comment: str) -> Tuple[str, bool]:
     if path.exists():
         return public_key_line(path), False
     from cryptography.hazmat.primitives import serialization
