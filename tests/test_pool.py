@@ -235,7 +235,8 @@ def test_ssh_pool_one_line_per_pod_and_a_dead_pod_named(ssh_pool, project):
     one = wf(project, "check-connection", "--pod", "p1", check=0).stdout
     assert "user: wfpools1" in one and "p0" not in one  # one pod: its own output, unchanged
 
-    pods[1].stop()
+    pods[1].stop()  # the pod dies: no listener, no session left (kept connections included)
+    pods[1].drop_connections()
     res = wf(project, "fsm-status", "--json")
     assert res.returncode == 4, res.stderr
     doc = json.loads(res.stdout)
