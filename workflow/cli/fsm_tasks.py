@@ -5,7 +5,6 @@ from __future__ import annotations
 from workflow import pool, runtime
 from workflow.cli.boundary import print_json, wf_task
 from workflow.cli.pods import POD_HELP, error_entry, on_pods
-from workflow.fsm import order
 
 _KEYS = ("state", "updated_at", "history")
 
@@ -17,6 +16,8 @@ def fsm_status(c, json=False, pod=None):
 
     On a pool: each pod's state, and the pool's (its lowest pod's) state; --json adds
     pods: [{name, state, updated_at}] (a pod that cannot be read has an error instead)."""
+    from workflow.fsm import order
+
     results = on_pods(pod, lambda: _status(runtime.fsm()), raise_errors=len(pool.select(runtime.config(), pod)) == 1)
     read = [r for r in results if r.ok]
     doc = dict(min(read, key=lambda r: order(r.value["state"])).value) if read else {"state": None}

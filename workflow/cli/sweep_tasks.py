@@ -177,14 +177,14 @@ def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_r
     cfg = runtime.config()
     selection = dict(csv=csv, match=match, start_at=start_at, limit=_int(limit, "--limit"), retry_failed=retry_failed)
     placed = pooled.plan(pool.select(cfg, pod), dry_run=dry_run, **selection)
-    holders = [p for p in pool.select(cfg, pod) if placed.get(p.name)]
+    holders = [p for p in pool.select(cfg, pod) if p.name in placed]
     results = on_pods(pod, lambda: start_sweep(runtime.config(), runtime.agent(), runtime.fsm(), dry_run=dry_run,
                                                run_ids=placed[runtime.current_pod().name], **selection),
                       render=lambda started: _print_started(started, dry_run, retry_failed),
                       to_doc=lambda started: started.to_dict(), json=json, pods=holders, raise_errors=False)
     started = [r for r in results if r.ok]
     if started and not dry_run:
-        pooled.save(cfg, {run_id: r.pod.name for r in started for run_id in placed[r.pod.name]},
+        pooled.save(cfg, {pr.plan.run_id: r.pod.name for r in started for pr in r.value.runs},
                     started[0].value.sweep_id)
     pool.raise_failures(results)
 

@@ -63,27 +63,39 @@ def place(rows: Sequence[tuple], pods: Sequence[PodOffer], recorded: Mapping[str
     return placed
 
 
-def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) -> Dict[str, List[str]]:
-    """pod name -> the run ids it gets, for ``sweep-start`` on the pods ``selected``.
+def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) -> Dict[str, Optional[List[str]]]:
+    """pod name -> the run ids it gets (None: every selected row), for ``sweep-start`` on
+    the pods ``selected``. A run the placement record gives to a pod outside ``selected``
+    (``--pod``) is left alone.
 
-    First every pod is probed at once (a dry run that also asks the state machine, unless
-    this is a dry run): the CSV, the configs on each pod, each pod's GPUs and the runs it
-    already has. Any pod that fails this stops the whole start, before anything runs: a
-    pod that cannot answer may hold runs that must not run twice. A run the placement
-    record gives to a pod outside ``selected`` (``--pod``) is left alone."""
+    One pod has nothing to choose: it gets the rows, read here (no round trip). Several
+    are first probed at once (a dry run that also asks the state machine, unless this is
+    a dry run): the CSV, the configs on each pod, each pod's GPUs and the runs it already
+    has. Any pod that fails this stops the whole start, before anything runs: a pod that
+    cannot answer may hold runs that must not run twice."""
     from workflow import pool, runtime
     from workflow.sweep.control import start_sweep
 
-    recorded = load(runtime.config()).runs
+    cfg = runtime.config()
+    recorded = load(cfg).runs
+    names = {p.name for p in selected}
+    if len(selected) == 1:
+        from workflow.sweep.csvfile import read_sweep_csv
+        from workflow.sweep.plan import select_rows
+
+        path = Path(cfg.local_path(selection.get("csv") or cfg.sweep.csv))
+        rows = select_rows(read_sweep_csv(path), match=selection.get("match"), start_at=selection.get("start_at"),
+                           limit=selection.get("limit"))
+        mine = [r.run_id for r in rows if recorded.get(r.run_id, selected[0].name) in names]
+        return {selected[0].name: None if len(mine) == len(rows) else mine}
     probed = pool.fan_out(selected, lambda pod: start_sweep(
         runtime.config(), runtime.agent(), runtime.fsm(), dry_run=True, check_state=not dry_run, **selection))
     pool.raise_failures(probed)
     offers = [PodOffer(r.pod.name, len(r.value.gpus), {pr.plan.run_id: pr.previous_state for pr in r.value.runs})
               for r in probed]
-    names = {p.name for p in selected}
     rows = [(pr.plan.run_id, pr.plan.gpus) for pr in probed[0].value.runs
             if recorded.get(pr.plan.run_id, next(iter(names))) in names]
-    by_pod: Dict[str, List[str]] = {}
+    by_pod: Dict[str, Optional[List[str]]] = {}
     for run_id, name in place(rows, offers, recorded).items():
         by_pod.setdefault(name, []).append(run_id)
     return by_pod
