@@ -62,6 +62,24 @@ def bench_packing(base: Path, gpus: int, runs: int, sleep: float) -> dict:
             "ideal_s": round(ideal, 3), "efficiency": round(ideal / makespan, 3), "peak_gpus_busy": peak}
 
 
+def fake_sweep(outputs: Path, n: int) -> None:
+    """A finished sweep of ``n`` runs (every tenth failed, 200 HF-style log lines each)."""
+    runs = []
+    for i in range(n):
+        rid = f"run{i:04d}"
+        d = outputs / rid
+        d.mkdir(parents=True)
+        state = "failed" if i % 10 == 0 else "success"
+        (d / "status.json").write_text(json.dumps({"id": rid, "state": state, "exit_code": 0,
+                                                    "started_at": "2026-01-01T00:00:00Z",
+                                                    "finished_at": "2026-01-01T00:01:00Z", "attempt": 1}))
+        (d / "stdout.log").write_text("".join(f"{{'loss': {1 / (s + 1)}, 'epoch': {s}.0}}\n" for s in range(200)))
+        runs.append({"run_id": rid, "out_dir": str(d), "launch": True})
+    ctl = outputs / "_control" / "sweep"
+    ctl.mkdir(parents=True)
+    (ctl / "plan.json").write_text(json.dumps({"sweep_id": "bench", "runs": runs}))
+
+
 def bench_status(base: Path, counts) -> list:
     from workflow.agent_client import AgentClient
     from workflow.sweep.control import sweep_status
@@ -70,20 +88,7 @@ def bench_status(base: Path, counts) -> list:
     out = []
     for n in counts:
         outputs = base / f"status{n}" / "outputs"
-        runs = []
-        for i in range(n):
-            rid = f"run{i:04d}"
-            d = outputs / rid
-            d.mkdir(parents=True)
-            state = "failed" if i % 10 == 0 else "success"
-            (d / "status.json").write_text(json.dumps({"id": rid, "state": state, "exit_code": 0,
-                                                        "started_at": "2026-01-01T00:00:00Z",
-                                                        "finished_at": "2026-01-01T00:01:00Z", "attempt": 1}))
-            (d / "stdout.log").write_text("".join(f"{{'loss': {1 / (s + 1)}, 'epoch': {s}.0}}\n" for s in range(200)))
-            runs.append({"run_id": rid, "out_dir": str(d), "launch": True})
-        ctl = outputs / "_control" / "sweep"
-        ctl.mkdir(parents=True)
-        (ctl / "plan.json").write_text(json.dumps({"sweep_id": "bench", "runs": runs}))
+        fake_sweep(outputs, n)
         agent = AgentClient(LocalTransport(), str(outputs))
         agent.install()
         sweep_status(agent)  # warm the page cache

@@ -17,7 +17,7 @@ no slower than the ControlMaster on every command.
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import os
 import resource
 import shutil
@@ -31,7 +31,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 WF = str(Path(sys.executable).with_name("wf"))
 
@@ -50,24 +49,18 @@ def timed(fn, repeat: int):
     return statistics.median(times), statistics.median(cpus)
 
 
+def _sibling(name: str):
+    """Another bench script, as a module (by path: ``tasks``/``sweep`` are taken names)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def populate(outputs: Path, tasks: int, runs: int, chown) -> None:
     """``tasks`` finished tasks (as bench/tasks.py makes them) and a sweep of ``runs``."""
-    from tasks import _bulk
-
-    _bulk(outputs / "_tasks", tasks)
-    plan = []
-    for i in range(runs):
-        rid = f"run{i:04d}"
-        d = outputs / rid
-        d.mkdir(parents=True)
-        (d / "status.json").write_text(json.dumps({"id": rid, "state": "failed" if i % 10 == 0 else "success",
-                                                    "exit_code": 0, "started_at": "2026-01-01T00:00:00Z",
-                                                    "finished_at": "2026-01-01T00:01:00Z", "attempt": 1}))
-        (d / "stdout.log").write_text("".join(f"{{'loss': {1 / (s + 1)}, 'epoch': {s}.0}}\n" for s in range(200)))
-        plan.append({"run_id": rid, "out_dir": str(d), "launch": True})
-    ctl = outputs / "_control" / "sweep"
-    ctl.mkdir(parents=True)
-    (ctl / "plan.json").write_text(json.dumps({"sweep_id": "bench", "runs": plan}))
+    _sibling("tasks")._bulk(outputs / "_tasks", tasks)
+    _sibling("sweep").fake_sweep(outputs, runs)
     chown(outputs)
 
 

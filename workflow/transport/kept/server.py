@@ -232,20 +232,15 @@ class Server:
         try:
             while True:
                 got = False
-                while chan.recv_ready():
-                    data = chan.recv(65536)
-                    if not data:
-                        break
-                    got = True
-                    with sending:
-                        wire.send(conn, b"O", data)
-                while chan.recv_stderr_ready():
-                    data = chan.recv_stderr(65536)
-                    if not data:
-                        break
-                    got = True
-                    with sending:
-                        wire.send(conn, b"E", data)
+                for ready, read, kind in ((chan.recv_ready, chan.recv, b"O"),
+                                          (chan.recv_stderr_ready, chan.recv_stderr, b"E")):
+                    while ready():
+                        data = read(65536)
+                        if not data:
+                            break
+                        got = True
+                        with sending:
+                            wire.send(conn, kind, data)
                 done = chan.exit_status_ready() or chan.closed
                 if done and not chan.recv_ready() and not chan.recv_stderr_ready():
                     code = chan.exit_status if chan.exit_status_ready() else -1
