@@ -193,6 +193,7 @@ def test_minigpt_script_through_a_real_sweep(project):
     runs = runs_by_id(sp.status())
     fast, slow = runs["fast"], runs["slow"]
     assert set(fast["metrics"]) == {"train_loss", "val_loss", "loss", "time", "mfu", "tokens_per_iter"}
+    assert fast["metrics_complete"] is True
     assert fast["metrics"]["loss"] == pytest.approx(4.0 * 2.718281828 ** -4 + 1.0, abs=1e-3)
     # val loss is worst at the last eval (step 40): the best is at step 30.
     assert fast["best"] == {"name": "val_loss", "value": round(4.0 * 2.718281828 ** -3 + 1.1, 4), "step": 30}

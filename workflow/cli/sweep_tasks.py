@@ -105,8 +105,9 @@ def render_status(st, pod_of=None) -> str:
     lines.append(f"  {'run':<{width}}  {'pod   ' if pod_of else ''}{'state':<9}  {'exit':>4}  {'time':>7}  metrics")
     for r in st.runs:
         code = "-" if r.exit_code is None else str(r.exit_code)
+        partial = "" if r.metrics_complete else " (log still being read)"
         lines.append(f"  {r.id:<{width}}  {pod_col(r.id)}{r.state:<9}  {code:>4}  {_fmt_secs(r.duration_secs):>7}  "
-                     f"{_fmt_metrics(r.metrics, r.best)}".rstrip())
+                     f"{_fmt_metrics(r.metrics, r.best)}{partial}".rstrip())
     return "\n".join(lines + failure_tails(st))
 
 

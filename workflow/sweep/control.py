@@ -121,6 +121,8 @@ class RunState:
     best: Optional[Mapping[str, Any]] = None
     """``{"name", "value", "step"}``: the best value of ``sweep.metrics.primary``."""
     progress: Optional[Mapping[str, Any]] = None
+    metrics_complete: bool = True
+    """False while the pod has not yet read the whole log (a status keeps to a time budget)."""
     """``{"step", "total", "fraction", "eta_secs"}`` where the run's progress is known."""
     log_tail: Optional[str] = None
     """The last log lines, for runs that did not succeed."""
@@ -179,6 +181,7 @@ class SweepStatus:
                           "worker_failures": [dict(w) for w in r.worker_failures or ()],
                           "duration_secs": r.duration_secs,
                           "metrics": dict(r.metrics or {}), "best": r.best, "progress": r.progress,
+                          "metrics_complete": r.metrics_complete,
                           "log_tail": r.log_tail, "attempt": r.attempt,
                           "gpus": r.gpus, "dir": r.dir} for r in self.runs]}
 
