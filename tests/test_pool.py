@@ -98,6 +98,20 @@ def test_select_by_name_or_index_and_a_bad_one_is_exit_2(project):
     assert "p0, p1, p2" in res.stderr
 
 
+def test_each_pod_keeps_its_own_session_record(project):
+    from workflow import session
+
+    write(project, {"pod": {"provider": "vastai", "count": 2}})
+    cfg = load_config()
+    c0, c1 = (pool.pod_config(cfg, p) for p in pool.pods(cfg))
+    session.save(session.Session(provider="vastai", pod_id="111", host="10.0.0.1", port=22), c0)
+    session.save(session.Session(provider="vastai", pod_id="222", host="10.0.0.2", port=22), c1)
+    session.record_fetched("r1", config=c1, dest="artifacts/r1")
+    assert (project / ".podflow" / "session.json").exists() and (project / ".podflow" / "session-p1.json").exists()
+    assert (session.load(c0).pod_id, session.load(c1).pod_id) == ("111", "222")
+    assert session.fetched_runs(c0) == set() and session.fetched_runs(c1) == {"r1"}
+
+
 # ---------------------------------------------------------------- the fan-out
 
 
