@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from workflow.cli.boundary import print_json, wf_task
+from workflow.cli.boundary import wf_task
 from workflow.cli.pods import POD_HELP, on_pods
 
 
