@@ -381,3 +381,18 @@ def test_a_sweep_spreads_over_the_pool_each_run_on_one_pod(pool_sweep):
     fetched = json.loads(sp.wf("fetch-all", "--json", check=0).stdout)
     assert sorted(r["run_id"] for e in fetched["pods"] for r in e["runs"]) == sorted(placed)
     assert all((sp.root / "artifacts" / r / "stdout.log").exists() for r in placed)
+
+
+def test_a_run_held_by_another_pod_is_left_alone_with_pod(pool_sweep):
+    sp = pool_sweep
+    sp.write_csv("run_id,config,seed,overrides,notes\nr00,configs/tiny.json,0,steps=1,\nr01,configs/tiny.json,1,steps=1,\n")
+    sp.wf("sweep-start", check=0)
+    placed = json.loads((sp.root / ".podflow" / "pool-sweep.json").read_text())["runs"]
+    assert placed == {"r00": "p0", "r01": "p1"}
+    sp.wf("sweep-wait", "--timeout-secs", "120", check=0)
+    res = sp.wf("sweep-start", "--pod", "p2", check=2)  # both runs are held by p0 and p1: nothing moves
+    assert "held by a pod outside --pod" in res.stderr
+    res = sp.wf("sweep-start", "--pod", "p1", "--json", check=0)  # only p1's run, already ok: skipped
+    doc = json.loads(res.stdout)
+    assert [(r["run_id"], r["launch"]) for r in doc["runs"]] == [("r01", False)]
+    assert not (sp.outputs_of[2] / "r00").exists() and not (sp.outputs_of[1] / "r00").exists()

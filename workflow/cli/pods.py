@@ -109,7 +109,7 @@ def on_pods(which: Optional[str], work: Callable[[], Any], *, render: Optional[C
         results = sorted(list(earlier) + pool.fan_out(selected, lambda pod: work()), key=lambda r: r.pod.index)
         if json and to_doc is not None:
             if not many:
-                if results[0].ok:
+                if results and results[0].ok:
                     print_json(to_doc(results[0].value))
             else:
                 print_json({"pods": [dict(to_doc(r.value), name=r.pod.name) if r.ok else error_entry(r)

@@ -179,6 +179,11 @@ def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_r
     selection = dict(csv=csv, match=match, start_at=start_at, limit=_int(limit, "--limit"), retry_failed=retry_failed)
     placed = pooled.plan(pool.select(cfg, pod), dry_run=dry_run, **selection)
     holders = [p for p in pool.select(cfg, pod) if p.name in placed]
+    if not holders:
+        from workflow.errors import InputError
+
+        raise InputError("every selected run is held by a pod outside --pod (.podflow/pool-sweep.json)",
+                         hint="leave --pod out, or name the pod that holds them (wf sweep-status shows it)")
     results = on_pods(pod, lambda: start_sweep(runtime.config(), runtime.agent(), runtime.fsm(), dry_run=dry_run,
                                                run_ids=placed[runtime.current_pod().name], **selection),
                       render=lambda started: _print_started(started, dry_run, retry_failed),

@@ -87,6 +87,8 @@ def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) ->
         rows = select_rows(read_sweep_csv(path), match=selection.get("match"), start_at=selection.get("start_at"),
                            limit=selection.get("limit"))
         mine = [r.run_id for r in rows if recorded.get(r.run_id, selected[0].name) in names]
+        if rows and not mine:
+            return {}  # every selected run is held by another pod
         return {selected[0].name: None if len(mine) == len(rows) else mine}
     probed = pool.fan_out(selected, lambda pod: start_sweep(
         runtime.config(), runtime.agent(), runtime.fsm(), dry_run=True, check_state=not dry_run, **selection))
