@@ -5,6 +5,7 @@ page makes no network request, sorting works, and a screenshot is written."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -45,6 +46,10 @@ def report(tmp_path_factory):
     out = sp.wf("sweep-report", check=0)
     assert f"wrote {page}" in out.stdout
     assert f"report: {page} " in sp.wf("sweep-status", check=0).stdout
+    # a pool's placement record names the pod of each run (here as if two pods had run them)
+    (root / ".podflow" / "pool-sweep.json").write_text(json.dumps(
+        {"sweep_id": "s", "runs": {"lr-low": "p0", "lr-high": "p1", "broken": "p0"}}))
+    sp.wf("sweep-report", check=0)
     return sp, page
 
 
@@ -70,6 +75,8 @@ def test_charts_render_offline_one_per_metric_one_curve_per_run(report, tmp_path
     assert "lr-low" in dom and "lr-high" in dom
     table = dom.split('<table id="runs">')[1].split("</table>")[0]
     assert table.count("<tr data-run=") == 3 and "--learning_rate=0.01 --max_iters=40" in table
+    assert "<th>pod</th>" in table and re.search(r'data-run="lr-high"><td>lr-high</td><td[^>]*>success</td><td>p1</td>',
+                                                    table)
     assert "Runs that did not succeed" in dom and 'id="tail-broken"' in dom and "KeyError" in dom
     shot = tmp_path / "report.png"
     proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", NO_NETWORK,

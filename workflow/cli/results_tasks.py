@@ -20,13 +20,14 @@ def sweep_report(c, out=None):
     from workflow.errors import InputError
     from workflow.results.report import write_report
     from workflow.results.runs import load_runs
+    from workflow.sweep import pooled
     from workflow.sweep.control import metrics_options
 
     cfg = runtime.config()
     artifacts = cfg.local_path(cfg.get("local.artifacts_dir"))
     opts = metrics_options(cfg)
     runs = load_runs(artifacts, csv_path=cfg.local_path(cfg.sweep.csv), patterns=opts["patterns"],
-                     primary=opts["primary"], mode=opts["mode"])
+                     primary=opts["primary"], mode=opts["mode"], pods=pooled.load(cfg).runs)
     if not runs:
         raise InputError(f"no fetched runs in {artifacts}", hint="wf fetch-all brings the sweep's runs here first")
     path = write_report(runs, Path(out).expanduser().resolve() if out else artifacts / "report.html",

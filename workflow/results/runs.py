@@ -81,8 +81,9 @@ def _script_args(argv: Sequence[str]) -> str:
 
 
 def load_runs(artifacts: Path, *, csv_path: Optional[Path] = None, patterns: Sequence[str] = (),
-              primary: Optional[str] = None, mode: str = "min") -> List[RunResult]:
-    """Every run dir under ``artifacts`` (one with a ``status.json``), CSV order first."""
+              primary: Optional[str] = None, mode: str = "min", pods: Mapping[str, str] = {}) -> List[RunResult]:
+    """Every run dir under ``artifacts`` (one with a ``status.json``), CSV order first;
+    ``pods``: run id -> the pod that ran it (a pool's placement record)."""
     order, overrides = _csv_overrides(csv_path)
     compiled = M.compile_patterns(patterns)
     dirs = {p.name: p for p in sorted(artifacts.iterdir()) if (p / "status.json").is_file()} \
@@ -98,7 +99,7 @@ def load_runs(artifacts: Path, *, csv_path: Optional[Path] = None, patterns: Seq
         argv = status.get("argv") or []
         duration = summary.get("duration_secs")
         out.append(RunResult(
-            id=name, state=state, dir=d, pod=status.get("pod") or summary.get("pod"),
+            id=name, state=state, dir=d, pod=pods.get(name),
             duration_secs=duration if isinstance(duration, (int, float)) else None,
             overrides=overrides.get(name, _script_args(argv)),
             last=dict(m.last), best=m.best(primary, mode), series={k: [tuple(p) for p in v] for k, v in m.series.items()},
