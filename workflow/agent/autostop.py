@@ -279,10 +279,10 @@ class Watchdog(object):
                                        name, now, doc.get("exit_code"), procs.tail(d, 20)))
 
     def _counts(self):
-        from .sweep import _plan, control_dir
+        from .sweepdirs import control_dir, read_plan
 
         counts = {}
-        for r in (_plan(control_dir(self.outputs)) or {}).get("runs") or []:
+        for r in (read_plan(control_dir(self.outputs)) or {}).get("runs") or []:
             d = r.get("out_dir") or os.path.join(self.outputs, r.get("run_id") or "")
             doc = procs.read_status(d) if os.path.isfile(procs.status_path(d)) else {}
             state = (doc or {}).get("state") or "pending"
@@ -386,11 +386,16 @@ class Watchdog(object):
 
     def run(self):
         while os.path.isdir(self.outputs):
-            now = self.clock()
-            why, state = self.decide(now)
-            self._write_state(state)
-            if why and self.act(why):
-                return 0
+            try:
+                now = self.clock()
+                why, state = self.decide(now)
+                self._write_state(state)
+                if why and self.act(why):
+                    return 0
+            except Exception:  # noqa: BLE001 - one bad poll must not end the watchdog
+                import traceback
+
+                log("autostop: poll failed:\n" + traceback.format_exc())
             time.sleep(self.poll_secs())
         return 0
 
@@ -455,6 +460,10 @@ def start(request):
     if pid == 0:
         try:
             _daemon(request, ctl)
+        except BaseException:  # noqa: BLE001 - say why in the log (stderr is the log by now)
+            import traceback
+
+            log("autostop: the watchdog ended:\n" + traceback.format_exc())
         finally:
             os._exit(0)
     deadline = time.time() + 10
