@@ -181,6 +181,30 @@ def resolve_commit(cfg, transport) -> str:
                       hint="check checkout.repo_url / branch / pr, and that the pod can reach the repository")
 
 
+def pin_commit(pods) -> tuple:
+    """``(sha, pods that may check out, failures)`` for ``checkout`` on ``pods``.
+
+    One pod: nothing to pin (``None``), as ever. Several: each is asked whether it may
+    check out (refusals are its failures), then the commit is resolved once on the first
+    that may, and every pod checks out that SHA; when it cannot be resolved, no pod
+    checks out and each carries that error."""
+    from workflow import pool, runtime
+    from workflow.errors import PodflowError
+
+    if len(pods) == 1:
+        return None, tuple(pods), []
+    checked = pool.fan_out(pods, lambda pod: runtime.fsm().check("checkout"))
+    refused = [r for r in checked if not r.ok]
+    ready = tuple(r.pod for r in checked if r.ok)
+    if not ready:
+        return None, ready, refused
+    try:
+        with runtime.on_pod(ready[0]):
+            return resolve_commit(runtime.config(), runtime.transport()), ready, refused
+    except PodflowError as exc:
+        return None, (), refused + [pool.PodResult(p, error=exc) for p in ready]
+
+
 # ---------------------------------------------------------------- running
 
 

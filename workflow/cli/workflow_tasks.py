@@ -44,23 +44,8 @@ def checkout(c, progress=None, detach=False, pod=None):
     On a pool the commit is resolved once (git ls-remote on the first pod that may
     check out) and every pod checks out that SHA, the pods at once.
     """
-    from workflow import prepare
+    from workflow import pool, prepare, runtime
 
-    from workflow import pool, runtime
-    from workflow.errors import PodflowError
-
-    selected = pool.select(runtime.config(), pod)
-    sha, refused = None, []
-    if len(selected) > 1:  # the commit resolved once, on a pod that may check out; every pod at that SHA
-        checked = pool.fan_out(selected, lambda p: runtime.fsm().check("checkout"))
-        refused = [r for r in checked if not r.ok]
-        selected = tuple(r.pod for r in checked if r.ok)
-        if selected:
-            try:
-                with runtime.on_pod(selected[0]):
-                    sha = prepare.resolve_commit(runtime.config(), runtime.transport())
-            except PodflowError as exc:  # then no pod can check out: each says why
-                refused += [pool.PodResult(p, error=exc) for p in selected]
-                selected = ()
+    sha, ready, refused = prepare.pin_commit(pool.select(runtime.config(), pod))
     on_pods(pod, lambda: prepare.run("checkout", progress=progress, detach=detach, sha=sha),
-            pods=selected, earlier=refused)
+            pods=ready, earlier=refused)
