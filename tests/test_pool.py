@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -396,3 +397,49 @@ def test_a_run_held_by_another_pod_is_left_alone_with_pod(pool_sweep):
     doc = json.loads(res.stdout)
     assert [(r["run_id"], r["launch"]) for r in doc["runs"]] == [("r01", False)]
     assert not (sp.outputs_of[2] / "r00").exists() and not (sp.outputs_of[1] / "r00").exists()
+
+
+def test_stop_reaches_every_pod_and_fetch_run_goes_to_the_holder(pool_sweep):
+    sp = pool_sweep
+    sp.write_csv("run_id,config,seed,overrides,notes\n"
+                 "quick,configs/tiny.json,0,steps=1,\nlong1,configs/tiny.json,1,sleep=30 steps=4,\n"
+                 "long2,configs/tiny.json,2,sleep=30 steps=4,\n")
+    sp.wf("sweep-start", check=0)
+    placed = json.loads((sp.root / ".podflow" / "pool-sweep.json").read_text())["runs"]
+    assert placed == {"quick": "p0", "long1": "p1", "long2": "p2"}
+    end = time.monotonic() + 60
+    while time.monotonic() < end:  # wait until p0's share ended and the long runs run
+        doc = json.loads(sp.wf("sweep-status", "--json", check=0).stdout)
+        states = {r["id"]: r["state"] for r in doc["runs"]}
+        if states == {"quick": "success", "long1": "running", "long2": "running"}:
+            break
+        time.sleep(0.5)
+    assert states == {"quick": "success", "long1": "running", "long2": "running"}, states
+    res = sp.wf("sweep-stop", check=0)  # p0's share had ended: nothing to stop there, no refusal
+    assert "p0: nothing to stop" in res.stdout and "p1: sweep stopped: 1 run(s) cancelled (long1)" in res.stdout
+    assert "p2: sweep stopped: 1 run(s) cancelled (long2)" in res.stdout
+    states = json.loads(sp.wf("fsm-status", "--json", check=0).stdout)["pods"]
+    assert [p["state"] for p in states] == ["SWEEP_COMPLETED", "CHECKED_OUT", "CHECKED_OUT"]
+
+    doc = json.loads(sp.wf("fetch-run", "long2", "--json", check=0).stdout)  # from p2, the pod that holds it
+    assert doc["run_id"] == "long2" and doc["state"] == "cancelled"
+    assert (sp.root / "artifacts" / "long2" / "status.json").exists()
+
+
+def test_a_pod_that_cannot_be_read_is_down_and_its_runs_unknown():
+    from workflow.errors import ConnectionFailed
+    from workflow.sweep.control import SweepStatus
+    from workflow.sweep.pooled import Placement, merge
+
+    def status(*runs):
+        return SweepStatus.from_doc({"state": "running", "counts": {}, "percent": 0,
+                                     "runs": [{"id": i, "state": s, "line": n} for i, s, n in runs]})
+
+    p0, p1 = pool.Pod("p0", 0), pool.Pod("p1", 1)
+    read = [pool.PodResult(p0, value=status(("a", "success", 2), ("b", "running", 3), ("stale", "lost", 9))),
+            pool.PodResult(p1, error=ConnectionFailed("cannot reach p1"))]
+    doc = merge(read, Placement(runs={"a": "p0", "b": "p0", "c": "p1", "stale": "p1"}))
+    assert [(r["id"], r["state"], r["pod"]) for r in doc["runs"]] == [
+        ("a", "success", "p0"), ("b", "running", "p0"), ("c", "unknown", "p1"), ("stale", "unknown", "p1")]
+    assert [(p["name"], p["state"]) for p in doc["pods"]] == [("p0", "up"), ("p1", "down")]
+    assert doc["counts"] == {"success": 1, "running": 1, "unknown": 2} and doc["state"] == "running"
