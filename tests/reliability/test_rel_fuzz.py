@@ -125,6 +125,8 @@ def test_misspelt_keys_get_did_you_mean(local_project):
             continue
         doc = {"project": "fz"}
         bad = path[:-1] + (path[-1][:-1],)  # drop the last letter
+        if bad in LEAVES:  # pod.hosts -> pod.host: a key of its own, not a misspelling
+            continue
         _set(doc, bad, 1)
         (local_project / "configs" / "workflow.yaml").write_text(yaml.safe_dump(doc))
         r = wf_inproc("config-validate")

@@ -138,7 +138,7 @@ def test_the_whole_demo_leaks_no_secret(tmp_path, isolated_home):
     env = dict(os.environ, PODFLOW_DEMO_DIR=str(demo_dir), **secrets)
     wf = str(Path(sys.executable).with_name("wf"))
     with ProcWatch(os.getuid()) as watch:
-        proc = subprocess.run([wf, "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([wf, "demo", "--python", str(REPO / ".venv-torch" / "bin" / "python")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     leaks = [f"output: {n}" for n, v in secrets.items() if v in proc.stdout + proc.stderr]
     files = 0

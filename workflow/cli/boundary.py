@@ -7,6 +7,7 @@ Every task is declared with ``@wf_task`` instead of ``invoke.task``; library cod
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import sys
@@ -137,3 +138,12 @@ def parse_error_text(exc: Any, program: Any) -> str:
         what = f"'{token}' is not a task" + (f" (nor an argument {task} takes)" if task else "")
     guess = f"did you mean '{close[0]}'? " if close else ""
     return f"error: {what}\n  hint: {guess}{'(' + look + ')' if guess else look}"
+
+
+def task_arguments(made) -> list:
+    """Invoke's ``Argument`` list for a task, each with its help, exactly as the CLI parser
+    gets it. Invoke consumes ``task.help`` while building it (and ``wf`` builds its parser
+    before a task runs), so this works on a copy with the help that ``wf_task`` kept."""
+    twin = copy.copy(made)
+    twin.help = dict(getattr(made, "flag_help", made.help))
+    return twin.get_arguments()

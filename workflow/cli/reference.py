@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List
 
+from workflow.cli.boundary import task_arguments
+
 REGENERATE = "python -m workflow.cli.reference --write docs/reference.md"
 
 
@@ -43,16 +45,6 @@ def _flag(arg) -> str:
     return f"--{_dashed(arg)}" if arg.kind is bool else f"--{_dashed(arg)} {_metavar(arg)}"
 
 
-def _arguments(task) -> list:
-    """The task's arguments, each with its help; Invoke pops ``task.help`` while building
-    them, so it is put back (a second call, or Invoke's own parse, still has it)."""
-    saved = dict(task.help)
-    try:
-        return task.get_arguments()
-    finally:
-        task.help = saved
-
-
 def _usage(name: str, args) -> str:
     positional = [_metavar(a) for a in args if a.positional]
     optional = [f"[{_flag(a)}]" for a in args if not a.positional]
@@ -63,7 +55,7 @@ def command_markdown(name: str, task) -> str:
     """One task: summary, usage, flags table, the rest of its docstring."""
     doc = inspect.cleandoc(task.__doc__ or "")
     summary, _, body = doc.partition("\n")
-    args = _arguments(task)
+    args = task_arguments(task)
     lines = [f"#### `wf {name}`", "", summary.strip(), "", f"    {_usage(name, args)}", ""]
     if args:
         lines += ["| flag | short | value | meaning |", "|---|---|---|---|"]

@@ -10,10 +10,11 @@ required, as they are positional on the command line.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import typing
 from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+from workflow.cli.boundary import task_arguments
 
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
@@ -45,15 +46,6 @@ def _json_type(annotation: Any, kind: Any) -> Dict[str, Any]:
     return {"type": _JSON_TYPES.get(kind, "string")}
 
 
-def arguments(task) -> list:
-    """Invoke's ``Argument`` list for ``task``, exactly as the CLI parser gets it. Invoke
-    consumes ``task.help`` while building it (``wf`` has built its parser before a task
-    runs), so this works on a copy of the help that ``wf_task`` kept."""
-    twin = copy.copy(task)
-    twin.help = dict(getattr(task, "flag_help", task.help))
-    return twin.get_arguments()
-
-
 def input_schema(task, *, hidden: Iterable[str] = (),
                  overrides: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Dict[str, Any]:
     """The JSON Schema (an object) of ``task``'s arguments, less ``hidden`` ones.
@@ -63,7 +55,7 @@ def input_schema(task, *, hidden: Iterable[str] = (),
     hints = _hints(task)
     props: Dict[str, Any] = {}
     required: List[str] = []
-    for arg in arguments(task):
+    for arg in task_arguments(task):
         name = python_name(arg)
         if name in hidden:
             continue
