@@ -1,7 +1,8 @@
 """``sweep-status --watch`` for real: in a tmux pane (a terminal) it is a live Rich
 screen redrawn in place with progress bars, the latest primary metric and an ETA, and
 Ctrl-C leaves it with the terminal restored (cursor shown, exit 130); with stdout piped
-it prints plain lines (no terminal codes) and ends with the sweep."""
+it prints plain lines (no terminal codes) and ends with the sweep. Both show the
+sweep's cost line."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 
 
 def slow_sweep(project, iters=300):
-    sp = SweepProject(project, {"sweep": {"entrypoint": "minigpt.py", "args": ["{config}"]}}, f"""\
+    sp = SweepProject(project, {"sweep": {"entrypoint": "minigpt.py", "args": ["{config}"]},
+                                "pod": {"price_per_hour": 3.6}}, f"""\
         run_id,config,seed,overrides,notes
         first,configs/tiny.json,0,--max_iters={iters} --eval_interval=20,
         second,configs/tiny.json,0,--max_iters=20,
@@ -72,6 +74,7 @@ def test_live_screen_redraws_in_place_and_ctrl_c_restores_the_terminal(project):
         for text in (first, later):
             heads = [ln for ln in text.splitlines() if re.match(r"sweep \S+: running", ln)]
             assert len(heads) == 1 and text.count("Ctrl-C leaves") == 1, text  # redrawn in place, not scrolled
+            assert text.count("cost: $") == 1 and "so far at $3.600/h" in text, text  # the money line (SPEC §10)
         line = next(ln for ln in later.splitlines() if ln.lstrip().startswith("first"))
         assert "━" in line and "loss " in line and ":" in line.split()[-1]  # bar, primary metric, ETA m:ss
         assert any(ln.lstrip().startswith("second") and "pending" in ln for ln in later.splitlines())
@@ -93,4 +96,4 @@ def test_piped_watch_prints_plain_lines_until_the_sweep_ends(project):
     assert "\x1b[" not in proc.stdout
     assert proc.stdout.count("sweep ") >= 2  # one block per refresh, then the final one
     last = proc.stdout.rsplit("sweep ", 1)[1]
-    assert "completed" in last and "best val_loss" in last and "report:" in last
+    assert "completed" in last and "best val_loss" in last and "report:" in last and "cost: $" in last

@@ -244,7 +244,7 @@ def sweep_status(c, watch=False, json=False, interval=None, pod=None):
     results = read()
     pause = float(interval or 2.0)
     if watch and not json and live_available():
-        live_watch(lambda: _one_status(read()), pause, first=_one_status(results))
+        live_watch(lambda: _screen(read()), pause, first=_screen(results))
         print(_report_line(runtime.config()))
         return
     while True:
@@ -268,6 +268,14 @@ def _one_status(results):
         return results[0].value[0]
     statuses = [pool.PodResult(r.pod, value=r.value[0]) if r.ok else r for r in results]
     return SweepStatus.from_doc(pooled.merge(statuses, pooled.load(runtime.config())))
+
+
+def _screen(results):
+    """What the live screen shows: the sweep's status and its cost line."""
+    st = _one_status(results)
+    costs = [r.value[1] for r in results if r.ok]
+    cost = costs[0] if len(results) == 1 else _pool_cost(costs)
+    return st, (render_cost(cost) if costs and st.state != "none" else None)
 
 
 def _with_cost(st):

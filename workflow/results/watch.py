@@ -2,7 +2,7 @@
 
 One line per run: its state, a progress bar where its progress is known (``step N/M``,
 ``max_iters`` in its configuration echo, tqdm lines), its latest primary metric and an
-ETA. Rich's ``Live`` hides the cursor while it draws and gives the terminal back as it
+ETA; under them the sweep's cost line (spend so far, estimate to finish; SPEC §10). Rich's ``Live`` hides the cursor while it draws and gives the terminal back as it
 was when the watch ends, Ctrl-C included. Without Rich (the ``watch`` extra), or when
 stdout is not a terminal, the caller prints plain lines instead (``live_available``).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from workflow.agent.metrics import pick_primary
 
@@ -38,8 +38,9 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def status_view(st):
-    """The screen for one ``SweepStatus``: a header and a table, one row per run."""
+def status_view(st, note: Optional[str] = None):
+    """The screen for one ``SweepStatus``: a header, a table with one row per run, and
+    ``note`` (the cost line) under it."""
     from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table
@@ -68,19 +69,21 @@ def status_view(st):
         eta = _fmt_secs(prog.get("eta_secs")) if r.state == "running" else "-"
         table.add_row(r.id, Text(r.state, style=STATE_STYLE.get(r.state, "")), bar, step, metric, eta)
     foot = Text("Ctrl-C leaves the watch; the sweep goes on", style="dim")
-    return Group(head, table, foot)
+    return Group(head, table, *([Text(note)] if note else []), foot)
 
 
-def live_watch(fetch: Callable[[], object], interval: float, first: Optional[object] = None):
+def live_watch(fetch: Callable[[], Tuple[object, Optional[str]]], interval: float,
+               first: Optional[Tuple[object, Optional[str]]] = None):
     """Redraw the status every ``interval`` s until the sweep is no longer running;
-    returns the last status. KeyboardInterrupt leaves the terminal restored."""
+    ``fetch`` gives ``(status, note)``. Returns the last status. KeyboardInterrupt
+    leaves the terminal restored."""
     from rich.console import Console
     from rich.live import Live
 
-    st = first if first is not None else fetch()
-    with Live(status_view(st), console=Console(), auto_refresh=False, transient=False) as live:
+    st, note = first if first is not None else fetch()
+    with Live(status_view(st, note), console=Console(), auto_refresh=False, transient=False) as live:
         while st.active:
             time.sleep(interval)
-            st = fetch()
-            live.update(status_view(st), refresh=True)
+            st, note = fetch()
+            live.update(status_view(st, note), refresh=True)
     return st
