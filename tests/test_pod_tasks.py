@@ -78,7 +78,9 @@ def test_closed_port_exits_4_within_the_timeout(ssh_pod, project):
     took = time.monotonic() - started
     assert res.returncode == 4, res.stderr
     assert "cannot reach" in res.stderr and "Traceback" not in res.stderr
-    assert 1.2 < took < 1.5 + 1.5  # it kept trying for the timeout, then gave up
+    # it kept trying for the timeout, then gave up (the slack is wf's own start on a busy machine;
+    # the default timeout, 30 s, would be far past it)
+    assert 1.2 < took < 1.5 + 10
 
 
 def test_changed_host_key_refused_with_repin_hint(ssh_pod, project):

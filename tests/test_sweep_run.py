@@ -122,7 +122,7 @@ def test_runner_killed_with_9_run_lost_then_restart_finishes_the_rest(project):
     assert sp.run_status("last")["state"] == "success"
     assert sp.fsm_state() == "SWEEP_COMPLETED"
     # A live runner is not "dead": a sweep-start while one runs is refused.
-    sp.write_csv("run_id,config,seed,overrides,notes\nzz,configs/tiny.json,0,sleep=5 steps=1,\n")
+    sp.write_csv("run_id,config,seed,overrides,notes\nzz,configs/tiny.json,0,sleep=120 steps=1,\n")
     sp.wf("sweep-start", check=0)
     refused = sp.wf("sweep-start")
     assert refused.returncode == 3, refused.stdout + refused.stderr

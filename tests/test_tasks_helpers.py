@@ -1,10 +1,11 @@
-"""Helpers shared by the tracked-task tests: /proc scans and tmux clean-up."""
+"""Helpers shared by the tracked-task tests: /proc scans, tmux clean-up, a streaming gate."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import List
@@ -43,3 +44,40 @@ def kill_tmux_server(socket: str, env=None) -> None:
     if tmux:
         subprocess.run([tmux, "-L", socket, "kill-server"], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, env=env)
+
+
+def gate_path() -> Path:
+    """A file path that a test creates to let a task go on; its folder is readable by any
+    user (a task on an SSH pod runs as the pod's user). Not created yet."""
+    folder = tempfile.mkdtemp(prefix="wf-gate-")
+    os.chmod(folder, 0o755)
+    return Path(folder) / "go"
+
+
+class StreamGate:
+    """Proves that a log is streamed while its task runs, with no clock: the task prints
+    ``first``, then waits (bounded) for a file that only the follower's sink creates once it
+    has seen ``first``. Lines after it come only if ``first`` arrived while the task ran;
+    else the task prints ``not-streamed``."""
+
+    def __init__(self, first: str):
+        self.first = first
+        self.path = gate_path()
+        self.chunks: List[str] = []
+
+    def script(self, rest: str) -> str:
+        """A task command: print ``first``, wait for the gate (30 s at most), then ``rest``."""
+        return (f"echo {self.first}; for i in $(seq 600); do [ -e {self.path} ] && break; sleep 0.05; done; "
+                f"[ -e {self.path} ] || echo not-streamed; {rest}")
+
+    def sink(self, text: str) -> None:
+        self.chunks.append(text)
+        if self.first in "".join(self.chunks):
+            self.path.touch()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    def close(self) -> None:
+        shutil.rmtree(self.path.parent, ignore_errors=True)

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import shutil
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from test_tasks_helpers import live_pids_with, wait_until
+from test_tasks_helpers import StreamGate, gate_path, live_pids_with, wait_until
 from workflow import runtime, tracked
 from workflow.errors import ConnectionFailed, InputError, PodflowError, RemoteProtocolError
 
@@ -78,30 +79,36 @@ def test_connection_dropped_while_a_task_runs(spod):
 
 def test_connection_dropped_during_task_wait(spod):
     pod, agent = spod
-    tracked.start_task(agent, "longer", "sleep 3; echo fine")
-    threading.Timer(0.4, pod.drop_connections).start()
+    go = gate_path()
+    tracked.start_task(agent, "longer", f"while [ ! -e {go} ]; do sleep 0.05; done; echo fine")
+    waiting = f"{agent.agent_path} task.wait"
+
+    def drop_once_waiting():
+        wait_until(lambda: live_pids_with(waiting), 30)
+        pod.drop_connections()
+
+    threading.Thread(target=drop_once_waiting, daemon=True).start()
     with pytest.raises(PodflowError) as info:
         tracked.wait_task(agent, "longer")
     assert isinstance(info.value, (ConnectionFailed, RemoteProtocolError)), info.value
-    # the agent's wait on the pod notices nobody listens any more and ends early
-    assert wait_until(lambda: live_pids_with(f"{agent.agent_path} task.wait") == [], 1.2)
+    # the agent's wait on the pod notices nobody listens any more and ends (the task does not)
+    assert wait_until(lambda: not live_pids_with(waiting), 10)
     runtime.reset()
     agent = runtime.agent()
     assert tracked.task_status(agent, "longer").state == "running"
+    go.touch()
     assert tracked.wait_task(agent, "longer").ok
+    shutil.rmtree(go.parent)
 
 
 def test_follow_streams_over_ssh(spod):
     pod, agent = spod
-    tracked.start_task(agent, "talk", "for i in 1 2 3; do echo tick$i; sleep 0.4; done")
-    arrivals = []
-    t0 = time.monotonic()
+    gate = StreamGate("tick1")
+    tracked.start_task(agent, "talk", gate.script("echo tick2; echo tick3"))
     agent.calls = 0
-    st = tracked.task_logs(agent, "talk", follow=True, sink=lambda t: arrivals.append((time.monotonic() - t0, t)))
-    assert "".join(t for _, t in arrivals) == "tick1\ntick2\ntick3\n" and st.ok and agent.calls == 1
-    first = next(t for t, c in arrivals if "tick1" in c)
-    last = next(t for t, c in arrivals if "tick3" in c)
-    assert last - first > 0.5
+    st = tracked.task_logs(agent, "talk", follow=True, sink=gate.sink)
+    gate.close()
+    assert gate.text == "tick1\ntick2\ntick3\n" and st.ok and agent.calls == 1
 
 
 def test_kill_a_process_tree_over_ssh(spod):

@@ -29,6 +29,34 @@ def _status(pod, task_id):
     return json.loads((_outputs(pod) / "_tasks" / task_id / "status.json").read_text())
 
 
+def _gated(go: Path, then: str) -> str:
+    """A task command that waits (60 s at most) for the test to create ``go``."""
+    return f"for i in $(seq 1200); do [ -e {go} ] && break; sleep 0.05; done; {then}"
+
+
+def _once_waiting(pod, action, then=lambda: None) -> None:
+    """In a thread: ``action`` as soon as the agent's task.wait runs on the pod, then
+    ``then``: the fault lands while the command waits, whatever the machine's load."""
+
+    def waiting():
+        return [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).find(str(pod.remote_dir)) >= 0
+                and "task.wait" in _cmdline(p)]
+
+    def run():
+        wait_until(waiting, 30, what="the agent's task.wait on the pod")
+        action()
+        then()
+
+    threading.Thread(target=run, daemon=True).start()
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 @pytest.fixture
 def spod(ssh_pod, project):
     ssh_pod.write_config(project, pod__connect_timeout_secs=3)
@@ -40,23 +68,24 @@ def test_sshd_restarted_mid_command(spod):
     """A listener restart leaves open sessions alone (as a real sshd does); one that
     also drops the sessions fails the command with 4 at once. Either way the task's
     truth is reported by the next command."""
-    assert wf_inproc("task-run", "--id", "a", "--cmd", "sleep 2; echo ok-a").code == 0
-    threading.Timer(0.5, spod.restart).start()
-    r = wf_inproc("task-wait", "--id", "a")
-    assert r.code == 0 and r.secs < 10, r.text
+    go_a, go_b = _outputs(spod) / "go-a", _outputs(spod) / "go-b"
+    assert wf_inproc("task-run", "--id", "a", "--cmd", _gated(go_a, "echo ok-a")).code == 0
+    _once_waiting(spod, spod.restart, then=go_a.touch)
+    r = wf_inproc("task-wait", "--id", "a", "--timeout-secs", "60")
+    assert r.code == 0 and "ok-a" in wf_inproc("task-logs", "--id", "a").out, r.text
 
-    assert wf_inproc("task-run", "--id", "b", "--cmd", "sleep 3; echo ok-b").code == 0
+    assert wf_inproc("task-run", "--id", "b", "--cmd", _gated(go_b, "echo ok-b")).code == 0
 
     def hard_restart():
         spod.drop_connections()
         spod.restart()
 
-    threading.Timer(0.5, hard_restart).start()
+    _once_waiting(spod, hard_restart)
     r = wf_inproc("task-wait", "--id", "b")
-    assert r.code == 4 and r.secs < 5, r.text
-    assert not has_traceback(r.text)
-    r = wf_inproc("task-wait", "--id", "b", "--json")
-    assert r.code == 0 and json.loads(r.out)["state"] == "success", r.text
+    assert r.code == 4 and not has_traceback(r.text), r.text
+    go_b.touch()
+    r = wf_inproc("task-wait", "--id", "b", "--json", "--timeout-secs", "60")
+    assert r.code == 0 and json.loads(r.out).get("state") == "success", r.text
 
     # sessions dropped at random moments of task-run: exit 0 or 4, never a hang, and
     # the task is then either absent or running/success (never stuck pending)

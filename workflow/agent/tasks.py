@@ -11,6 +11,7 @@ after the outputs dir (or detached when the pod has no tmux).
 """
 
 import os
+import select
 import shutil
 import sys
 
@@ -25,9 +26,22 @@ DEFAULT_TAIL = 20
 
 
 def _abandoned_check():
-    """True once this op's parent (the SSH session) is gone: nobody reads the answer."""
+    """True once nobody reads the answer: this op's parent (the SSH session) is gone, or
+    its stdout's reader is (a session that died before this process started leaves it
+    with a parent that never changes, but with a pipe whose other end is closed)."""
     parent = os.getppid()
-    return lambda: os.getppid() != parent
+
+    def gone():
+        if os.getppid() != parent:
+            return True
+        try:
+            poller = select.poll()
+            poller.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are always reported
+            return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+        except (OSError, ValueError):
+            return False
+
+    return gone
 
 
 def tasks_root(request):
