@@ -136,6 +136,24 @@ def test_pod_destroyed_outside_podflow_is_closed_at_the_next_command(cloud):
 
 
 @pytest.mark.ssh
+def test_any_command_that_cannot_reach_a_destroyed_pod_closes_it(cloud):
+    """Not only the commands that ask the provider: sweep-status, which only reaches for
+    the pod over SSH, asks the provider once the pod does not answer."""
+    cp = cloud("runpod", price=36.0)
+    pod_id = ok_json(cp.wf("pod-up", "--json"))["pod"]["id"]
+    cp.wf("disconnect")
+    cp.api.pods[pod_id].terminated = True  # terminated in the console
+    cp.api.pods[pod_id].fake.destroy()
+    r = cp.wf("sweep-status")
+    assert r.returncode == 4, r.stderr
+    assert f"runpod API says pod {pod_id} is gone" in r.stderr
+    docs = [json.loads(line) for line in (cp.root / ".podflow" / "ledger.jsonl").read_text().splitlines()]
+    assert [d["event"] for d in docs] == ["rent", "gone"] and docs[-1]["id"] == pod_id
+    [pod] = ok_json(cp.wf("cost", "--json"))["pods"]
+    assert pod["state"] == "gone"
+
+
+@pytest.mark.ssh
 def test_a_stopped_pod_stops_costing(cloud):
     cp = cloud("vastai", price=36.0)
     ok_json(cp.wf("pod-up", "--json"))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from workflow.errors import ConfigError, InputError, PodflowError
+from workflow.errors import ConfigError, ConnectionFailed, InputError, PodflowError
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,8 @@ def fan_out(selected: Sequence[Pod], work: Work) -> List[PodResult]:
         with runtime.on_pod(pod):
             try:
                 return PodResult(pod, value=work(pod))
+            except ConnectionFailed as exc:
+                return PodResult(pod, error=_unreachable(exc))
             except PodflowError as exc:
                 return PodResult(pod, error=exc)
 
@@ -206,6 +208,18 @@ def fan_out(selected: Sequence[Pod], work: Work) -> List[PodResult]:
         if r.error is not None and not isinstance(r.error, PodflowError):
             raise r.error
     return done
+
+
+def _unreachable(exc: ConnectionFailed) -> ConnectionFailed:
+    """A pod that cannot be reached may have been ended outside podflow: its provider is
+    asked, the ledger brought in line (SPEC §10), and what it said added to the hint."""
+    from workflow import runtime
+    from workflow.money.spend import notice_unreachable
+
+    said = notice_unreachable(runtime.config())
+    if said:
+        exc.hint = f"{said}\n  {exc.hint}" if exc.hint else said
+    return exc
 
 
 def raise_failures(results: Sequence[PodResult]) -> None:

@@ -8,7 +8,10 @@ intervals, so a stop, a restart or a destroy outside podflow is counted right.
 ``observe`` reconciles the ledger with what the provider says now: a pod the ledger
 thinks alive but the provider no longer has (or calls terminated) is closed as
 ``gone``; a pod the provider stopped (the watchdog on the pod, the console) is
-``stop``ped; a live pod the ledger never saw (``pod.target``) is ``adopt``ed.
+``stop``ped; a live pod the ledger never saw (``pod.target``) is ``adopt``ed. The
+provider is asked by the commands about pods (``pod-up``, ``pod-status``, ``pod-down``,
+``cost``), and by any other command that could not reach its pod
+(``notice_unreachable``).
 """
 
 from __future__ import annotations
@@ -109,6 +112,38 @@ def current_key(config) -> Optional[PodKey]:
     s = sessions.load(config)
     if s is not None and s.provider == provider and s.pod_id:
         return key_for(config, provider, s.pod_id)
+    return None
+
+
+def notice_unreachable(config) -> Optional[str]:
+    """This config's cloud pod could not be reached: ask its provider (when its API key
+    is set) whether it is still there, and bring the ledger in line: a pod the provider
+    no longer has (or calls terminated) is closed as ``gone``, a stopped one ``stop``ped.
+    So any command that reaches for the pod notices a pod ended outside podflow. Returns
+    what the provider said, for the error's hint (None: nothing to say)."""
+    from workflow import session as sessions
+    from workflow.errors import PodflowError
+    from workflow.providers import get_provider
+    from workflow.providers.base import PodGone, PodState
+
+    provider = config.pod.provider
+    if provider not in API_KEYS or not config.secret(API_KEYS[provider]):
+        return None
+    s = sessions.load(config)
+    if s is None or s.provider != provider or not s.pod_id:
+        return None
+    try:
+        info = get_provider(config).get(s.pod_id)
+    except PodGone:
+        info = None
+    except PodflowError:
+        return None  # the provider cannot be asked either: nothing learnt
+    observe(config, provider, s.pod_id, info, gone=info is None)
+    if info is None or info.state == PodState.TERMINATED:
+        return (f"the {provider} API says pod {s.pod_id} is gone (ended outside podflow?); the ledger closes it "
+                "('wf cost'); 'wf pod-up' rents a new one")
+    if info.state == PodState.STOPPED:
+        return f"the {provider} API says pod {s.pod_id} is {info.raw_state or 'stopped'}; 'wf pod-up' starts it again"
     return None
 
 
