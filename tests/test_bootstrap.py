@@ -1,7 +1,7 @@
 """bootstrap: prerequisites, bootstrap.script, the W&B script, the setup log, the state
 machine — for real (tmux tracked tasks, real python -m venv, real dpkg), on the local
 provider and over a loopback sshd. Mirrors ``workflow/prepare.py`` and
-``workflow/agent/prepare.py`` (bootstrap half)."""
+``workflow/agent/bootstrap.py``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from workflow import progress
-from workflow.agent import prepare as agent_prepare
+from workflow.agent import step_runner
 
 WF = str(Path(sys.executable).with_name("wf"))
 SYSTEM_PY = "/usr/bin/python3"
@@ -53,7 +53,7 @@ def pod(project):
 
 
 def test_milestone_prefix_is_shared_with_the_podagent():
-    assert progress.MILESTONE_PREFIX == agent_prepare.MILESTONE
+    assert progress.MILESTONE_PREFIX == step_runner.MILESTONE
 
 
 def test_milestone_filter_passes_whole_milestone_lines_from_any_chunking():

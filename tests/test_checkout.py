@@ -2,7 +2,7 @@
 pod, local changes guarded, a venv over another venv's torch, the torch/CUDA preflight,
 data checks and the download fix, the state machine — on the local provider and over a
 loopback sshd with ``git daemon``. Mirrors ``workflow/prepare.py`` and
-``workflow/agent/prepare.py`` (checkout half)."""
+``workflow/agent/checkout.py``."""
 
 from __future__ import annotations
 

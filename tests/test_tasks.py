@@ -22,7 +22,7 @@ import pytest
 from test_tasks_helpers import StreamGate, kill_tmux_server, live_pids_with, wait_until
 from workflow import runtime, tracked
 from workflow.agent import procs
-from workflow.agent.fsutil import parse_time
+from workflow.agent.fsutil import parse_time, utcnow
 from workflow.errors import InputError, WaitTimeout
 
 WF = str(Path(sys.executable).with_name("wf"))
@@ -189,7 +189,7 @@ def test_reused_pid_is_not_taken_for_the_task(pod):
         # the wrapper dies; its pid "is reused" by an unrelated live process
         wrapper = disk_status(pod, "reuse")["wrapper_pid"]
         os.kill(wrapper, signal.SIGKILL)
-        wait_until(lambda: procs._proc_stat(wrapper) is None or procs._proc_stat(wrapper)[0] == "Z", 2)
+        wait_until(lambda: procs.proc_stat(wrapper) is None or procs.proc_stat(wrapper)[0] == "Z", 2)
         doc = disk_status(pod, "reuse")
         doc.update(wrapper_pid=stranger.pid, pid=stranger.pid, pgid=stranger.pid)
         (d / "status.json").write_text(json.dumps(doc))
@@ -292,7 +292,7 @@ def test_200_tasks_listed_in_one_round_trip(pod):
         d = root / f"bulk-{i:03d}"
         d.mkdir()
         procs.prepare(str(d), d.name, f"echo {i}")
-        procs.update_status(str(d), state="success", exit_code=0, started_at=procs.utcnow(), finished_at=procs.utcnow())
+        procs.update_status(str(d), state="success", exit_code=0, started_at=utcnow(), finished_at=utcnow())
     tracked.start_task(pod, "live-a", "sleep 5")
     tracked.start_task(pod, "live-b", "exit 3")
     tracked.wait_task(pod, "live-b", check=False)

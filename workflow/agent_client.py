@@ -46,10 +46,10 @@ def agent_bundle() -> bytes:
             info.external_attr = 0o644 << 16
             zf.writestr(info, data)
 
-        # task-wrap (every tracked task and sweep run) imports only procs: starts faster.
+        # task-wrap (every tracked task and sweep run) imports only the job modules: starts faster.
         add("__main__.py", b"import sys\n"
                            b"if sys.argv[1:2] == ['task-wrap']:\n"
-                           b"    from podagent.procs import wrap_main\n"
+                           b"    from podagent.job_wrapper import wrap_main\n"
                            b"    sys.exit(wrap_main(sys.argv[2:]) or 0)\n"
                            b"from podagent.__main__ import main\nsys.exit(main())\n")
         for src in sorted(AGENT_DIR.glob("*.py")):

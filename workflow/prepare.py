@@ -6,7 +6,7 @@ Both run on the pod as tracked tasks (``bootstrap-<UTC stamp>``, ``checkout-<sta
    before anything runs);
 2. the state machine is asked first (``Fsm.check``: exit 3 when refused);
 3. one podagent call (``prepare.start``) writes the spec on the pod and starts the task,
-   which runs ``podagent bootstrap-run|checkout-run SPEC`` (``workflow/agent/prepare.py``);
+   which runs ``podagent bootstrap-run|checkout-run SPEC`` (``workflow/agent/bootstrap.py``, ``checkout.py``);
 4. its progress is shown at the chosen level (``workflow.progress``), or, with
    ``detach``, the task id is printed and the caller comes back with ``wf task-wait``;
 5. the task writes ``result.json`` and, only when every step succeeded, moves the state
@@ -248,7 +248,7 @@ def finish(kind: str, task_id: str, agent, *, log_shown: bool = False) -> Outcom
 
 
 def _closing(kind: str, line: str) -> bool:
-    """The runner's own FAILED milestone (``workflow.agent.prepare``), which the error restates."""
+    """The runner's own FAILED milestone (``workflow.agent.step_runner``), which the error restates."""
     return line.startswith(f"{progress_mod.MILESTONE_PREFIX}{kind} FAILED at ")
 
 

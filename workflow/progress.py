@@ -21,7 +21,7 @@ from workflow import tracked
 from workflow.errors import InputError
 
 LEVELS = ("realtime", "milestones", "quiet")
-#: A log line starting with this is a milestone (``workflow.agent.prepare.MILESTONE``).
+#: A log line starting with this is a milestone (``workflow.agent.step_runner.MILESTONE``).
 MILESTONE_PREFIX = "==> "
 #: Lines of log already written that ``follow`` replays first (all of a fresh task's).
 _REPLAY_LINES = 100_000

@@ -410,7 +410,7 @@ def _owner_pid(ctl):
             pid = int(fh.read().strip() or 0)
     except (IOError, OSError, ValueError):
         return None
-    cmdline = procs._proc_cmdline(pid) or b""
+    cmdline = procs.proc_cmdline(pid) or b""
     return pid if pid and OP.encode() in cmdline else None
 
 

@@ -262,7 +262,7 @@ class Runner(object):
                           workdir=r["workdir"], attempt=attempt,
                           extra={"sweep_id": self.sweep_id, "line": r.get("line"), "cuda_visible_devices": cvd,
                                  "argv": argv, "script_out_dir": r.get("script_out_dir")})
-            procs._log_note(d, "run %s attempt %d started by sweep %s (CUDA_VISIBLE_DEVICES=%r)%s"
+            procs.log_note(d, "run %s attempt %d started by sweep %s (CUDA_VISIBLE_DEVICES=%r)%s"
                             % (run_id, attempt, self.sweep_id, cvd,
                                "; no torchrun on PATH: python -m torch.distributed.run" if fallback else ""))
         except (AgentError, OSError) as exc:
