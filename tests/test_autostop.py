@@ -172,6 +172,38 @@ def test_budget_reached_ends_the_pod(cloud):
     assert control(cp, "autostop.json")["reason"].startswith("budget")
 
 
+def test_the_pools_budget_ends_every_pod_of_the_pool(project):
+    """pod.max_cost_usd is the pool's: each pod's watchdog counts every pod's price (two
+    local pods at $1/s each: the pool spends $2/s), so all of them end; then pod-up
+    refuses to bring the pool up again."""
+    from test_pod_tasks import wf
+
+    ran = project / "autostop-ran"
+    (project / "configs" / "workflow.yaml").write_text(yaml.safe_dump({
+        "project": "budget", "pod": {"provider": "local", "count": 2, "price_per_hour": 3600.0, "max_cost_usd": 20},
+        "autostop": {"action": "command", "command": f"echo ended >> {ran}"}}))
+    outputs = [project / ".podflow" / "local-pod" / name for name in ("outputs", "outputs-p1")]
+    try:
+        r = wf(project, "pod-up")
+        assert r.returncode == 0, r.stderr
+        assert "p0: watchdog on the pod" in r.stderr and "p1: watchdog on the pod" in r.stderr
+        wait_until(lambda: ran.exists() and ran.read_text().count("ended") == 2, 90, "both pods to end")
+        for out in outputs:
+            decision = json.loads((out / "_control" / "autostop.json").read_text())
+            assert decision["action"] == "command", decision
+            assert decision["reason"].startswith("budget: the pool (2 running pod(s) at $7200.0000/h)"), decision
+        r = wf(project, "pod-up")
+        assert r.returncode == 2 and "pod.max_cost_usd is $20.00" in r.stderr, r.stderr
+    finally:
+        for out in outputs:
+            pid_file = out / "_control" / "autostop.pid"
+            if pid_file.exists():
+                try:
+                    os.kill(int(pid_file.read_text()), signal.SIGTERM)
+                except (OSError, ValueError):
+                    pass
+
+
 def test_ssh_pod_runs_the_command_and_a_running_task_keeps_it_alive(ssh_pod, project):
     marker = ssh_pod.remote_dir / "autostop-ran"
     ssh_pod.write_config(project, checkout={"require_cuda": False},

@@ -8,8 +8,9 @@ and returns; the daemon replaces any earlier watchdog of these outputs and polls
   pass decides, so a dead job is not "running") and every GPU is under
   ``gpu_util_below`` percent (``nvidia-smi``; no GPUs: activity alone), for ``idle_secs``;
 - *ttl*: the pod's age reached ``ttl_at``;
-- *budget*: the pool's spend (spent at launch + its price per hour since) reached
-  ``max_cost_usd``.
+- *budget*: the pool's spend (every pod's, from the client's ledger at launch, plus the
+  running pods' price per hour since) reached ``max_cost_usd``; every pod of the pool
+  counts the same way, so the whole pool ends.
 
 Then it writes ``_control/autostop.json`` ``{"action", "reason", "at"}`` and acts:
 ``stop`` or ``destroy`` through the provider's API, or ``command`` (a shell command, e.g.
@@ -256,8 +257,10 @@ class Watchdog(object):
         return None, None
 
     def spent(self, now):
+        """The pool's spend: the ledger's total at ``at`` plus the running pods' price since."""
         b = self.cfg.get("budget") or {}
-        return float(b.get("spent_usd") or 0.0) + float(b.get("rate_per_hour") or 0.0) * max(0.0, now - self.started) / 3600.0
+        since = float(b.get("at") or self.started)
+        return float(b.get("spent_usd") or 0.0) + float(b.get("rate_per_hour") or 0.0) * max(0.0, now - since) / 3600.0
 
     def _title(self, what):
         return "[%s] %s on pod %s" % (self.cfg.get("project") or "podflow", what, self.cfg.get("pod_name") or "p0")
@@ -313,7 +316,9 @@ class Watchdog(object):
                  "acts_at": min(acts_at) if acts_at else None}
         why = None
         if budget and spent >= budget:
-            why = "budget: the pool spent $%.4f of pod.max_cost_usd $%.4f" % (spent, budget)
+            b = self.cfg.get("budget") or {}
+            why = "budget: the pool (%s running pod(s) at $%.4f/h) spent $%.4f of pod.max_cost_usd $%.4f" % (
+                b.get("pods_running", "?"), float(b.get("rate_per_hour") or 0.0), spent, budget)
         elif ttl_at and now >= ttl_at:
             why = "ttl: the pod reached pod.ttl"
         elif idle_secs and not busy and now - self.idle_since >= idle_secs:

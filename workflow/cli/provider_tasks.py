@@ -59,9 +59,16 @@ def pod_up(c, json=False, pod=None):
     While it waits it says once what for, then the last answer every few seconds; the
     SSH library's own log stays off the terminal: `wf --debug pod-up` shows it.
     """
+    from workflow import pool
     from workflow.providers.lifecycle import pod_up as up
+    from workflow.providers.lifecycle import start_watchdog
 
-    on_pods(pod, lambda: up(runtime.config()), render=_print_up, to_doc=lambda res: res.as_dict(), json=json)
+    together = len(pool.select(runtime.config(), pod)) > 1
+    results = on_pods(pod, lambda: up(runtime.config(), with_watchdog=not together), render=_print_up,
+                      to_doc=lambda res: res.as_dict(), json=json, raise_errors=not together)
+    if together:  # every pod is up: each watchdog is told the whole pool's price (pod.max_cost_usd)
+        on_pods(pod, lambda: start_watchdog(runtime.config()), pods=[r.pod for r in results if r.ok],
+                earlier=[r for r in results if not r.ok])
 
 
 def _print_up(res) -> None:

@@ -1,8 +1,10 @@
 """The client side of the watchdog on the pod (``workflow/agent/autostop.py``).
 
 ``pod-up`` and ``bootstrap`` (re)start it with the settings made here: ``autostop.*``,
-``pod.ttl`` as a deadline, ``pod.max_cost_usd`` as the pool's budget with the spend so
-far from the ledger. The settings travel as the agent request on the SSH channel's
+``pod.ttl`` as a deadline, ``pod.max_cost_usd`` as the pool's budget: the spend of every
+pod this project has had (``wf cost``'s total) and the price per hour of the running
+ones, from the ledger (``pool_spend``; a pool's ``pod-up`` starts the watchdogs once
+every pod is up, so the figures hold all of them). The settings travel as the agent request on the SSH channel's
 stdin and stay in the watchdog's memory. The account API key is among them only with
 ``autostop.allow_account_key: true``; otherwise the watchdog acts with the credential
 the provider put into the pod itself (RunPod, Vast), or cannot act through the API
@@ -63,6 +65,30 @@ def check(config) -> None:
                           "can only run autostop.command", hint="set autostop.action: command and autostop.command")
 
 
+def pool_spend(config, now: Optional[float] = None) -> Dict[str, Any]:
+    """The pool's spend as the ledger tells it ``at`` now: what every pod of this project
+    has cost so far, and what its running pods cost per hour from now on. Every pod's
+    watchdog gets the same figures and counts on from them, so all of them see the
+    pool's budget run out at the same moment, with no client and no talk between pods."""
+    now = time.time() if now is None else now
+    spends = ledger.fold(ledger.entries(config), now)
+    running = [s for s in spends if s.state == "running"]
+    return {"spent_usd": ledger.totals(spends)[0], "at": now, "pods_running": len(running),
+            "rate_per_hour": round(sum(s.price_per_hour or 0.0 for s in running), 6)}
+
+
+def check_budget(config) -> None:
+    """Refuse (exit 2) to bring a pod up when the pool's budget is already spent: its
+    watchdog would end it at once."""
+    budget = config.get("pod.max_cost_usd", None)
+    if not budget:
+        return
+    spent = pool_spend(config)["spent_usd"]
+    if spent >= float(budget):
+        raise ConfigError(f"pod.max_cost_usd is ${float(budget):.2f} and this project's pods have cost ${spent:.2f}",
+                          hint="'wf cost' lists them; raise pod.max_cost_usd to go on")
+
+
 def settings(config, *, provider: str, pod_id: str, created_at: Optional[float], now: Optional[float] = None) -> Dict[str, Any]:
     """The watchdog's request (may hold the account key: never log or print it)."""
     from workflow.providers.lifecycle import parse_ttl
@@ -82,9 +108,7 @@ def settings(config, *, provider: str, pod_id: str, created_at: Optional[float],
     }
     budget = config.get("pod.max_cost_usd", None)
     if budget:
-        spends = ledger.fold(ledger.entries(config), now)
-        rate = sum(s.price_per_hour or 0.0 for s in spends if s.state == "running")
-        doc["budget"] = {"max_usd": float(budget), "spent_usd": ledger.totals(spends)[0], "rate_per_hour": rate}
+        doc["budget"] = dict(pool_spend(config, now), max_usd=float(budget))
     if config.get("autostop.allow_account_key", False) and provider in spend.API_KEYS:
         doc["account_key"] = config.secret(spend.API_KEYS[provider])
     return doc

@@ -142,8 +142,9 @@ def _autostop_status(config) -> Optional[Dict[str, Any]]:
         return {"running": None, "error": exc.message}
 
 
-def _start_watchdog(config, say: Say) -> None:
+def start_watchdog(config, say: Optional[Say] = None) -> None:
     """(Re)start the watchdog on the pod (autostop, pod.ttl, pod.max_cost_usd; SPEC §10)."""
+    say = say or _say(config)
     started = watchdog.launch_current(config, runtime.agent())
     if started:
         say(f"watchdog on the pod: pid {started.get('pid')} (autostop.action {config.get('autostop.action', 'stop')})")
@@ -165,14 +166,17 @@ def _save_session(config, provider: Provider, pod: PodInfo, endpoint, *, rented:
     ), config)
 
 
-def pod_up(config) -> PodUpResult:
-    """Rent (or reuse) a pod, wait until an SSH command runs on it, then POD_READY."""
+def pod_up(config, *, with_watchdog: bool = True) -> PodUpResult:
+    """Rent (or reuse) a pod, wait until an SSH command runs on it, then POD_READY, then
+    start its watchdog (``with_watchdog``; a pool starts them once every pod is up, so
+    that each knows the whole pool's price)."""
     say = _say(config)
     t0 = time.monotonic()
     watchdog.check(config)
+    watchdog.check_budget(config)
     provider = get_provider(config)
     if provider.name not in CLOUD:
-        return _pod_up_owned(config, provider, say, t0)
+        return _pod_up_owned(config, provider, say, t0, with_watchdog)
 
     # a pod this project already has (session), or pod.target
     existing = _existing_pod(config, provider, say)
@@ -191,7 +195,8 @@ def pod_up(config) -> PodUpResult:
         spend.observe(config, provider.name, pod_id, ready.pod)
         _save_session(config, provider, ready.pod, ready.endpoint, rented=rented)
         state = _advance_fsm(say)
-        _start_watchdog(config, say)
+        if with_watchdog:
+            start_watchdog(config, say)
         return PodUpResult(provider.name, ready.pod, str(ready.endpoint), rented=rented, stages=ready.stages,
                            state=state, seconds=time.monotonic() - t0)
 
@@ -232,7 +237,8 @@ def pod_up(config) -> PodUpResult:
             raise
         _save_session(config, provider, ready.pod, ready.endpoint, rented=True, created_at=created_at)
         state = _advance_fsm(say)
-        _start_watchdog(config, say)
+        if with_watchdog:
+            start_watchdog(config, say)
         return PodUpResult(provider.name, ready.pod, str(ready.endpoint), offer=offer, rented=True,
                            skipped=skipped, stages=ready.stages, state=state, seconds=time.monotonic() - t0)
     reasons = "; ".join(f"{s['offer']}: {s['reason']}" for s in skipped)
@@ -274,7 +280,7 @@ def _existing_pod(config, provider: Provider, say: Say):
     return None
 
 
-def _pod_up_owned(config, provider: Provider, say: Say, t0: float) -> PodUpResult:
+def _pod_up_owned(config, provider: Provider, say: Say, t0: float, with_watchdog: bool) -> PodUpResult:
     """local / ssh: nothing to rent; the machine must be usable, then INIT -> POD_READY."""
     if provider.name == "ssh":
         pod = provider.get("")
@@ -285,7 +291,8 @@ def _pod_up_owned(config, provider: Provider, say: Say, t0: float) -> PodUpResul
         pod, endpoint, stages = provider.get("local"), "local", []
     spend.note(config, "adopt", provider.name, spend.owned_id(config), price=spend.owned_price(config), label=pod.name)
     state = _advance_fsm(say)
-    _start_watchdog(config, say)
+    if with_watchdog:
+        start_watchdog(config, say)
     return PodUpResult(provider.name, pod, endpoint, stages=stages, state=state, seconds=time.monotonic() - t0)
 
 
