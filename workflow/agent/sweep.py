@@ -14,8 +14,8 @@ Layout under ``<outputs_dir>``::
 Ops (one exec each, JSON in/out):
 
 * ``sweep.probe``: the pod's GPUs, which configs are missing, the runner's liveness,
-  every planned run's last state (the repair pass included): what ``sweep-start``
-  needs before it decides, in one call;
+  every planned run's last state (the repair pass included) and earlier files
+  (``resume.earlier_files``): what ``sweep-start`` needs before it decides, in one call;
 * ``sweep.start``: under the sweep lock, refuse when a runner is alive, move the state
   to SWEEP_RUNNING (compare-and-set against what the client saw), write the manifests
   and the plan, start ``sweep-run`` in tmux window ``sweep`` of the sweep session;
@@ -35,7 +35,7 @@ import shlex
 import time
 import uuid
 
-from . import procs, state
+from . import procs, resume, state
 from .fsutil import expand, locked, makedirs, utcnow, write_atomic, write_json_atomic
 from .gpus import detect_gpus
 from .protocol import AgentError
@@ -74,6 +74,8 @@ def probe(request):
         doc = read_status_safe(d) if os.path.isfile(procs.status_path(d)) else None
         if doc is not None:
             runs[run_id] = {"state": doc.get("state"), "attempt": doc.get("attempt")}
+        if doc is not None or os.path.isdir(d):
+            runs.setdefault(run_id, {})["earlier"] = resume.earlier_files(d)
     ctl = control_dir(outputs)
     return {
         "outputs_dir": outputs,

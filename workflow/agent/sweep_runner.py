@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 
-from . import gpulease, procs, state, torchrun_report
+from . import gpulease, procs, resume, state, torchrun_report
 from .fsutil import locked, makedirs, read_json, utcnow, write_json_atomic
 from .protocol import AgentError
 from .sweepdirs import read_plan, read_status_safe, terminate_all
@@ -27,8 +27,7 @@ from .sweepdirs import read_plan, read_status_safe, terminate_all
 #: Keys the runner adds to ``summary.json`` (only those the script did not write).
 SUMMARY_KEYS = ("ok", "exit_code", "duration_secs", "state", "attempt", "run_id", "finished_at")
 #: Files of the durable run dir the local_sync mirror never overwrites.
-OWN_FILES = (procs.STATUS_FILE, procs.LOG_FILE, procs.COMMAND_FILE, procs.LOCK_FILE, procs.FIFO_FILE,
-             procs.WRAPPER_LOG)
+OWN_FILES = resume.RUN_ENGINE_FILES
 
 
 def _log(text):
@@ -248,22 +247,29 @@ class Runner(object):
         makedirs(d)
         cvd = ",".join(take)
         old = read_status_safe(d) if os.path.isfile(procs.status_path(d)) else None
-        attempt = int((old or {}).get("attempt") or 0) + 1
+        attempt = resume.attempt_of(old, r)
         self.tries[run_id] = self.tries.get(run_id, 0) + 1
         _strip_runner_keys(d)
         sync = None
         if self.local_sync and r.get("script_out_dir") and r["script_out_dir"] != d:
             makedirs(r["script_out_dir"])
             sync = _Sync(r["script_out_dir"], d, self.sync_interval)
-        env = self._env(r, cvd)
-        argv, fallback = self._resolve(r, env)
         try:
-            procs.prepare(d, run_id, command_text(dict(r, argv=argv), cvd, attempt), timeout_secs=r.get("timeout_secs"),
+            argv, extra_env, resuming = resume.launch_with_resume(r, attempt)
+        except OSError as exc:
+            argv, extra_env, resuming = list(r["argv"]), {"WF_ATTEMPT": str(attempt)}, False
+            _log("run %s: its earlier files could not be read (%s): it starts afresh" % (run_id, exc))
+        this = dict(r, argv=argv, env=dict(r.get("env") or {}, **extra_env))  # r stays the plan (retries)
+        env = self._env(this, cvd)
+        argv, fallback = self._resolve(this, env)
+        try:
+            procs.prepare(d, run_id, command_text(dict(this, argv=argv), cvd, attempt), timeout_secs=r.get("timeout_secs"),
                           workdir=r["workdir"], attempt=attempt,
                           extra={"sweep_id": self.sweep_id, "line": r.get("line"), "cuda_visible_devices": cvd,
-                                 "argv": argv, "script_out_dir": r.get("script_out_dir")})
-            procs.log_note(d, "run %s attempt %d started by sweep %s (CUDA_VISIBLE_DEVICES=%r)%s"
+                                 "argv": argv, "script_out_dir": r.get("script_out_dir"), "resumed": resuming})
+            procs.log_note(d, "run %s attempt %d started by sweep %s (CUDA_VISIBLE_DEVICES=%r)%s%s"
                             % (run_id, attempt, self.sweep_id, cvd,
+                               "; resuming from its earlier files (WF_RESUME=1)" if resuming else "",
                                "; no torchrun on PATH: python -m torch.distributed.run" if fallback else ""))
         except (AgentError, OSError) as exc:
             self._give_back(take)

@@ -358,15 +358,26 @@ def _holding(which):
 def sweep_wait(c, timeout_secs: Optional[float] = None, json=False, pod=None):
     """Wait until the sweep ends: exit 0 if every run succeeded, 1 if any did not, 5 on timeout.
 
-    On a pool it waits on every pod that holds runs of the sweep, at once."""
+    On a pool it waits on every pod that holds runs of the sweep, at once. Meanwhile every
+    running run's dir is mirrored into <local.artifacts_dir>/<run_id>/ every
+    sweep.mirror_interval_secs (0: off), in the background: a run launched again on a pod
+    without its files resumes from that copy. A mirror that fails is logged and retried."""
+    import sys
+
     from invoke import Exit
 
     from workflow.cli.task_tasks import _secs
+    from workflow.sweep import mirror
     from workflow.sweep.control import metrics_options, wait_sweep
 
     secs, opts = _secs(timeout_secs, "--timeout-secs"), metrics_options(runtime.config())
-    results = on_pods(pod, lambda: (wait_sweep(runtime.agent(), secs, metrics=opts), None), pods=_holding(pod),
-                      raise_errors=False)
+
+    def one_pod():
+        name = runtime.current_pod().name
+        logged = mirror.for_current_pod(lambda text: print(f"podflow: {name}: {text} (retried)", file=sys.stderr))
+        return wait_sweep(runtime.agent(), secs, metrics=opts, mirror=logged), None
+
+    results = on_pods(pod, one_pod, pods=_holding(pod), raise_errors=False)
     doc = _show(results, json)
     pool.raise_failures(results)
     if not doc or not doc["runs"] or any(run["state"] != "success" for run in doc["runs"]):

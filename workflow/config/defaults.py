@@ -82,6 +82,8 @@ DEFAULTS: Dict[str, Any] = {
         "out_mode": "durable",
         "local_root": None,
         "sync_interval_secs": 60,
+        "mirror_interval_secs": 60,
+        "resume_args": [],
         "tmux_session": None,
         "wandb": {"enabled": False, "project": None, "group": None},
         "metrics": {"patterns": [], "primary": None, "mode": "min"},

@@ -5,10 +5,12 @@
 
 An MLP learns a fixed random "teacher" on synthetic data. DDP with nccl on GPUs, gloo on
 CPU, chosen automatically. Rank 0 prints one JSON line per logged step and appends it
-to ``<out_dir>/metrics.jsonl``; ``<out_dir>/checkpoint.pt`` is written every
+to ``<out_dir>/metrics.jsonl``; ``<out_dir>/checkpoint.pt`` is written (atomically) every
 ``ckpt_every`` steps and at the end, and a run started again with a checkpoint there
-continues from its step. ``<out_dir>/summary.json`` gets this script's keys (other keys
-already in it are kept).
+continues from its step: podflow's resume (a run relaunched after ``lost``, retried,
+or moved to another pod finds its earlier files in its out dir; its first log line says
+``"resumed": true`` and the step, with ``WF_ATTEMPT``). ``<out_dir>/summary.json`` gets
+this script's keys (other keys already in it are kept).
 
 Arguments: the config (JSON) path, ``--seed``, ``--out_dir``, then ``key=value``
 overrides of config keys (values parsed as JSON, else taken as text). For tests:
@@ -50,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=None, help="default: $WF_SEED, else the config's seed, else 0")
     p.add_argument("--out_dir", default=None, help="default: $WF_OUT_DIR, else out/<run_id>")
     p.add_argument("--fail", action="store_true", help="fail on purpose after the first step (same as fail=1)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out_dir>/checkpoint.pt (done whenever one is there; for sweep.resume_args)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override a config value")
     return p.parse_intermixed_args(argv)
 
@@ -164,7 +168,8 @@ def main(argv=None):
     steps = int(cfg["steps"])
     emit({"event": "start", "run_id": run_id, "step": start_step, "steps": steps, "world_size": world,
           "backend": backend if distributed else "none", "device": str(device), "seed": seed,
-          "resumed": start_step > 0})
+          "resumed": start_step > 0, "attempt": int(os.environ.get("WF_ATTEMPT") or 1),
+          "resume_asked": bool(args.resume or os.environ.get("WF_RESUME") == "1")})
     t0 = time.time()
     loss_value = float("nan")
     loss_fn = nn.MSELoss()

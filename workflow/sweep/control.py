@@ -32,6 +32,7 @@ from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tup
 from workflow.errors import InputError, TransitionRefused, WaitTimeout
 from workflow.sweep.csvfile import read_sweep_csv
 from workflow.sweep.plan import RunPlan, plan_runs, select_rows
+from workflow.sweep.resume import Resume, decide, local_copy, push_local
 
 MAX_BLOCK_SECS = 300.0
 _SLACK_SECS = 60.0
@@ -73,6 +74,20 @@ class PlannedRun:
     why: str
     """``run``, ``retry`` (it ran and did not succeed), ``already ok``, ``never ran`` (skipped by --retry-failed)."""
     previous_state: Optional[str] = None
+    resume: Optional[Resume] = None
+    """For a run it launches: its attempt and where its earlier files come from (SPEC §8)."""
+
+    @property
+    def argv(self) -> Tuple[str, ...]:
+        """The argv it is launched with: ``sweep.resume_args`` follow when it resumes."""
+        return self.plan.argv + (self.plan.resume_argv if self.resume and self.resume.resumes else ())
+
+    @property
+    def resume_env(self) -> Dict[str, str]:
+        """``WF_ATTEMPT`` and, when it resumes, ``WF_RESUME=1``."""
+        if self.resume is None:
+            return {}
+        return {"WF_ATTEMPT": str(self.resume.attempt), **({"WF_RESUME": "1"} if self.resume.resumes else {})}
 
 
 @dataclass(frozen=True)
@@ -100,7 +115,9 @@ class SweepStart:
                 "gpu_source": self.gpu_source, "session": self.session, "from_state": self.from_state,
                 "manifests": dict(self.manifests), "venv_bin": self.venv_bin,
                 "runs": [dict(r.plan.to_dict(), launch=r.launch, why=r.why, previous_state=r.previous_state,
-                              env=dict(self.env, **r.plan.env)) for r in self.runs]}
+                              argv=list(r.argv), env=dict(self.env, **r.plan.env, **r.resume_env),
+                              attempt=r.resume.attempt if r.resume else None,
+                              resume_from=r.resume.source if r.resume else None) for r in self.runs]}
 
 
 @dataclass(frozen=True)
@@ -244,6 +261,7 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
                       data_dir=probe.get("data_dir") or probe["outputs_dir"], gpu_count=len(gpus),
                       workdir=probe["run_root"])
     previous = probe.get("runs") or {}
+    artifacts = Path(cfg.local_path(cfg.get("local.artifacts_dir")))
     planned = []
     for p in plans:
         prev = (previous.get(p.run_id) or {}).get("state")
@@ -252,7 +270,8 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
         elif retry_failed and prev not in NOT_OK:
             planned.append(PlannedRun(p, False, "never ran" if prev is None else f"state {prev}", prev))
         else:
-            planned.append(PlannedRun(p, True, "retry" if prev in NOT_OK else "run", prev))
+            how = decide(previous.get(p.run_id), local_copy(artifacts, p.run_id), artifacts / p.run_id)
+            planned.append(PlannedRun(p, True, "retry" if prev in NOT_OK else "run", prev, how))
     venv_bin = probe["venv_bin"]
     env = dict(settings.remote_env)
     env["PATH"] = f"{venv_bin}:$PATH"
@@ -260,7 +279,10 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
                         venv_bin=venv_bin, dry_run=dry_run, session=settings.session)
     if dry_run:
         return result
-    run_docs = [dict(pr.plan.to_dict(), launch=pr.launch) for pr in planned]
+    push_local(agent.transport, probe["outputs_dir"], artifacts,
+               [pr.plan.run_id for pr in planned if pr.launch and pr.resume.source == "local"])
+    run_docs = [dict(pr.plan.to_dict(), launch=pr.launch, attempts_before=pr.resume.attempt - 1 if pr.resume else 0)
+                for pr in planned]
     doc = agent.call("sweep.start", timeout=120, plan={"runs": run_docs},
                      settings={"gpus": list(gpus), "on_failure": settings.on_failure,
                                "max_retries": settings.max_retries, "out_mode": settings.out_mode,
@@ -297,26 +319,36 @@ def sweep_status(agent, *, tail: int = 15, metrics: Optional[Mapping[str, Any]] 
 
 def wait_sweep(agent, timeout_secs: Optional[float] = None, *,
                on_progress: Optional[Callable[[SweepStatus], None]] = None,
-               metrics: Optional[Mapping[str, Any]] = None) -> SweepStatus:
+               metrics: Optional[Mapping[str, Any]] = None, mirror=None) -> SweepStatus:
     """Block until the runner ends; returns promptly when it does. ``timeout_secs``:
-    WaitTimeout (exit 5), the sweep goes on. InputError when no sweep was ever started."""
+    WaitTimeout (exit 5), the sweep goes on. InputError when no sweep was ever started.
+    ``mirror`` (``workflow.sweep.mirror.Mirror``): the running runs are mirrored locally
+    every ``mirror.interval`` seconds meanwhile, in the background."""
     deadline = None if timeout_secs is None else time.monotonic() + max(0.0, float(timeout_secs))
-    while True:
-        left = MAX_BLOCK_SECS if deadline is None else max(0.0, min(MAX_BLOCK_SECS, deadline - time.monotonic()))
-        if on_progress is not None:
-            left = min(left, 10.0)
-        st = SweepStatus.from_doc(agent.call("sweep.wait", timeout=left + _SLACK_SECS, wait_secs=left,
-                                             metrics=dict(metrics or {})))
-        if st.state == "none":
-            raise InputError("no sweep has been started on this pod", hint="wf sweep-start")
-        if st.finished and not st.active:
-            return st
-        if on_progress is not None:
-            on_progress(st)
-        if deadline is not None and time.monotonic() >= deadline:
-            raise WaitTimeout(f"the sweep is still running after {timeout_secs}s "
-                              f"({st.percent:.0f}% done); it goes on",
-                              hint="wf sweep-wait waits again; wf sweep-status shows each run")
+    try:
+        while True:
+            left = MAX_BLOCK_SECS if deadline is None else max(0.0, min(MAX_BLOCK_SECS, deadline - time.monotonic()))
+            if on_progress is not None:
+                left = min(left, 10.0)
+            if mirror is not None and mirror.enabled:
+                left = min(left, max(0.5, mirror.interval))
+            st = SweepStatus.from_doc(agent.call("sweep.wait", timeout=left + _SLACK_SECS, wait_secs=left,
+                                                 metrics=dict(metrics or {})))
+            if st.state == "none":
+                raise InputError("no sweep has been started on this pod", hint="wf sweep-start")
+            if st.finished and not st.active:
+                return st
+            if mirror is not None:
+                mirror.tick(st)
+            if on_progress is not None:
+                on_progress(st)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"the sweep is still running after {timeout_secs}s "
+                                  f"({st.percent:.0f}% done); it goes on",
+                                  hint="wf sweep-wait waits again; wf sweep-status shows each run")
+    finally:
+        if mirror is not None:
+            mirror.close()
 
 
 @dataclass(frozen=True)
@@ -353,14 +385,20 @@ def describe_plan(start: SweepStart) -> List[str]:
         mark = "run" if pr.launch else f"skip ({pr.why})"
         out.append(f"line {p.line}: {p.run_id}  [{mark}]")
         out.append(f"  cwd:  {p.workdir}")
-        out.append(f"  argv: {shlex.join(p.argv)}")
+        out.append(f"  argv: {shlex.join(pr.argv)}")
         cvd = f"<{p.gpus} of {','.join(start.gpus)}, assigned at launch>" if p.gpus else "''"
         env = dict(start.env)
         env.update(p.env)
+        env.update(pr.resume_env)
         out.append("  env:  CUDA_VISIBLE_DEVICES=" + cvd + " " +
                    " ".join(f"{k}={shlex.quote(v) if k != 'PATH' else v}" for k, v in sorted(env.items())))
         if p.timeout_secs:
             out.append(f"  timeout: {p.timeout_secs}s")
         if p.script_out_dir != p.out_dir:
             out.append(f"  writes to {p.script_out_dir}, mirrored into {p.out_dir}")
+        if pr.resume and pr.resume.source == "pod":
+            out.append(f"  resumes (attempt {pr.resume.attempt}) from its earlier files in {p.out_dir}")
+        elif pr.resume and pr.resume.source == "local":
+            out.append(f"  resumes (attempt {pr.resume.attempt}) from the local copy {pr.resume.local_dir},"
+                       f" pushed into {p.out_dir} first")
     return out

@@ -56,9 +56,12 @@ class RunPlan:
     seed: int = 0
     line: int = 0
     """The row's line in the sweep CSV."""
+    resume_argv: Tuple[str, ...] = ()
+    """``sweep.resume_args``, filled: follow ``argv`` when the run resumes from earlier files."""
 
     def __post_init__(self):
         object.__setattr__(self, "argv", tuple(str(a) for a in self.argv))
+        object.__setattr__(self, "resume_argv", tuple(str(a) for a in self.resume_argv))
         object.__setattr__(self, "env", MappingProxyType({str(k): str(v) for k, v in dict(self.env).items()}))
         if not self.script_out_dir:
             object.__setattr__(self, "script_out_dir", self.out_dir)
@@ -77,6 +80,7 @@ class RunPlan:
             "config_path": self.config_path,
             "seed": self.seed,
             "line": self.line,
+            "resume_argv": list(self.resume_argv),
         }
 
     def to_json(self) -> str:
@@ -178,6 +182,9 @@ def plan_runs(
     args = list(sweep.get("args") or [])
     if not all(isinstance(a, str) for a in args):
         raise ConfigError(f"sweep.args must be a list of strings, got {args!r}")
+    resume_args = list(sweep.get("resume_args") or [])
+    if not all(isinstance(a, str) for a in resume_args):
+        raise ConfigError(f"sweep.resume_args must be a list of strings, got {resume_args!r}")
     cpu_nproc = _positive_int(sweep.get("nproc_per_node", 1), "sweep.nproc_per_node")
     default_gpus = sweep.get("gpus_per_run")
     if default_gpus is not None:
@@ -244,6 +251,7 @@ def plan_runs(
             script_out_dir=script_out_dir,
             seed=row.seed,
             line=row.line,
+            resume_argv=tuple(fill_placeholders(a, values, what="sweep.resume_args") for a in resume_args),
         ))
     if too_big:
         raise InputError("runs ask for more GPUs than the pod has:\n  " + "\n  ".join(too_big),

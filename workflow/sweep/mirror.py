@@ -1,0 +1,93 @@
+"""The mirror (SPEC §8 resume): while ``sweep-wait`` runs, running runs' dirs come to
+``<local.artifacts_dir>/<run_id>/`` incrementally, so a run whose pod dies can resume
+elsewhere from its latest checkpoint.
+
+One rsync for all the running runs (``-a --modify-window=-1``: only changed files; the
+engine's lock, fifo and wrapper log left out as ``fetch`` does; no ``--partial``: a cut
+transfer leaves no half file). It runs in a background thread, so the wait never waits
+on it: a tick starts one only when the interval has passed and the previous one is done.
+Its errors are logged (``on_error``) and it simply tries again at the next tick. It is
+not a fetch: nothing is verified or marked fetched (``fetch-all`` does that at the end).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from workflow.agent.data import ENGINE_FILES
+
+
+class Mirror:
+    """Mirrors the running runs of one pod every ``interval`` seconds (0: never)."""
+
+    def __init__(self, transport, artifacts: os.PathLike, interval: float, *,
+                 on_error: Optional[Callable[[str], None]] = None):
+        self.transport = transport
+        self.artifacts = Path(artifacts)
+        self.interval = max(0.0, float(interval or 0))
+        self.on_error = on_error or (lambda text: None)
+        self._thread: Optional[threading.Thread] = None
+        self._last = 0.0
+        self.done = 0
+        """How many mirrors finished without an error."""
+        self.errors = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval > 0
+
+    def tick(self, status) -> bool:
+        """Start a mirror of the running runs of ``status`` (a ``SweepStatus``) when one is
+        due; never blocks. True: one started."""
+        running = [r for r in status.runs if r.state == "running" and r.dir]
+        if not self.enabled or not running or (self._thread is not None and self._thread.is_alive()):
+            return False
+        if time.monotonic() - self._last < self.interval:
+            return False
+        self._last = time.monotonic()
+        outputs = posixpath.dirname(running[0].dir.rstrip("/"))
+        runs = sorted(r.id for r in running)
+        self._thread = threading.Thread(target=self._once, args=(outputs, runs), name="podflow-mirror", daemon=True)
+        self._thread.start()
+        return True
+
+    def close(self, wait_secs: float = 10.0) -> None:
+        """Let a mirror in flight finish, a bounded while (the sweep ended: fetch-all follows)."""
+        if self._thread is not None:
+            self._thread.join(wait_secs)
+
+    def _once(self, outputs: str, runs) -> None:
+        from workflow.datapush import run_rsync
+
+        try:
+            self.artifacts.mkdir(parents=True, exist_ok=True)
+            rules = [f"- /*/{name}" for name in ENGINE_FILES] + [f"+ /{run}/" for run in runs] + ["- /*"]
+            with tempfile.NamedTemporaryFile("w", prefix=".podflow-mirror-", suffix=".rules", delete=False) as fh:
+                fh.write("\n".join(rules) + "\n")
+                rules_file = fh.name
+            try:
+                # 24: files vanished mid-transfer (a run still writing) -- fine.
+                run_rsync(["-a", "--modify-window=-1", f"--filter=merge {rules_file}",
+                           self.transport.rsync_target(outputs + "/"), f"{self.artifacts}/"],
+                          transport=self.transport, ok_codes=(0, 24))
+            finally:
+                os.unlink(rules_file)
+            self.done += 1
+        except Exception as exc:  # noqa: BLE001 - a mirror never breaks the wait; next tick retries
+            self.errors += 1
+            self.on_error(f"mirror of {', '.join(runs)}: {getattr(exc, 'message', None) or exc}")
+
+
+def for_current_pod(on_error: Optional[Callable[[str], None]] = None) -> Mirror:
+    """The mirror of the pod this thread works on, from ``sweep.mirror_interval_secs``."""
+    from workflow import runtime
+
+    cfg = runtime.config()
+    return Mirror(runtime.transport(), cfg.local_path(cfg.get("local.artifacts_dir")),
+                  float(cfg.get("sweep.mirror_interval_secs", 60) or 0), on_error=on_error)

@@ -1,0 +1,94 @@
+"""Resume, not restart (SPEC §8), the engine's side: where a run launched again starts from.
+
+Before ``sweep-start`` launches a run that ran before (restarted after ``lost``,
+retried, placed on another pod), it decides which copy of the run's earlier files is
+the freshest: the pod's own out dir (``sweep.probe`` reports its script files and the
+newest mtime) or the local copy under ``<local.artifacts_dir>/<run_id>/`` (what
+``sweep-wait`` mirrored, or ``fetch-run`` brought). The local copy wins only when the pod
+has none or when its newest file is newer; it is then pushed up first (one rsync for all
+such runs, the engine's files left out), and the runner on the pod sees the files:
+``WF_RESUME=1`` and ``sweep.resume_args`` (``workflow.agent.resume``).
+
+The attempt counts every launch anywhere: one more than the highest of the pod's
+``status.json`` and the local copy's (a run moved from a dead pod keeps counting).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+from workflow.agent.resume import ENGINE_OWN, RUN_ENGINE_FILES
+
+
+@dataclass(frozen=True)
+class Resume:
+    """How one run is launched this time."""
+
+    attempt: int
+    """This launch's attempt (1: never launched before anywhere we know of)."""
+    source: Optional[str] = None
+    """Where its earlier files come from: ``pod`` (its out dir there), ``local`` (pushed
+    up from ``local_dir`` first) or None (none: it starts afresh)."""
+    local_dir: Optional[str] = None
+
+    @property
+    def resumes(self) -> bool:
+        return self.source is not None
+
+
+def local_copy(artifacts: Path, run_id: str) -> Mapping[str, Any]:
+    """``{"files", "newest_ns", "attempt"}`` of the local copy of ``run_id`` (script files only)."""
+    root = artifacts / run_id
+    files, newest = 0, None
+    if root.is_dir():
+        for dirpath, _dirs, names in os.walk(root):
+            for name in names:
+                if dirpath == str(root) and name in ENGINE_OWN:
+                    continue
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                except OSError:
+                    continue
+                files += 1
+                newest = st.st_mtime_ns if newest is None else max(newest, st.st_mtime_ns)
+    attempt = 0
+    try:
+        attempt = int(json.loads((root / "status.json").read_text()).get("attempt") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    return {"files": files, "newest_ns": newest, "attempt": attempt}
+
+
+def decide(pod_run: Optional[Mapping[str, Any]], local: Mapping[str, Any], local_dir: Path) -> Resume:
+    """The launch of a run from what the pod's probe says of it (``pod_run``) and its local copy."""
+    pod_run = pod_run or {}
+    earlier = pod_run.get("earlier") or {}
+    attempt = max(int(pod_run.get("attempt") or 0), int(local.get("attempt") or 0)) + 1
+    pod_files, pod_newest = int(earlier.get("files") or 0), earlier.get("newest_ns")
+    if local.get("files") and (not pod_files or (local.get("newest_ns") or 0) > (pod_newest or 0)):
+        return Resume(attempt, "local", str(local_dir))
+    return Resume(attempt, "pod" if pod_files else None)
+
+
+def push_local(transport, outputs_dir: str, artifacts: Path, run_ids: Iterable[str]) -> None:
+    """Copy the local copies of ``run_ids`` into their out dirs on the pod (one rsync; the
+    engine's files stay out: the pod keeps its own status and log)."""
+    from workflow.datapush import run_rsync
+
+    run_ids = sorted(set(run_ids))
+    if not run_ids:
+        return
+    rules = [f"- /*/{name}" for name in RUN_ENGINE_FILES] + [f"+ /{run}/" for run in run_ids] + ["- /*"]
+    with tempfile.NamedTemporaryFile("w", prefix=".podflow-seed-", suffix=".rules", delete=False) as fh:
+        fh.write("\n".join(rules) + "\n")
+        rules_file = fh.name
+    try:
+        run_rsync(["-a", "--modify-window=-1", f"--filter=merge {rules_file}", f"{artifacts}/",
+                   transport.rsync_target(outputs_dir.rstrip("/") + "/")], transport=transport)
+    finally:
+        os.unlink(rules_file)
