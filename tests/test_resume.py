@@ -64,3 +64,112 @@ def test_a_run_launched_again_gets_its_attempt_resume_args_and_earlier_files(pro
     assert (sp.outputs / "bad" / "file1.txt").exists()
     assert sp.run_status("bad")["attempt"] == 3
     assert json.loads((sp.outputs / "ok" / "status.json").read_text())["attempt"] == 1  # ok: never again
+
+
+def test_a_failing_mirror_is_logged_and_never_breaks_the_wait(project):
+    sp = SweepProject(project, {"sweep": {"mirror_interval_secs": 0.2}, "local": {"artifacts_dir": "blocked/a"}},
+                      "run_id,config,seed,overrides,notes\nm,configs/tiny.json,0,steps=6 sleep=0.3,\n")
+    (project / "blocked").write_text("a file where the artifacts dir should be\n")
+    sp.wf("sweep-start", check=0)
+    waited = sp.wf("sweep-wait", "--timeout-secs", "120", check=0)
+    assert "p0: mirror of m:" in waited.stderr and "(retried)" in waited.stderr
+    assert sp.run_status("m")["state"] == "success"
+
+
+# ---------------------------------------------------------------- real pods, real torchrun
+
+
+def _torch_checkout(pod) -> None:
+    """What bootstrap + checkout leave on ``pod``: examples/ and a venv with CPU torch."""
+    repo = pod.remote_dir / "repo"
+    shutil.copytree(REPO / "examples", repo / "examples", ignore=shutil.ignore_patterns("out", "__pycache__"))
+    (repo / ".venv").symlink_to(TORCH_VENV.resolve())
+    subprocess.run(["chown", "-R", "-h", f"{pod.uid}:{pod.gid}", str(repo)], check=True)
+
+
+def _use_pod(pod, project) -> None:
+    _torch_checkout(pod)
+    pod.write_config(project, checkout={"require_cuda": False}, local={"artifacts_dir": "artifacts"}, sweep={
+        "csv": "sweeps/s.csv", "workdir": "examples", "launcher": "torchrun", "entrypoint": "train.py",
+        "nproc_per_node": 1, "resume_args": ["--resume"], "mirror_interval_secs": 0.3})
+    _wf(project, "fsm-reset", "CHECKED_OUT", "--reason", "checkout made by the test", check=0)
+
+
+def _wf(project, *args, check=None):
+    proc = subprocess.run([WF, *args], cwd=project, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if check is not None:
+        assert proc.returncode == check, f"wf {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _until(pred, what, timeout=120.0):
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+
+def _steps(path: Path):
+    """The loss steps in a metrics.jsonl (empty while it is not there)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    return [json.loads(x)["step"] for x in lines if x.startswith("{") and '"loss"' in x]
+
+
+def _start_events(log: str):
+    return [json.loads(x) for x in log.splitlines() if x.startswith("{") and '"event": "start"' in x]
+
+
+def test_a_run_killed_with_its_pod_resumes_on_a_new_pod_from_the_local_mirror(ssh_client_keys, ssh_session_dir,
+                                                                               project):
+    from sshd import SshPod
+
+    a = SshPod(ssh_client_keys, ssh_session_dir).start()
+    b = SshPod(ssh_client_keys, ssh_session_dir)
+    try:
+        (project / "sweeps").mkdir()
+        (project / "sweeps" / "s.csv").write_text(
+            "run_id,config,seed,overrides,notes\n"
+            'r1,configs/tiny.json,0,"steps=40 ckpt_every=5 log_every=5 sleep_secs=0.2",\n')
+        _use_pod(a, project)
+        mirrored = project / "artifacts" / "r1"
+
+        # attempt 1: sweep-wait mirrors the run while it runs; then the pod dies mid-way
+        _wf(project, "sweep-start", check=0)
+        wait = subprocess.Popen([WF, "sweep-wait"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        _until(lambda: (mirrored / "checkpoint.pt").exists() and max(_steps(mirrored / "metrics.jsonl") or [0]) >= 10,
+               "the mirror of the running run")
+        status = json.loads(_wf(project, "sweep-status", "--json", check=0).stdout)
+        assert status["runs"][0]["state"] == "running"  # mirrored while it runs, not fetched at the end
+        a.stop()  # the pod dies: its sshd and every process of its user
+        for pid in a.user_pids():
+            os.kill(pid, signal.SIGKILL)
+        wait.kill()
+        wait.communicate()
+        assert not (a.remote_dir / "outputs" / "r1" / "summary.json").exists()  # it never finished there
+
+        # attempt 2 on a new pod: the local mirror seeds its out_dir; it resumes from the checkpoint
+        b.start()
+        _use_pod(b, project)
+        dry = _wf(project, "sweep-start", "--dry-run", check=0).stdout
+        assert "resumes (attempt 2) from the local copy" in dry and "train.py configs/tiny.json" in dry
+        assert "--resume" in dry and "WF_RESUME=1" in dry
+        _wf(project, "sweep-start", check=0)
+        _wf(project, "sweep-wait", "--timeout-secs", "240", check=0)
+        run_dir = b.remote_dir / "outputs" / "r1"
+        started = _start_events((run_dir / "stdout.log").read_text())
+        assert len(started) == 1 and started[0]["resumed"] is True and started[0]["attempt"] == 2
+        assert started[0]["step"] >= 5 and started[0]["step"] % 5 == 0  # a checkpoint's step, not 0
+        assert "WF_RESUME=1" in (run_dir / "command.sh").read_text()
+        assert json.loads((run_dir / "status.json").read_text())["attempt"] == 2
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["ok"] is True and summary["resumed_from_step"] == started[0]["step"] and summary["steps"] == 40
+        assert _steps(run_dir / "metrics.jsonl")[-1] == 40
+    finally:
+        a.cleanup()
+        b.cleanup()
