@@ -335,3 +335,78 @@ def test_rsync_goes_through_it_too(warm, tmp_path):
     r = wf(project, "push-data", str(src), "--json")
     assert r.returncode == 0, r.stderr
     assert (pod.remote_dir / "data" / "data" / "c.txt").read_text() == "more\n"
+
+
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def served_agents(pod, settle=True):
+    """PIDs of the pod's long-lived agents (``podagent serve``); with ``settle``, once the
+    set stopped changing (a direct command's own agent ends when its connection closes)."""
+    def now():
+        return sorted(p for p in pod.user_pids() if b"serve" in _cmdline(p)[2:3] and alive(p))
+    seen, deadline = now(), time.monotonic() + 10
+    while settle and time.monotonic() < deadline:
+        time.sleep(0.3)
+        again = now()
+        if again == seen:
+            break
+        seen = again
+    return seen
+
+
+def test_a_long_lived_agent_serves_later_commands_and_reads_fresh_state(warm):
+    pod, project, pid = warm
+    assert wf(project, "fsm-status").returncode == 0
+    agents = served_agents(pod)
+    assert len(agents) == 1  # the kept connection's one agent (the first command's ended with it)
+    logins = pod.accepted_logins()
+    state = pod.remote_dir / "outputs" / "_control" / "workflow_state.json"
+    for name in ("CHECKED_OUT", "BOOTSTRAPPED"):  # same size, same second: read afresh all the same
+        pod.run_as_user(["/usr/bin/python3", "-c", "import json, sys; json.dump({'state': sys.argv[2], "
+                         "'updated_at': '2026-01-01T00:00:00Z', 'history': []}, open(sys.argv[1], 'w'))",
+                         str(state), name], check=True)
+        r = wf(project, "fsm-status", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["state"] == name, r.stderr
+    assert wf(project, "task-list", "--json").returncode == 0
+    r = wf(project, "fsm-status", "--json", "--pod", "nope")
+    assert r.returncode == 2  # errors hold through it
+    assert served_agents(pod) == agents and pod.accepted_logins() == logins
+
+
+def test_a_killed_pod_agent_is_replaced_and_an_interrupted_op_ends_its_agent(warm):
+    pod, project, pid = warm
+    assert wf(project, "fsm-status").returncode == 0
+    first = served_agents(pod)
+    for agent in first:
+        os.kill(agent, signal.SIGKILL)
+    r = wf(project, "fsm-status", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "INIT" and r.stderr == ""
+    second = served_agents(pod)
+    assert len(second) == 1 and not set(second) & set(first)
+    # Ctrl-C during an op that blocks on the pod (task-wait): 130, and the remote side ends
+    assert wf(project, "task-run", "--id", "long", "--cmd", "sleep 120").returncode == 0
+    (busy,) = served_agents(pod)
+
+    def bytes_read():
+        text = Path(f"/proc/{busy}/io").read_text()
+        return int(text.split("rchar:")[1].split()[0])
+
+    before = bytes_read()
+    proc = subprocess.Popen([WF, "task-wait", "--id", "long"], cwd=project,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while bytes_read() == before and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the agent read the wait's request
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert gone_within(busy, 15)  # its channel was closed: the wait ended early, and the agent with it
+    r = wf(project, "task-status", "--id", "long", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "running" and r.stderr == ""
+    assert alive(pid)
+    wf(project, "task-kill", "--id", "long")

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from workflow.agent import protocol
+from workflow.agent import protocol, serve
 from workflow.errors import (
     CheckFailed,
     CorruptRemoteFile,
@@ -26,7 +26,7 @@ from workflow.errors import (
     TransitionRefused,
     WaitTimeout,
 )
-from workflow.transport.base import Transport
+from workflow.transport.base import NotServed, RunResult, Transport
 
 AGENT_DIR = Path(__file__).parent / "agent"
 # $0 = python, $1 = agent path (a leading ~/ is the pod user's home), then op and args.
@@ -109,6 +109,28 @@ class AgentClient:
         """The argv that runs ``op`` (used to start long-running agent commands too)."""
         return ["sh", "-c", _LAUNCHER, self.python, self.agent_path, op, *args]
 
+    def _served(self, op: str, payload: bytes, timeout: Optional[float]) -> Optional[RunResult]:
+        """The op on a long-lived agent of the connection (``podagent serve``), or None when
+        none took it (not installed yet, or the transport keeps none): nothing ran."""
+        try:
+            code, out, err = self.transport.agent_exec(self.argv(serve.COMMAND), op.encode() + b"\n" + payload,
+                                                       timeout=timeout)
+        except NotServed:
+            return None
+        self.calls += 1
+        return RunResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def _one_shot(self, op: str, payload: bytes, timeout: Optional[float],
+                  on_stdout: Optional[Callable[[str], None]]) -> RunResult:
+        """The op in a python of its own on the pod; installs the agent when it is missing."""
+        for attempt in (1, 2):
+            self.calls += 1
+            res = self.transport.run(self.argv(op), input=payload, timeout=timeout, on_stdout=on_stdout)
+            if res.exit_code != protocol.EXIT_AGENT_MISSING or attempt == 2:
+                return res
+            self.install()
+        raise AssertionError("unreachable")
+
     def call(self, op: str, timeout: Optional[float] = None, on_stdout: Optional[Callable[[str], None]] = None,
              **request: Any) -> Any:
         """Run one op and return its ``result``; agent errors become typed errors.
@@ -118,13 +140,10 @@ class AgentClient:
         if self.state_file:
             request.setdefault("state_file", self.state_file)
         payload = json.dumps(request).encode()
-        for attempt in (1, 2):
-            self.calls += 1
-            res = self.transport.run(self.argv(op), input=payload, timeout=timeout, on_stdout=on_stdout)
-            if res.exit_code == protocol.EXIT_AGENT_MISSING and attempt == 1:
-                self.install()
-                continue
-            break
+        # Streaming ops run one-shot, so that their output flows as it comes.
+        res = self._served(op, payload, timeout) if on_stdout is None else None
+        if res is None:
+            res = self._one_shot(op, payload, timeout, on_stdout)
         try:
             doc = protocol.decode(res.stdout)
         except ValueError:

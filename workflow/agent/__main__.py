@@ -10,7 +10,7 @@ import json
 import sys
 import traceback
 
-from . import autostop, data, prepare, state, sweep, tasks
+from . import autostop, data, prepare, serve, state, sweep, tasks
 from .protocol import AgentError, encode
 
 OPS = {}
@@ -33,32 +33,40 @@ def os_message(exc):
     return text
 
 
+def answer(op, read_request):
+    """The response document of one op; ``read_request()`` gives the request's JSON text
+    (stdin for a one-shot call, a frame for ``serve``). Never raises for an op's error."""
+    try:
+        if op not in OPS:
+            raise AgentError("input", "unknown podagent op %r" % op)
+        raw = read_request()
+        try:
+            request = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            raise AgentError("protocol", "request is not JSON: %s" % exc)
+        return {"ok": True, "result": OPS[op](request)}
+    except AgentError as exc:
+        return {"ok": False, "error": exc.to_doc()}
+    except OSError as exc:
+        # The pod's file system said no (disk full, quota, read-only, permissions): the
+        # user needs the reason and the path, not a traceback.
+        return {"ok": False, "error": {"kind": "os", "errno": exc.errno, "message": os_message(exc)}}
+    except Exception as exc:  # noqa: BLE001 - report, never die silently
+        return {"ok": False, "error": {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, exc),
+                                       "traceback": traceback.format_exc()[-2000:]}}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         sys.stderr.write("usage: podagent OP  (ops: %s)\n" % ", ".join(sorted(OPS)))
         return 2
     op, rest = argv[0], argv[1:]
+    if op == serve.COMMAND:
+        return serve.main(rest, answer)
     if op in COMMANDS:
         return COMMANDS[op](rest) or 0
-    try:
-        if op not in OPS:
-            raise AgentError("input", "unknown podagent op %r" % op)
-        raw = sys.stdin.read()
-        try:
-            request = json.loads(raw) if raw.strip() else {}
-        except ValueError as exc:
-            raise AgentError("protocol", "request is not JSON: %s" % exc)
-        doc = {"ok": True, "result": OPS[op](request)}
-    except AgentError as exc:
-        doc = {"ok": False, "error": exc.to_doc()}
-    except OSError as exc:
-        # The pod's file system said no (disk full, quota, read-only, permissions): the
-        # user needs the reason and the path, not a traceback.
-        doc = {"ok": False, "error": {"kind": "os", "errno": exc.errno, "message": os_message(exc)}}
-    except Exception as exc:  # noqa: BLE001 - report, never die silently
-        doc = {"ok": False, "error": {"kind": "internal", "message": "%s: %s" % (type(exc).__name__, exc),
-                                      "traceback": traceback.format_exc()[-2000:]}}
+    doc = answer(op, sys.stdin.read)
     sys.stdout.write(encode(doc))
     sys.stdout.flush()
     return 0

@@ -5,6 +5,7 @@ print cannot break parsing (SkyPilot's ``encode_payload`` idea).
 """
 
 import json
+import struct
 
 BEGIN = "<<<PODFLOW-BEGIN>>>"
 END = "<<<PODFLOW-END>>>"
@@ -43,3 +44,35 @@ class AgentError(Exception):
         doc = {"kind": self.kind, "message": self.message}
         doc.update(self.extra)
         return doc
+
+
+# -- frames: ``podagent serve`` (``serve.py``) and its callers speak these on one channel
+
+_FRAME_HEADER = struct.Struct("!cI")
+
+
+def frame(kind, payload=b""):
+    """One frame: a kind byte, a 4-byte big-endian length, the payload."""
+    return _FRAME_HEADER.pack(kind, len(payload)) + payload
+
+
+class FrameReader(object):
+    """Splits bytes from a stream into frames: ``feed`` what arrived, ``next`` a whole
+    frame ``(kind, payload)`` or None while one is incomplete."""
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def feed(self, data):
+        self._buf += data
+
+    def next(self):
+        if len(self._buf) < _FRAME_HEADER.size:
+            return None
+        kind, size = _FRAME_HEADER.unpack_from(self._buf)
+        end = _FRAME_HEADER.size + size
+        if len(self._buf) < end:
+            return None
+        payload = bytes(self._buf[_FRAME_HEADER.size:end])
+        del self._buf[:end]
+        return kind, payload

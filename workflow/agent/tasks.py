@@ -15,7 +15,7 @@ import select
 import shutil
 import sys
 
-from . import procs
+from . import procs, serve
 from .fsutil import expand, makedirs, utcnow
 from .protocol import AgentError
 
@@ -28,17 +28,18 @@ DEFAULT_TAIL = 20
 def _abandoned_check():
     """True once nobody reads the answer: this op's parent (the SSH session) is gone, or
     its stdout's reader is (a session that died before this process started leaves it
-    with a parent that never changes, but with a pipe whose other end is closed)."""
+    with a parent that never changes, but with a pipe whose other end is closed), or
+    (``podagent serve``) its caller closed the channel."""
     parent = os.getppid()
 
     def gone():
-        if os.getppid() != parent:
+        if os.getppid() != parent or serve.caller_gone():
             return True
         try:
             poller = select.poll()
             poller.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are always reported
             return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # served: stdout is the op's capture, with no fd
             return False
 
     return gone

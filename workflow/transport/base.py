@@ -10,7 +10,11 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Tuple
+
+
+class NotServed(Exception):
+    """No long-lived agent took an op (``Transport.agent_exec``); nothing ran: run it one-shot."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,13 @@ class Transport(abc.ABC):
     def rsync_target(self, remote: str) -> str:
         """How rsync names ``remote`` (``user@host:path`` for SSH, the path itself locally)."""
         return remote
+
+    def agent_exec(self, argv: Sequence[str], payload: bytes, *,
+                   timeout: Optional[float] = None) -> Tuple[int, bytes, bytes]:
+        """One agent op on a long-lived agent that ``argv`` starts (``podagent serve``):
+        (exit code, stdout, stderr) as ``run`` of the one-shot op would give them.
+        ``NotServed`` when no agent took it (the default: this transport keeps none)."""
+        raise NotServed(f"{self.kind} transport keeps no agent")
 
     def describe(self) -> str:
         """Non-secret ``user@host:port`` or ``local`` for messages."""

@@ -40,6 +40,7 @@ from workflow.transport import hostkeys
 from workflow.transport.endpoint import Endpoint
 from workflow.transport.params import KEEPALIVE_SECS as _KEEPALIVE_SECS
 from workflow.transport.params import PASSWORD_ENV, SshParams, dead_link_secs, rsync_target, ssh_argv, ssh_params
+from workflow.transport.served import ServedAgents
 from workflow.transport.shell import ShellTransport, build_command, dirname as _dirname, quote_path, sftp_path
 from workflow.transport.sshlog import quiet_ssh_library
 
@@ -92,6 +93,7 @@ class SshTransport(ShellTransport):
         self.askpass_dir = Path(askpass_dir) if askpass_dir else self.known_hosts.parent
         self._conn: Optional[fabric.Connection] = None
         self._sftp: Optional[paramiko.SFTPClient] = None
+        self._served: Optional[ServedAgents] = None
         self._lock = threading.Lock()  # one connect at a time (threads may share a transport)
         self.connects = 0  # connections opened (tests, benches)
         self.lost = False  # the last connection died under a command
@@ -236,6 +238,9 @@ class SshTransport(ShellTransport):
                                 hint="the remote work may still be running; check with 'wf check-connection'")
 
     def close(self) -> None:
+        if self._served is not None:
+            self._served.close()
+            self._served = None
         if self._sftp is not None:
             try:
                 self._sftp.close()
@@ -282,6 +287,22 @@ class SshTransport(ShellTransport):
             return self._pump(chan, t, input, timeout, on_stdout, on_chunk, cancel)
         finally:
             chan.close()
+
+    def agent_exec(self, argv: Sequence[str], payload: bytes, *, timeout: Optional[float] = None,
+                   cancel: Optional[threading.Event] = None,
+                   started: Optional[threading.Event] = None) -> Tuple[int, bytes, bytes]:
+        """An agent op on one of this connection's long-lived agents (``served.py``);
+        ``cancel`` and ``started`` as in ``exec_command``."""
+        if self._served is None:
+            self._transport()  # connect first: a connect failure is not "not served"
+
+            def open_channel(command: str):
+                chan = self._transport().open_session(timeout=self.connect_timeout)
+                chan.exec_command(command)
+                return chan
+
+            self._served = ServedAgents(open_channel, self.is_connected, self._lost, self.connect_timeout)
+        return self._served.call(build_command(argv), payload, timeout=timeout, cancel=cancel, started=started)
 
     def _pump(self, chan, t, input, timeout, on_stdout, on_chunk=None, cancel=None) -> Tuple[int, bytes, bytes]:
         out: List[bytes] = []

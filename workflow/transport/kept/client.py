@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from workflow.errors import ConnectionFailed
+from workflow.transport.base import NotServed
 from workflow.transport.kept import wire
 from workflow.transport.params import SshParams, dead_link_secs, has_password, rsync_target, ssh_argv
 from workflow.transport.shell import ShellTransport
@@ -252,7 +253,7 @@ class KeptTransport(ShellTransport):
                      on_stdout: Optional[Callable[[str], None]] = None) -> Tuple[int, bytes, bytes]:
         if self._direct is None:
             try:
-                return self._exec_kept(command, input, timeout, on_stdout)
+                return self._exec_kept({"op": "exec", "command": command}, input, timeout, on_stdout)
             except _Unavailable:
                 pass
         direct = self._go_direct()
@@ -260,16 +261,26 @@ class KeptTransport(ShellTransport):
         self.connects, self.connect_secs = direct.connects, direct.connect_secs
         return code, out, err
 
+    def agent_exec(self, argv: Sequence[str], payload: bytes, *,
+                   timeout: Optional[float] = None) -> Tuple[int, bytes, bytes]:
+        """The op on one of the kept connection's long-lived agents (``served.py``)."""
+        if self._direct is not None:
+            return self._direct.agent_exec(argv, payload, timeout=timeout)
+        try:
+            return self._exec_kept({"op": "agent", "argv": list(argv)}, payload, timeout, None)
+        except _Unavailable as exc:
+            raise NotServed(str(exc)) from None
+
     def _lost(self, why: str) -> ConnectionFailed:
         return ConnectionFailed(f"connection to {self.describe()} lost: {why}",
                                 hint="the remote work may still be running; check with 'wf check-connection'")
 
-    def _exec_kept(self, command, input, timeout, on_stdout) -> Tuple[int, bytes, bytes]:
+    def _exec_kept(self, request: Dict, input, timeout, on_stdout) -> Tuple[int, bytes, bytes]:
         sock = _connect(self.sock, HEALTH_SECS)
         try:
             try:
-                wire.send_json(sock, b"Q", {"op": "exec", "command": command, "timeout": timeout,
-                                            "stdin": bool(input), "cred": wire.credential()})
+                wire.send_json(sock, b"Q", {**request, "timeout": timeout, "stdin": bool(input),
+                                            "cred": wire.credential()})
                 if input:
                     wire.send(sock, b"I", bytes(input))
             except OSError as exc:

@@ -6,7 +6,9 @@ once), logs in once with the direct transport, then serves commands on ``<name>.
 until it has been idle ``keepalive_secs``, its link dies, the pin of its host changes, it
 is told to stop, or it gets SIGTERM. Each caller gets its own SSH channel on the one
 connection (threads), so concurrent commands share it safely; a caller of another uid
-(``SO_PEERCRED``) is refused. A password reaches it only through its environment.
+(``SO_PEERCRED``) is refused. Agent ops (``agent``) go to the connection's long-lived
+agents on the pod (``transport/served.py``), which outlive each caller as the connection
+does. A password reaches it only through its environment.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from workflow.errors import PodflowError
+from workflow.transport.base import NotServed
 from workflow.transport.kept import wire
 from workflow.transport.params import SshParams
 
@@ -109,9 +112,9 @@ class Server:
             elif op == "stop":
                 self.stop.set()
                 wire.send_json(conn, b"P", {"pid": os.getpid(), "stopping": True})
-            elif op == "exec" and not same:
+            elif op in ("exec", "agent") and not same:
                 wire.send_json(conn, b"F", {"started": False, "message": "another credential"})
-            elif op == "exec":
+            elif op in ("exec", "agent"):
                 self.exec(conn, req)
             elif op == "stream" and same:
                 self.stream(conn, req)
@@ -177,8 +180,17 @@ class Server:
         threading.Thread(target=watch, daemon=True).start()
         threading.Thread(target=beat, daemon=True).start()
         try:
-            code, out, err = self.ssh.exec_command(req["command"], input=data or None, timeout=req.get("timeout"),
-                                                   on_chunk=relay, cancel=cancel, started=started)
+            if req["op"] == "agent":  # an agent op (``served.py``): its answer comes whole
+                code, out, err = self.ssh.agent_exec(req["argv"], data, timeout=req.get("timeout"),
+                                                     cancel=cancel, started=started)
+            else:
+                code, out, err = self.ssh.exec_command(req["command"], input=data or None, timeout=req.get("timeout"),
+                                                       on_chunk=relay, cancel=cancel, started=started)
+        except NotServed as exc:
+            done.set()
+            with sending:
+                wire.send_json(conn, b"F", {"started": False, "message": str(exc)})
+            return
         except ConnectionFailed as exc:
             done.set()
             with sending:

@@ -1,7 +1,8 @@
 """The kept connection's framing and files (stdlib only: both sides import it).
 
 A frame is one kind byte, a 4-byte big-endian length and the payload. The caller sends
-``Q`` (a JSON request) and, for ``exec``, ``I`` (its stdin, once); the server answers
+``Q`` (a JSON request) and, for ``exec`` and ``agent`` (an agent op for one of the
+connection's long-lived agents, ``transport/served.py``), ``I`` (its stdin, once); the server answers
 ``P`` (pong, JSON), or ``O``/``E`` (stdout/stderr bytes) and ``H`` (a heartbeat while
 the command is quiet) followed by ``S`` (JSON ``{"code"}``) or ``F`` (JSON
 ``{"message", "hint", "started"}``: the connection failed; ``started: false`` means the
