@@ -7,7 +7,10 @@ namespace (``wf config-show``, ``wf task-run``...). Group modules import heavy t
 
 from __future__ import annotations
 
-from invoke import Collection, Task
+from workflow.cli.lean import unittest_mock_deferred
+
+with unittest_mock_deferred():  # Invoke's import, less its MockContext's unittest.mock
+    from invoke import Collection, Task
 
 from workflow.cli import (
     config_tasks,
