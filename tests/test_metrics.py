@@ -279,3 +279,37 @@ def test_the_grouped_fast_path_gives_what_line_by_line_gives(tmp_path):
     a, b = fast.state(), slow.state()
     for key in ("last", "lo", "hi", "steps", "step", "total", "count"):
         assert a[key] == b[key], key
+
+
+def test_a_long_lived_agent_reuses_ended_rows_only_while_their_files_are_unchanged(tmp_path):
+    """``podagent serve`` keeps sweep-status rows of ended runs between ops; any change to a
+    run's status, log or metrics.jsonl (even the same size) is read afresh."""
+    from workflow.agent import sweep_status
+
+    outputs = tmp_path / "outputs"
+    runs = []
+    for i in range(3):
+        d = outputs / f"r{i}"
+        d.mkdir(parents=True)
+        (d / "status.json").write_text(json.dumps({"id": f"r{i}", "state": "success", "exit_code": 0}))
+        (d / "stdout.log").write_text("{'loss': 0.5}\n")
+        runs.append({"run_id": f"r{i}", "out_dir": str(d), "launch": True})
+    (outputs / "_control" / "sweep").mkdir(parents=True)
+    (outputs / "_control" / "sweep" / "plan.json").write_text(json.dumps({"sweep_id": "s", "runs": runs}))
+
+    def rows():
+        return {r["id"]: (r["state"], r["metrics"]) for r in sweep_status.status({"outputs_dir": str(outputs)})["runs"]}
+
+    sweep_status._ENDED_ROWS.clear()
+    assert rows() == {f"r{i}": ("success", {"loss": 0.5}) for i in range(3)}
+    assert len(sweep_status._ENDED_ROWS) == 3
+    status = outputs / "r0" / "status.json"
+    before = status.stat()
+    with open(status, "r+") as fh:  # rewritten in place: same inode, same size
+        fh.write(json.dumps({"id": "r0", "state": "failed", "exit_code": 0}) + " ")
+    assert (status.stat().st_ino, status.stat().st_size) == (before.st_ino, before.st_size)
+    with open(outputs / "r1" / "stdout.log", "a") as fh:
+        fh.write("{'loss': 0.7}\n")
+    (outputs / "r2" / "metrics.jsonl").write_text('{"loss": 0.1}\n')
+    assert rows() == {"r0": ("failed", {"loss": 0.5}), "r1": ("success", {"loss": 0.7}),
+                      "r2": ("success", {"loss": 0.1})}

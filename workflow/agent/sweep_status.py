@@ -2,6 +2,7 @@
 (SPEC §11, parsed incrementally by ``metrics``) and, for runs that did not succeed, the
 last log lines; one exec whatever the number of runs."""
 
+import json
 import os
 import time
 
@@ -21,6 +22,7 @@ NOT_OK = (procs.FAILED, procs.TIMED_OUT, procs.LOST, procs.CANCELLED)
 def metrics_options(request):
     """``request["metrics"]`` ({patterns, primary, mode}) checked; AgentError on a bad pattern."""
     opts = dict(request.get("metrics") or {})
+    opts["key"] = json.dumps(opts, sort_keys=True, default=str)
     try:
         opts["patterns"] = metrics.compile_patterns(opts.get("patterns"))
     except ValueError as exc:
@@ -29,7 +31,44 @@ def metrics_options(request):
     return opts
 
 
+#: Rows of ended runs, kept between ops by a long-lived agent (``serve.py``; a one-shot
+#: agent starts empty) and used only while every file a row is made from (its status,
+#: log and metrics.jsonl) is unchanged (inode, size, mtime), for the same request:
+#: reading 1000 ended runs again costs 3000 stats instead of reading and parsing them.
+_ENDED_ROWS = {}
+_MAX_ENDED_ROWS = 50000
+
+
+def _stamp(paths):
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def _run_row(r, sweep_id, runner_alive, tail_lines, ctl, opts, deadline):
+    """One run's row; an ended run's row is remembered while its files stay the same."""
+    d = r["out_dir"]
+    state_path = os.path.join(ctl, "metrics", r["run_id"] + ".json")
+    sources = (procs.status_path(d), os.path.join(d, procs.LOG_FILE), os.path.join(d, metrics.METRICS_FILE))
+    key = (d, r["run_id"], r.get("line"), r.get("launch", True), sweep_id, runner_alive, tail_lines, opts["key"])
+    before = _stamp(sources)
+    hit = _ENDED_ROWS.get(key)
+    if hit is not None and hit[0] == before:
+        return dict(hit[1])
+    row = _read_row(r, sweep_id, runner_alive, tail_lines, state_path, opts, deadline)
+    if row["state"] in procs.TERMINAL and row.get("metrics_complete") and _stamp(sources) == before:
+        if len(_ENDED_ROWS) >= _MAX_ENDED_ROWS:
+            _ENDED_ROWS.clear()
+        _ENDED_ROWS[key] = (before, dict(row))
+    return row
+
+
+def _read_row(r, sweep_id, runner_alive, tail_lines, state_path, opts, deadline):
     d = r["out_dir"]
     doc = read_status_safe(d) if os.path.isfile(procs.status_path(d)) else None
     queued = r.get("launch", True) and runner_alive and (doc is None or doc.get("sweep_id") != sweep_id)
@@ -49,7 +88,7 @@ def _run_row(r, sweep_id, runner_alive, tail_lines, ctl, opts, deadline):
                    started_at=doc.get("started_at"), finished_at=doc.get("finished_at"), error=doc.get("error"))
         # A status past its time budget shows what earlier statuses parsed ("metrics_complete": false).
         budget = None if time.monotonic() < deadline else 0
-        row.update(metrics.run_summary(d, os.path.join(ctl, "metrics", r["run_id"] + ".json"), opts["patterns"],
+        row.update(metrics.run_summary(d, state_path, opts["patterns"],
                                        opts.get("primary"), opts["mode"], final=st in procs.TERMINAL,
                                        elapsed_secs=row["duration_secs"], budget_bytes=budget, deadline=deadline))
         if st in NOT_OK or st == "unknown":
