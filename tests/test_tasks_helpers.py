@@ -81,3 +81,41 @@ class StreamGate:
 
     def close(self) -> None:
         shutil.rmtree(self.path.parent, ignore_errors=True)
+
+
+def bytes_read(pid: int) -> int:
+    """What process ``pid`` has read so far (``rchar``; 0 when it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/io").read_text().split("rchar:")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class AgentOpWatch:
+    """Tells when an agent op starts on the pod from now on: a one-shot ``podagent OP``
+    process, or a long-lived agent (``podagent serve``) reading a request (its ``rchar``
+    grows; one started later counts at once). ``marker`` is a part of the agents'
+    command lines (the agent's path, or the pod's directory)."""
+
+    def __init__(self, marker: str, op: str):
+        self.marker, self.op = marker, op
+        self.before = {pid: bytes_read(pid) for pid in self.serving()}
+
+    def _with(self, word: str) -> List[int]:
+        return [pid for pid in live_pids_with(self.marker) if word in _words(pid)]
+
+    def serving(self) -> List[int]:
+        return self._with("serve")
+
+    def one_shot(self) -> List[int]:
+        return self._with(self.op)
+
+    def started(self) -> bool:
+        return bool(self.one_shot()) or any(bytes_read(pid) > self.before.get(pid, 0) for pid in self.serving())
+
+
+def _words(pid: int) -> List[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []

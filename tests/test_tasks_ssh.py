@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from test_tasks_helpers import StreamGate, gate_path, live_pids_with, wait_until
+from test_tasks_helpers import AgentOpWatch, StreamGate, gate_path, live_pids_with, wait_until
 from workflow import runtime, tracked
 from workflow.errors import ConnectionFailed, InputError, PodflowError, RemoteProtocolError
 
@@ -77,25 +77,14 @@ def test_connection_dropped_while_a_task_runs(spod):
     assert st.ok and "made-it" in st.log_tail
 
 
-def bytes_read(pid: int) -> int:
-    """What process ``pid`` has read so far (``rchar``; 0 when it is gone)."""
-    try:
-        return int(Path(f"/proc/{pid}/io").read_text().split("rchar:")[1].split()[0])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 def test_connection_dropped_during_task_wait(spod):
     pod, agent = spod
     go = gate_path()
     tracked.start_task(agent, "longer", f"while [ ! -e {go} ]; do sleep 0.05; done; echo fine")
-    waiting = f"{agent.agent_path} task.wait"  # a one-shot agent's wait
-    serving = f"{agent.agent_path} serve"  # or a long-lived agent's: it reads the request first
-    read_before = {pid: bytes_read(pid) for pid in live_pids_with(serving)}
+    waiting = AgentOpWatch(agent.agent_path, "task.wait")
 
     def drop_once_waiting():
-        wait_until(lambda: live_pids_with(waiting) or any(
-            bytes_read(pid) > read_before.get(pid, 0) for pid in live_pids_with(serving)), 30)
+        wait_until(waiting.started, 30)
         pod.drop_connections()
 
     threading.Thread(target=drop_once_waiting, daemon=True).start()
@@ -104,7 +93,7 @@ def test_connection_dropped_during_task_wait(spod):
     assert isinstance(info.value, (ConnectionFailed, RemoteProtocolError)), info.value
     # the agent's wait on the pod notices nobody listens any more and ends (the task does not),
     # and so does every long-lived agent of the dropped connection
-    assert wait_until(lambda: not live_pids_with(waiting) and not live_pids_with(serving), 10)
+    assert wait_until(lambda: not waiting.one_shot() and not waiting.serving(), 10)
     runtime.reset()
     agent = runtime.agent()
     assert tracked.task_status(agent, "longer").state == "running"

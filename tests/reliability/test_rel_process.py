@@ -17,6 +17,7 @@ import pytest
 
 from figures import record
 from relhelpers import has_traceback, snapshot, wait_until, wf_inproc
+from test_tasks_helpers import AgentOpWatch
 
 pytestmark = pytest.mark.ssh
 
@@ -38,23 +39,14 @@ def _once_waiting(pod, action, then=lambda: None) -> None:
     """In a thread: ``action`` as soon as the agent's task.wait runs on the pod, then
     ``then``: the fault lands while the command waits, whatever the machine's load."""
 
-    def waiting():
-        return [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).find(str(pod.remote_dir)) >= 0
-                and "task.wait" in _cmdline(p)]
+    waiting = AgentOpWatch(str(pod.remote_dir), "task.wait")  # one-shot, or on a long-lived agent
 
     def run():
-        wait_until(waiting, 30, what="the agent's task.wait on the pod")
+        wait_until(waiting.started, 30, what="the agent's task.wait on the pod")
         action()
         then()
 
     threading.Thread(target=run, daemon=True).start()
-
-
-def _cmdline(proc: Path) -> str:
-    try:
-        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 @pytest.fixture
