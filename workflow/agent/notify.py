@@ -35,12 +35,14 @@ SENDER = (
 class Notifier(object):
     """Queues events and delivers them in the background."""
 
-    def __init__(self, ctl, urls, events, pythons, backoff=1.0):
+    def __init__(self, ctl, urls, events, pythons, backoff=1.0, timeout=SEND_TIMEOUT_SECS):
         self.ctl = ctl
         self.urls = [u for u in urls or [] if u]
         self.events = set(events or [])
         self.pythons = [os.path.expanduser(p) for p in pythons or [] if p]
         self.backoff = backoff
+        self.timeout = timeout
+        """seconds one delivery attempt may take (a URL that never answers)"""
         self.queue = queue.Queue()
         self._python = None
         self._thread = None
@@ -99,22 +101,22 @@ class Notifier(object):
         payload_base = {"title": title, "body": body}
         for i, url in enumerate(self.urls, 1):
             for attempt in range(1, ATTEMPTS + 1):
-                code = self._send(exe, dict(payload_base, url=url))
+                code = self._send(exe, dict(payload_base, url=url), self.timeout)
                 if code == 0:
                     self.log("%s: url #%d: delivered (attempt %d)" % (event, i, attempt))
                     break
-                self.log("%s: url #%d: failed (attempt %d/%d, %s)" % (
-                    event, i, attempt, ATTEMPTS, "not an Apprise URL" if code == 3 else "exit %s" % code))
+                why = {3: "not an Apprise URL", "timeout": "no answer within %gs" % self.timeout}.get(code, "exit %s" % code)
+                self.log("%s: url #%d: failed (attempt %d/%d, %s)" % (event, i, attempt, ATTEMPTS, why))
                 if code == 3:
                     break
                 if attempt < ATTEMPTS:
                     time.sleep(self.backoff * attempt)
 
     @staticmethod
-    def _send(exe, doc):
+    def _send(exe, doc, timeout):
         try:
             proc = subprocess.run([exe, "-c", SENDER], input=json.dumps(doc).encode(), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, timeout=SEND_TIMEOUT_SECS)
+                                  stderr=subprocess.DEVNULL, timeout=timeout)
             return proc.returncode
         except subprocess.TimeoutExpired:
             return "timeout"
