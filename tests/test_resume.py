@@ -66,6 +66,22 @@ def test_a_run_launched_again_gets_its_attempt_resume_args_and_earlier_files(pro
     assert json.loads((sp.outputs / "ok" / "status.json").read_text())["attempt"] == 1  # ok: never again
 
 
+def test_local_sync_script_dir_lost_is_filled_from_the_durable_copy(project, tmp_path):
+    local_root = tmp_path / "fast-disk"
+    sp = SweepProject(project, {"sweep": {"out_mode": "local_sync", "local_root": str(local_root)}},
+                      "run_id,config,seed,overrides,notes\nls,configs/tiny.json,0,fail=3,\n")
+    sp.wf("sweep-start", check=0)
+    sp.wf("sweep-wait", "--timeout-secs", "120", check=1)
+    (sp.outputs / "ls" / "ckpt.txt").write_text("step 7\n")  # in the durable copy only
+    shutil.rmtree(local_root / "ls")  # the pod's local disk was lost
+    sp.wf("sweep-start", check=0)
+    sp.wf("sweep-wait", "--timeout-secs", "120", check=1)
+    assert (local_root / "ls" / "ckpt.txt").read_text() == "step 7\n"
+    assert not (local_root / "ls" / "status.json").exists()  # the engine's files stay in the durable dir
+    env = json.loads((local_root / "ls" / "args.json").read_text())["env"]
+    assert env["WF_ATTEMPT"] == "2" and env["WF_RESUME"] == "1"
+
+
 def test_a_failing_mirror_is_logged_and_never_breaks_the_wait(project):
     sp = SweepProject(project, {"sweep": {"mirror_interval_secs": 0.2}, "local": {"artifacts_dir": "blocked/a"}},
                       "run_id,config,seed,overrides,notes\nm,configs/tiny.json,0,steps=6 sleep=0.3,\n")
