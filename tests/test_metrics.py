@@ -250,27 +250,48 @@ def test_minigpt_on_an_ssh_pod_then_the_report_from_fetched_files_alone(ssh_pod,
     assert 'id="chart-val_loss"' in page and "--learning_rate=0.01 --max_iters=40" in page
 
 
-def test_the_grouped_fast_path_gives_what_line_by_line_gives(tmp_path):
-    """Status on the pod groups lines by shape; the report reads line by line (series):
-    both must agree on every last value, best and step, whatever the mix of formats."""
+STEPPED_LINES = [  # every one of these shapes carries its step: a chunk of them is scanned in C
+    "iter {i}: loss {v:.4f}, time {t:.2f}ms, mfu {u:.2f}%",
+    "step {i}: train loss {v:.4f}, val loss {w:.4f}",
+    "{{'loss': {v:.3f}, 'learning_rate': {u:.2e}, 'epoch': {e}}}",
+    "W1202 dataloader.py:123] prefetch took longer than expected",
+    "layer{k} norm",
+    '{{"step": {i}, "eval_loss": {v:.3f}}}',
+    "Epoch {i}: 100 batches",
+    "step {i}/{n}: loss {v}",
+    "",
+]
+EVERY_LINE = STEPPED_LINES + [  # and lines no step comes with, a nan, a tqdm redraw
+    "acc={u:.3f} grad_norm={v}",
+    "layer{k} norm={u:.3f}",
+    "iter {i}: loss nan, time 20.00ms, mfu 0.50%",
+]
+
+
+@pytest.mark.parametrize("kinds", [EVERY_LINE, STEPPED_LINES], ids=["every-format", "scanned-in-C"])
+def test_the_grouped_and_scanned_paths_give_what_line_by_line_gives(tmp_path, monkeypatch, kinds):
+    """Status on the pod scans chunks by shape (or groups their lines); the report reads
+    line by line (series): both must agree on every last value, best and step, whatever
+    the mix of formats, ties between shapes included."""
     import random
 
+    scanned = []
+    take = LogMetrics._take
+    monkeypatch.setattr(LogMetrics, "_take", lambda self, text, found: (scanned.append(len(found)),
+                                                                         take(self, text, found)))
     rnd = random.Random(7)
     lines = MINIGPT_LOG.splitlines()[:11]
-    for i in range(3000):
-        kind = rnd.randrange(9)
-        v = rnd.choice([rnd.random() * 5, rnd.randrange(4), 1.5, float("nan")])
-        lines.append([
-            f"iter {i}: loss {v:.4f}, time {rnd.random() * 30:.2f}ms, mfu {rnd.random():.2f}%",
-            f"step {i}: train loss {v:.4f}, val loss {rnd.random() * 5:.4f}",
-            f"{{'loss': {v:.3f}, 'learning_rate': {rnd.random():.2e}, 'epoch': {i / 100}}}",
-            f"acc={rnd.random():.3f} grad_norm={v}",
-            "W1202 dataloader.py:123] prefetch took longer than expected",
-            f"layer{rnd.randrange(3)} norm={rnd.random():.3f}",
-            f'{{"step": {i}, "eval_loss": {v:.3f}}}',
-            f"Epoch {i}: 100 batches",
-            f"iter {i}: loss nan, time 20.00ms, mfu 0.50%",
-        ][kind])
+    for i in range(8000):
+        v = rnd.choice([rnd.random() * 5, rnd.randrange(4), 1.5, 5, float("nan")])
+        if i < 2500:  # past the head read line by line: the extremes, ties between shapes, come later
+            v = 2 + rnd.random()
+        elif v != v and kinds is STEPPED_LINES:
+            v = 2.5
+        lines.append(rnd.choice(kinds).format(i=i, v=v, w=rnd.random() * 5, t=rnd.random() * 30, u=rnd.random(),
+                                              e=i / 100, k=rnd.randrange(3), n=8000))
+    # A shape seen once early and once more as the very last line: its last values win.
+    lines[20:20] = ['{"step": 5, "loss": 2.5}']
+    lines.append('{"step": 8000, "loss": 2.25}')
     log = tmp_path / "stdout.log"
     log.write_text("\n".join(lines) + "\n")
     fast, slow = LogMetrics(), LogMetrics(series=True)
@@ -279,6 +300,9 @@ def test_the_grouped_fast_path_gives_what_line_by_line_gives(tmp_path):
     a, b = fast.state(), slow.state()
     for key in ("last", "lo", "hi", "steps", "step", "total", "count"):
         assert a[key] == b[key], key
+    assert b["total"] == 8000 and len(b["last"]) >= 7
+    if kinds is STEPPED_LINES:
+        assert sum(scanned) >= 5, "the chunk past the first LEARN_BYTES was not scanned"
 
 
 def test_a_long_lived_agent_reuses_ended_rows_only_while_their_files_are_unchanged(tmp_path):

@@ -20,25 +20,34 @@ steps, for progress. tqdm lines give progress and ETA.
 last values, min/max of each metric, progress) is kept between calls, so a status
 reads only the bytes written since the previous one. ``series=True`` also keeps every
 (step, value) point (the local report; the pod never needs them).
+
+Speed (a status may meet gigabytes of new log): one line's parse is in
+``metrics_parse``; lines are parsed once per *shape* and whole chunks of a log whose
+shapes are known are scanned in C, a regular expression per shape over the raw bytes
+(``metrics_shapes``), with each metric's min, max and last taken per column.
 """
 
-import ast
 import json
-import math
+import operator
 import os
 import re
 import tempfile
 import time
 
 from .fsutil import makedirs, read_json
+from .metrics_parse import SPLIT_RE, STEP_KEYS, compile_patterns, number, parse_line, parse_metrics_line
+from .metrics_shapes import Shapes, scan_chunk
 from .protocol import AgentError
+
+__all__ = ["CHUNK", "STEP_KEYS", "LogMetrics", "compile_patterns", "parse_metrics_line", "pick_primary", "progress",
+           "read_run", "run_summary"]
 
 METRICS_FILE = "metrics.jsonl"
 STATE_VERSION = 2
 #: Bytes read per chunk; lines are only ever cut at a newline.
 CHUNK = 1 << 22
-#: Names that carry the step in a structured line (the first present wins).
-STEP_KEYS = ("step", "global_step", "iter", "iteration", "epoch")
+#: Bytes of a chunk read line by line to learn its shapes before the rest is scanned.
+LEARN_BYTES = 1 << 16
 #: Configuration names that announce the number of steps (progress).
 TOTAL_KEYS = ("max_steps", "max_iters", "max_iter", "total_steps", "num_train_steps", "num_steps",
               "train_steps", "num_iterations", "max_iterations", "total_iters")
@@ -46,205 +55,9 @@ TOTAL_KEYS = ("max_steps", "max_iters", "max_iter", "total_steps", "num_train_st
 DEFAULT_PRIMARY = ("val_loss", "eval_loss", "loss")
 #: Points kept per series (older points are thinned, the last is always kept).
 MAX_POINTS = 4000
-
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_KV_RE = re.compile(r"(?:^|[\s,;|(\[])([A-Za-z_][A-Za-z0-9_./-]*)\s*=\s*"
-                    r"(" + _NUM + r"|nan|inf|-inf)(?=$|[\s,;|)\]])")
-_PREFIX_RE = re.compile(r"^\W*(step|iter|iteration|epoch)\s*[:=]?\s*(\d+)(?:\s*/\s*(\d+))?\s*[:|,\-\]]\s*(.*)$",
-                        re.IGNORECASE)
-_ITEM_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_ ./-]*?)\s*[:=]?\s*(" + _NUM + r"|nan|inf|-inf)\s*([A-Za-z/%]*)$")
 _TQDM_RE = re.compile(r"(\d+)/(\d+)\s*\[([\d:]+)<([\d:?]+)")
-_INT_RE = re.compile(r"^[-+]?\d+$")
-#: Splits a line into its text and its numbers (a digit inside a name stays text).
-_SPLIT_RE = re.compile(r"(?<![\w.])(" + _NUM + r")")
-SHAPES_MAX = 4096
-
-
-def _number(raw):
-    """A finite float/int, the strings ``nan``/``inf``/``-inf``, or None."""
-    if raw in ("nan", "inf", "-inf"):
-        return raw
-    try:
-        return int(raw) if _INT_RE.match(raw) else float(raw)
-    except ValueError:
-        return None
-
-
-def _clean(value):
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    return None
-
-
-def _dict_line(s):
-    doc = None
-    try:
-        doc = json.loads(s)
-    except ValueError:
-        try:
-            doc = ast.literal_eval(s)
-        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
-            return None
-    if not isinstance(doc, dict):
-        return None
-    out = {}
-    for k, v in doc.items():
-        v = _clean(v)
-        if v is not None:
-            out[str(k)] = v
-    return out
-
-
-def _prefix_line(m):
-    """``step 40: train loss 3.06, val loss 3.10`` -> ({"train_loss": 3.06, ...}, 40, total)."""
-    out = {}
-    for item in re.split(r"[,|;]", m.group(4)):
-        im = _ITEM_RE.match(item.strip())
-        if not im:
-            continue
-        value = _number(im.group(2))
-        if value is None:
-            continue
-        name = "_".join(im.group(1).replace(":", " ").split())
-        out[name] = value
-    total = int(m.group(3)) if m.group(3) else None
-    return out, int(m.group(2)), total
-
-
-def parse_metrics_line(line):
-    """The metrics of one log line, or None (no echo rule: see ``LogMetrics``)."""
-    got = _parse(line, ())
-    return got[0] if got else None
-
-
-def _parse(line, patterns):
-    """(metrics, step or None, total or None, is_step_line) of one line, or None."""
-    s = line.strip()
-    if not s or s.startswith("[podflow]"):
-        return None
-    metrics, step, total, stepline = {}, None, None, False
-    if s[0] == "{" and s[-1] == "}":
-        metrics = _dict_line(s) or {}
-    else:
-        m = _PREFIX_RE.match(s) if s[0] in "sSiIeE[(" else None
-        if m:
-            metrics, step, total = _prefix_line(m)
-            stepline = bool(metrics)
-        elif "=" in s:
-            for key, raw in _KV_RE.findall(s):
-                value = _number(raw)
-                if value is not None:
-                    metrics[key] = value
-    for rx in patterns:
-        pm = rx.search(s)
-        if pm:
-            for key, raw in pm.groupdict().items():
-                value = _number(raw) if raw is not None else None
-                if value is not None:
-                    metrics[key] = value
-            stepline = True
-    if not metrics:
-        return None
-    if step is None:
-        for key in STEP_KEYS:
-            if isinstance(metrics.get(key), (int, float)):
-                step = metrics[key]
-                break
-    if not stepline:
-        stepline = step is not None or any("loss" in k for k in metrics)
-    return metrics, step, total, stepline
-
-
-class _Shapes(object):
-    """Parsing by line shape: lines that differ only in their numbers (``iter 10: loss
-    3.2``, ``iter 11: loss 3.1``) parse the same way, so the full parse runs once per
-    shape and later lines only convert their numbers. A shape whose numbers cannot be
-    told apart is parsed in full every time."""
-
-    def __init__(self):
-        self.known = {}
-        self._hot = self._union = None
-
-    def hot(self, most=8):
-        """(plan, compiled regex) of up to ``most`` known shapes whose numbers map to names."""
-        if self._hot is None or len(self._hot) < min(most, sum(isinstance(p, tuple) for p in self.known.values())):
-            self._hot = [(plan, re.compile(self._regex(key), re.M)) for key, plan in self.known.items()
-                         if isinstance(plan, tuple)][:most]
-            self._union = None
-        return self._hot
-
-    def union(self):
-        if self._union is None:
-            self._union = re.compile("|".join("(?:%s)" % rx.pattern for _, rx in self._hot) + "|^$", re.M)
-        return self._union
-
-    @staticmethod
-    def _regex(key):
-        texts = key.split("\x00")
-        return "^" + ("(?<![\\w.])(" + _NUM + ")").join(re.escape(t) for t in texts) + "$"
-
-    def parse(self, line):
-        parts = _SPLIT_RE.split(line)
-        key = "\x00".join(parts[0::2])
-        nums = parts[1::2]
-        plan = self.known.get(key, False)
-        if plan is False:
-            plan = self._learn(line, nums)
-            if len(self.known) >= SHAPES_MAX:
-                self.known.clear()
-                self._hot = None
-            self.known[key] = plan
-        if plan is None or plan == "full":
-            return None if plan is None else _parse(line, ())
-        names, step_at, total_at, stepline = plan
-        metrics = {}
-        for name, i in names:
-            metrics[name] = _number(nums[i])
-        step = _number(nums[step_at]) if step_at is not None else None
-        if step is None:
-            for k in STEP_KEYS:
-                if isinstance(metrics.get(k), (int, float)):
-                    step = metrics[k]
-                    break
-        total = int(nums[total_at]) if total_at is not None else None
-        return metrics, step, total, stepline
-
-    def _learn(self, line, nums):
-        got = _parse(line, ())
-        if got is None:
-            return None
-        metrics, step, total, stepline = got
-        values = [_number(n) for n in nums]
-        names, at = [], 0
-        step_at = total_at = None
-        if _PREFIX_RE.match(line.strip()):
-            step_at, at = 0, 1
-            if total is not None:
-                total_at, at = 1, 2
-        for name, value in metrics.items():
-            while at < len(values) and values[at] != value:
-                at += 1
-            if at >= len(values):
-                return "full"
-            names.append((name, at))
-            at += 1
-        plan = (names, step_at, total_at, stepline)
-        return plan if self._check(plan, nums, got) else "full"
-
-    @staticmethod
-    def _check(plan, nums, got):
-        names, step_at, total_at, _ = plan
-        ok = {name: _number(nums[i]) for name, i in names} == got[0]
-        ok = ok and (step_at is None or _number(nums[step_at]) == got[1] or got[1] is None)
-        return ok and (total_at is None or int(nums[total_at]) == got[2])
+#: A chunk holding one of these goes line by line (tqdm redraws, a new attempt's echo).
+_SLOW_MARKS = (b"\r", b"[podflow] run ", b"it/s]", b"s/it]")
 
 
 def _secs(clock):
@@ -257,19 +70,6 @@ def _secs(clock):
         total = total * 60 + p
     return total
 
-
-def compile_patterns(patterns):
-    """``sweep.metrics.patterns`` as compiled regular expressions (ValueError: a bad one)."""
-    out = []
-    for p in patterns or ():
-        try:
-            rx = re.compile(p)
-        except re.error as exc:
-            raise ValueError("sweep.metrics.patterns: %r is not a regular expression: %s" % (p, exc))
-        if not rx.groupindex:
-            raise ValueError("sweep.metrics.patterns: %r has no named group (?P<name>...)" % p)
-        out.append(rx)
-    return out
 
 
 class LogMetrics(object):
@@ -291,7 +91,7 @@ class LogMetrics(object):
         self.count = int(st.get("count") or 0)  # metric lines seen (the x when no step is known)
         self.patterns = patterns
         self.series = {} if series else None
-        self.shapes = None if patterns else _Shapes()
+        self.shapes = None if patterns else Shapes()
 
     def state(self):
         return {"v": STATE_VERSION, "offset": self.offset, "ident": self.ident, "started": self.started,
@@ -309,7 +109,7 @@ class LogMetrics(object):
             if tm:
                 self.tqdm = [int(tm.group(1)), int(tm.group(2)), _secs(tm.group(3)), _secs(tm.group(4))]
                 return
-        got = self.shapes.parse(line) if self.shapes is not None else _parse(line, self.patterns)
+        got = self.shapes.parse(line) if self.shapes is not None else parse_line(line, self.patterns)
         if got is None:
             return
         metrics, step, total, stepline = got
@@ -363,16 +163,37 @@ class LogMetrics(object):
                 data = fh.read(min(CHUNK, end_at - self.offset))
                 if not data:
                     break
-                cut = max(data.rfind(b"\n"), data.rfind(b"\r"))
+                cut = data.rfind(b"\n")
+                cut = max(cut, data.rfind(b"\r", cut + 1))  # a tqdm redraw after the last newline
                 if (final and self.offset + len(data) >= st.st_size) or (cut < 0 and len(data) == CHUNK):
                     cut = len(data) - 1  # an ended run's last line; a line longer than CHUNK
                 elif cut < 0:
                     break  # a partial last line: read when it is complete
-                self._feed_text(data[:cut + 1].decode("utf-8", "replace"))
+                self._feed_chunk(data[:cut + 1])
                 self.offset += cut + 1
                 if deadline is not None and time.monotonic() > deadline:
                     break
             return self.offset >= st.st_size
+
+    def _feed_chunk(self, raw):
+        """Whole lines: scanned in C by the log's known shapes when that takes them all
+        (``metrics_shapes.scan_chunk``), else line by line. A chunk that cannot be scanned
+        yet is tried once more after its first ``LEARN_BYTES`` went line by line (which
+        learns the shapes, and passes the configuration echo)."""
+        for attempt in (1, 2):
+            if self.shapes is None or self.series is not None or any(mark in raw for mark in _SLOW_MARKS):
+                break
+            if self.started and self.shapes.hot():
+                got = scan_chunk(self.shapes, raw, self.shapes.parse)
+                if got is not None:
+                    self._take(*got)
+                    return
+            cut = raw.rfind(b"\n", 0, LEARN_BYTES) + 1
+            if attempt == 2 or len(raw) <= LEARN_BYTES or cut <= 0:
+                break
+            self._feed_text(raw[:cut].decode("utf-8", "replace"))
+            raw = raw[cut:]
+        self._feed_text(raw.decode("utf-8", "replace"))
 
     def _feed_text(self, text):
         lines = text.splitlines()
@@ -381,9 +202,7 @@ class LogMetrics(object):
             self._feed_slow(lines[start:start + 1])
             start += 1
         if self.patterns or self.series is not None or "[podflow] run " in text or "it/s]" in text \
-                or "s/it]" in text:
-            self._feed_slow(lines[start:])
-        elif not (start == 0 and self._feed_hot(text)) and not self._feed_fast(lines, start):
+                or "s/it]" in text or not self._feed_fast(lines, start):
             self._feed_slow(lines[start:])
 
     def _feed_slow(self, lines):
@@ -393,41 +212,66 @@ class LogMetrics(object):
                 self.feed_line(line)
 
     def _feed_fast(self, lines, start):
-        """Lines grouped by shape, each metric's last/min/max taken per column: what
-        ``feed_line`` would give, at a fraction of the cost. False (nothing changed) for
-        a chunk it cannot take (no step known for its first lines)."""
-        split, learn, known = _SPLIT_RE.split, self.shapes._learn, self.shapes.known
+        """Lines grouped by shape (learning new shapes, so that later chunks are scanned in
+        C), each metric's last/min/max taken per column: what ``feed_line`` would give, at
+        a fraction of the cost. False (nothing changed) for a chunk it cannot take (no
+        step known for its first lines)."""
+        split, shapes, freq = SPLIT_RE.split, self.shapes, self.shapes.freq
         buckets = {}  # shape -> [plan, line numbers, split lines]
         for i in range(start, len(lines)):
             parts = split(lines[i])
-            if len(parts) == 1:
-                continue
             key = "\x00".join(parts[0::2])
             b = buckets.get(key)
             if b is None:
-                plan = known.get(key, False)
-                if plan is False:
-                    plan = known[key] = learn(lines[i], parts[1::2])
-                b = buckets[key] = [plan, [], []]
+                b = buckets[key] = [shapes.plan(key, lines[i], parts[1::2], count=0), [], []]
             b[1].append(i)
             b[2].append(parts[1::2])
+        for key, b in buckets.items():
+            freq[key] = freq.get(key, 0) + len(b[1])
         return self._aggregate(buckets.values(), lines)
 
-    def _feed_hot(self, text):
-        """The chunk's lines of known shapes found by one regular expression per shape
-        (in C), when every other line of it holds no metric; False: not taken."""
-        hot = self.shapes.hot()
-        if not hot:
-            return False
-        buckets = []
-        for plan, rx in hot:
-            found = [(m.start(), m.groups()) for m in rx.finditer(text)]
-            if found:
-                buckets.append([plan, [f[0] for f in found], [f[1] for f in found]])
-        for line in self.shapes.union().sub("", text).splitlines():
-            if line and self.shapes.parse(line) is not None:
-                return False  # a line of another shape: the line-by-line path learns it
-        return bool(buckets) and self._aggregate(buckets, None)
+    def _take(self, text, found):
+        """What ``scan_chunk`` found in ``text``: each metric's last value and its min and
+        max (the earliest line on a tie), with their steps, as ``feed_line`` would give."""
+        if not found:
+            return
+        where = {}
+
+        def pos(f, r, last=False):
+            """Where row ``r`` of ``f`` is in the chunk (its first or last occurrence)."""
+            k = (id(f), r, last)
+            if k not in where:
+                line = f.shape.line(f.rows[r])
+                where[k] = text.rfind(line) if last else text.find(line)
+            return where[k]
+
+        found = sorted(found, key=lambda f: pos(f, len(f.rows) - 1, True))  # by their last lines
+        last, lo, hi = {}, {}, {}
+        for f in found:
+            for name, j in f.shape.names:
+                col = f.columns[j]
+                last[name] = (f, j, len(col) - 1)
+                low, high = min(col), max(col)
+                for best, v, r, better in ((lo, low, col.index(low), operator.lt),
+                                           (hi, high, col.index(high), operator.gt)):
+                    cur = best.get(name)
+                    if cur is None or better(v, cur[0]) or (v == cur[0] and pos(f, r) < pos(cur[1], cur[3])):
+                        best[name] = (v, f, j, r)
+        self.count += sum(len(f.rows) for f in found)
+        for name, (f, j, r) in last.items():
+            self.last[name] = f.value(j, r)
+            self.steps[name] = f.step(r)
+        for name, (v, f, j, r) in lo.items():
+            if name not in self.lo or v < self.lo[name][0]:
+                self.lo[name] = [f.value(j, r), f.step(r)]
+        for name, (v, f, j, r) in hi.items():
+            if name not in self.hi or v > self.hi[name][0]:
+                self.hi[name] = [f.value(j, r), f.step(r)]
+        self.step = found[-1].step(len(found[-1].rows) - 1)
+        for f in reversed(found):
+            if f.shape.total_at is not None:
+                self.total = int(f.raw(f.shape.total_at, len(f.rows) - 1)) or self.total
+                break
 
     def _aggregate(self, buckets, lines):
         """Each bucket is [plan, positions, rows of number strings] of one shape."""
@@ -438,7 +282,7 @@ class LogMetrics(object):
                 continue
             if plan == "full":
                 for i in idx:
-                    got = _parse(lines[i], ())
+                    got = parse_line(lines[i], ())
                     if got is not None:
                         shapes.append(([(n, None) for n in got[0]], [i], [got], "parsed", None))
                 continue
@@ -459,7 +303,7 @@ class LogMetrics(object):
             for idx, rows, at in stepped:
                 j = bisect.bisect_right(idx, i) - 1
                 if j >= 0 and (best is None or idx[j] > best[0]):
-                    best = (idx[j], rows[j][1] if at == "parsed" else _number(rows[j][at]))
+                    best = (idx[j], rows[j][1] if at == "parsed" else number(rows[j][at]))
             return best[1] if best else self.step
 
         first = min(idx[0] for _, idx, _, _, _ in shapes)
@@ -481,8 +325,8 @@ class LogMetrics(object):
                     k = j
                     col = [float(p[k]) for p in rows]
                     a, b = col.index(min(col)), col.index(max(col))
-                    cands = [(_number(rows[a][k]), idx[a]), (_number(rows[b][k]), idx[b])]
-                    end = (idx[-1], _number(rows[-1][k]))
+                    cands = [(number(rows[a][k]), idx[a]), (number(rows[b][k]), idx[b])]
+                    end = (idx[-1], number(rows[-1][k]))
                 if name not in last or end[0] > last[name][0]:
                     last[name] = end
                 for value, i in cands:
@@ -594,3 +438,4 @@ def run_summary(d, state_path, patterns=(), primary=None, mode="min", final=Fals
         _save_cache(state_path, new)
     return {"metrics": dict(m.last), "best": m.best(primary, mode), "progress": progress(m, elapsed_secs),
             "metrics_complete": new["complete"]}
+
