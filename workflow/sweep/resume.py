@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-from workflow.agent.resume import ENGINE_OWN, RUN_ENGINE_FILES
+from workflow.agent.resume import RUN_ENGINE_FILES, earlier_files
 
 
 @dataclass(frozen=True)
@@ -44,24 +44,13 @@ class Resume:
 def local_copy(artifacts: Path, run_id: str) -> Mapping[str, Any]:
     """``{"files", "newest_ns", "attempt"}`` of the local copy of ``run_id`` (script files only)."""
     root = artifacts / run_id
-    files, newest = 0, None
-    if root.is_dir():
-        for dirpath, _dirs, names in os.walk(root):
-            for name in names:
-                if dirpath == str(root) and name in ENGINE_OWN:
-                    continue
-                try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except OSError:
-                    continue
-                files += 1
-                newest = st.st_mtime_ns if newest is None else max(newest, st.st_mtime_ns)
+    earlier = earlier_files(str(root))
     attempt = 0
     try:
         attempt = int(json.loads((root / "status.json").read_text()).get("attempt") or 0)
     except (OSError, ValueError, TypeError, AttributeError):
         pass
-    return {"files": files, "newest_ns": newest, "attempt": attempt}
+    return dict(earlier, attempt=attempt)
 
 
 def decide(pod_run: Optional[Mapping[str, Any]], local: Mapping[str, Any], local_dir: Path) -> Resume:
