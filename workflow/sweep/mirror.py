@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -63,21 +62,13 @@ class Mirror:
             self._thread.join(wait_secs)
 
     def _once(self, outputs: str, runs) -> None:
-        from workflow.datapush import run_rsync
+        from workflow.sweep.resume import rsync_runs
 
         try:
             self.artifacts.mkdir(parents=True, exist_ok=True)
-            rules = [f"- /*/{name}" for name in ENGINE_FILES] + [f"+ /{run}/" for run in runs] + ["- /*"]
-            with tempfile.NamedTemporaryFile("w", prefix=".podflow-mirror-", suffix=".rules", delete=False) as fh:
-                fh.write("\n".join(rules) + "\n")
-                rules_file = fh.name
-            try:
-                # 24: files vanished mid-transfer (a run still writing) -- fine.
-                run_rsync(["-a", "--modify-window=-1", f"--filter=merge {rules_file}",
-                           self.transport.rsync_target(outputs + "/"), f"{self.artifacts}/"],
-                          transport=self.transport, ok_codes=(0, 24))
-            finally:
-                os.unlink(rules_file)
+            # 24: files vanished mid-transfer (a run still writing) -- fine.
+            rsync_runs(self.transport, runs, ENGINE_FILES, self.transport.rsync_target(outputs + "/"),
+                       f"{self.artifacts}/", ok_codes=(0, 24))
             self.done += 1
         except Exception as exc:  # noqa: BLE001 - a mirror never breaks the wait; next tick retries
             self.errors += 1

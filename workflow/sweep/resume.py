@@ -67,17 +67,24 @@ def decide(pod_run: Optional[Mapping[str, Any]], local: Mapping[str, Any], local
 def push_local(transport, outputs_dir: str, artifacts: Path, run_ids: Iterable[str]) -> None:
     """Copy the local copies of ``run_ids`` into their out dirs on the pod (one rsync; the
     engine's files stay out: the pod keeps its own status and log)."""
+    run_ids = sorted(set(run_ids))
+    if run_ids:
+        rsync_runs(transport, run_ids, RUN_ENGINE_FILES, f"{artifacts}/",
+                   transport.rsync_target(outputs_dir.rstrip("/") + "/"))
+
+
+def rsync_runs(transport, run_ids: Iterable[str], leave_out: Iterable[str], src: str, dest: str,
+               ok_codes=(0,)) -> None:
+    """One ``rsync -a`` of the run dirs ``run_ids`` from ``src`` to ``dest`` (dirs of runs),
+    without the files named in ``leave_out`` at each run dir's top; only changed files move."""
     from workflow.datapush import run_rsync
 
-    run_ids = sorted(set(run_ids))
-    if not run_ids:
-        return
-    rules = [f"- /*/{name}" for name in RUN_ENGINE_FILES] + [f"+ /{run}/" for run in run_ids] + ["- /*"]
-    with tempfile.NamedTemporaryFile("w", prefix=".podflow-seed-", suffix=".rules", delete=False) as fh:
+    rules = [f"- /*/{name}" for name in leave_out] + [f"+ /{run}/" for run in run_ids] + ["- /*"]
+    with tempfile.NamedTemporaryFile("w", prefix=".podflow-runs-", suffix=".rules", delete=False) as fh:
         fh.write("\n".join(rules) + "\n")
         rules_file = fh.name
     try:
-        run_rsync(["-a", "--modify-window=-1", f"--filter=merge {rules_file}", f"{artifacts}/",
-                   transport.rsync_target(outputs_dir.rstrip("/") + "/")], transport=transport)
+        run_rsync(["-a", "--modify-window=-1", f"--filter=merge {rules_file}", src, dest], transport=transport,
+                  ok_codes=ok_codes)
     finally:
         os.unlink(rules_file)
