@@ -260,6 +260,8 @@ STEPPED_LINES = [  # every one of these shapes carries its step: a chunk of them
     "Epoch {i}: 100 batches",
     "step {i}/{n}: loss {v}",
     "",
+    "{k}%|#   | {i}/{n} [00:{k}<09:59, 1.50it/s]\r{k}%|#   | {j}/{n} [00:{k}<09:58, 1.50it/s]",  # tqdm redraws
+    " 9%|#   | {j}/{n} [00:01<00:09, 5.00batch/s]",
 ]
 EVERY_LINE = STEPPED_LINES + [  # and lines no step comes with, a nan, a tqdm redraw
     "acc={u:.3f} grad_norm={v}",
@@ -288,7 +290,7 @@ def test_the_grouped_and_scanned_paths_give_what_line_by_line_gives(tmp_path, mo
         elif v != v and kinds is STEPPED_LINES:
             v = 2.5
         lines.append(rnd.choice(kinds).format(i=i, v=v, w=rnd.random() * 5, t=rnd.random() * 30, u=rnd.random(),
-                                              e=i / 100, k=rnd.randrange(3), n=8000))
+                                              e=i / 100, k=rnd.randrange(3), n=8000, j=i + 1))
     # A shape seen once early and once more as the very last line: its last values win.
     lines[20:20] = ['{"step": 5, "loss": 2.5}']
     lines.append('{"step": 8000, "loss": 2.25}')
@@ -298,9 +300,9 @@ def test_the_grouped_and_scanned_paths_give_what_line_by_line_gives(tmp_path, mo
     fast.feed_file(str(log))
     slow.feed_file(str(log))
     a, b = fast.state(), slow.state()
-    for key in ("last", "lo", "hi", "steps", "step", "total", "count"):
+    for key in ("last", "lo", "hi", "steps", "step", "total", "count", "tqdm"):
         assert a[key] == b[key], key
-    assert b["total"] == 8000 and len(b["last"]) >= 7
+    assert b["total"] == 8000 and len(b["last"]) >= 7 and b["tqdm"][1] == 8000
     if kinds is STEPPED_LINES:
         assert sum(scanned) >= 5, "the chunk past the first LEARN_BYTES was not scanned"
 

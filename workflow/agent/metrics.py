@@ -56,8 +56,10 @@ DEFAULT_PRIMARY = ("val_loss", "eval_loss", "loss")
 #: Points kept per series (older points are thinned, the last is always kept).
 MAX_POINTS = 4000
 _TQDM_RE = re.compile(r"(\d+)/(\d+)\s*\[([\d:]+)<([\d:?]+)")
-#: A chunk holding one of these goes line by line (tqdm redraws, a new attempt's echo).
-_SLOW_MARKS = (b"\r", b"[podflow] run ", b"it/s]", b"s/it]")
+#: A chunk holding this goes line by line (a new attempt echoes its configuration again).
+_NEW_ATTEMPT = b"[podflow] run "
+#: A tqdm progress line as ``feed_line`` takes it, in a chunk of bytes (``\n`` before each line).
+_TQDM_LINE = re.compile(rb"\n(?=[^\n]*(?:it/s\]|s/it\]|\|))[^\n]*?(\d+)/(\d+)\s*\[([\d:]+)<([\d:?]+)[^\n]*(?=\n)")
 
 
 def _secs(clock):
@@ -181,10 +183,10 @@ class LogMetrics(object):
         yet is tried once more after its first ``LEARN_BYTES`` went line by line (which
         learns the shapes, and passes the configuration echo)."""
         for attempt in (1, 2):
-            if self.shapes is None or self.series is not None or any(mark in raw for mark in _SLOW_MARKS):
+            if self.shapes is None or self.series is not None or _NEW_ATTEMPT in raw:
                 break
             if self.started and self.shapes.hot():
-                got = scan_chunk(self.shapes, raw, self.shapes.parse)
+                got = scan_chunk(self.shapes, self._without_tqdm(raw), self.shapes.parse)
                 if got is not None:
                     self._take(*got)
                     return
@@ -194,6 +196,21 @@ class LogMetrics(object):
             self._feed_text(raw[:cut].decode("utf-8", "replace"))
             raw = raw[cut:]
         self._feed_text(raw.decode("utf-8", "replace"))
+
+    def _without_tqdm(self, raw):
+        """``raw`` with tqdm's redraws (``\\r``) as line ends and its progress lines taken out,
+        the last one kept as the progress: what ``feed_line`` makes of them."""
+        if b"\r" in raw:
+            raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"<" not in raw:
+            return raw
+        text = b"\n" + raw + (b"" if raw.endswith(b"\n") else b"\n")
+        found = _TQDM_LINE.findall(text)
+        if not found:
+            return raw
+        n, total, elapsed, eta = found[-1]
+        self.tqdm = [int(n), int(total), _secs(elapsed.decode()), _secs(eta.decode())]
+        return _TQDM_LINE.sub(b"", text)[1:]
 
     def _feed_text(self, text):
         lines = text.splitlines()
@@ -206,7 +223,7 @@ class LogMetrics(object):
             self._feed_slow(lines[start:])
 
     def _feed_slow(self, lines):
-        interesting = ("{", "=", "step", "iter", "epoch", "Step", "Iter", "Epoch", "|")
+        interesting = ("{", "=", "step", "iter", "epoch", "Step", "Iter", "Epoch", "|", "it/s]", "s/it]")
         for line in lines:
             if self.patterns or any(t in line for t in interesting):
                 self.feed_line(line)
