@@ -82,6 +82,42 @@ def test_local_sync_script_dir_lost_is_filled_from_the_durable_copy(project, tmp
     assert env["WF_ATTEMPT"] == "2" and env["WF_RESUME"] == "1"
 
 
+def test_the_mirror_copies_running_runs_and_the_next_fetch_drops_its_temp_files(project, tmp_path):
+    from workflow.agent_client import AgentClient
+    from workflow.sweep.control import RunState, SweepStatus
+    from workflow.sweep.fetch import Fetcher
+    from workflow.sweep.mirror import Mirror
+    from workflow.transport.local import LocalTransport
+
+    outputs, artifacts = tmp_path / "outputs", project / "artifacts"
+    (outputs / "r" / "ckpt").mkdir(parents=True)
+    (outputs / "r" / "metrics.jsonl").write_text('{"step": 1}\n')
+    (outputs / "r" / "ckpt" / "model.pt.tmp").write_bytes(b"half written")
+    (outputs / "r" / ".status.lock").write_text("")
+    running = SweepStatus(state="running", counts={"running": 1}, percent=0.0,
+                          runs=(RunState(id="r", state="running", dir=str(outputs / "r")),
+                                RunState(id="done", state="success", dir=str(outputs / "done"))))
+    mirror = Mirror(LocalTransport(), artifacts, 0.01)
+    assert mirror.tick(running)
+    mirror.close()
+    assert (artifacts / "r" / "ckpt" / "model.pt.tmp").read_bytes() == b"half written"
+    assert not (artifacts / "r" / ".status.lock").exists() and not (artifacts / "done").exists()
+
+    (outputs / "r" / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    os.replace(outputs / "r" / "ckpt" / "model.pt.tmp", outputs / "r" / "ckpt" / "model.pt")
+    time.sleep(0.02)
+    assert mirror.tick(running)
+    mirror.close()
+    assert mirror.done == 2 and mirror.errors == 0
+    assert (artifacts / "r" / "metrics.jsonl").read_text().count("step") == 2
+    assert (artifacts / "r" / "ckpt" / "model.pt").exists()
+
+    fetched = Fetcher(LocalTransport(), AgentClient(LocalTransport(), str(outputs)), str(outputs),
+                      artifacts).fetch_run("r").runs[0]
+    assert fetched.removed_transient == ("ckpt/model.pt.tmp",) and not fetched.local_only
+    assert not (artifacts / "r" / "ckpt" / "model.pt.tmp").exists()
+
+
 def test_a_failing_mirror_is_logged_and_never_breaks_the_wait(project):
     sp = SweepProject(project, {"sweep": {"mirror_interval_secs": 0.2}, "local": {"artifacts_dir": "blocked/a"}},
                       "run_id,config,seed,overrides,notes\nm,configs/tiny.json,0,steps=6 sleep=0.3,\n")

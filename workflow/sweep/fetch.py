@@ -333,11 +333,7 @@ class Fetcher:
             return {}
 
     def _save_state(self, run: str, flux: Sequence[str]) -> None:
-        p = self._state_path(run)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"in_flux": sorted(flux), "at": time.time()}))
-        os.replace(tmp, p)
+        save_in_flux(self.artifacts, run, flux)
 
     def _remove_transients(self, run, local, on_pod, brought_now) -> List[str]:
         """Local files gone from the pod that were brought in flux (now or last time)."""
@@ -354,6 +350,22 @@ class Fetcher:
 
     def _record(self, r: RunFetch) -> None:
         record_fetched(r, self.config)
+
+
+def save_in_flux(artifacts: Path, run: str, flux: Sequence[str], *, merge: bool = False) -> None:
+    """Record the local files of ``run`` that were brought while the run wrote them (a
+    fetch, or the mirror of ``sweep-wait`` with ``merge``): the next fetch removes those the
+    pod no longer has (an atomic write's temp file)."""
+    p = Path(artifacts) / STATE_DIR / f"{run}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if merge:
+        try:
+            flux = set(flux) | set(json.loads(p.read_text()).get("in_flux", []))
+        except (OSError, ValueError, AttributeError):
+            pass
+    tmp = p.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(json.dumps({"in_flux": sorted(flux), "at": time.time()}))
+    os.replace(tmp, p)
 
 
 def record_fetched(r: RunFetch, config) -> None:

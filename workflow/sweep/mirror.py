@@ -7,7 +7,9 @@ engine's lock, fifo and wrapper log left out as ``fetch`` does; no ``--partial``
 transfer leaves no half file). It runs in a background thread, so the wait never waits
 on it: a tick starts one only when the interval has passed and the previous one is done.
 Its errors are logged (``on_error``) and it simply tries again at the next tick. It is
-not a fetch: nothing is verified or marked fetched (``fetch-all`` does that at the end).
+not a fetch: nothing is verified or marked fetched (``fetch-all`` does that at the end);
+the files it brings are noted as brought in flux, so the next fetch removes those the
+pod no longer has (an atomic write's temp file), as it does for its own.
 """
 
 from __future__ import annotations
@@ -62,13 +64,21 @@ class Mirror:
             self._thread.join(wait_secs)
 
     def _once(self, outputs: str, runs) -> None:
+        from workflow.sweep.fetch import save_in_flux
         from workflow.sweep.resume import rsync_runs
 
         try:
             self.artifacts.mkdir(parents=True, exist_ok=True)
             # 24: files vanished mid-transfer (a run still writing) -- fine.
-            rsync_runs(self.transport, runs, ENGINE_FILES, self.transport.rsync_target(outputs + "/"),
-                       f"{self.artifacts}/", ok_codes=(0, 24))
+            stats = rsync_runs(self.transport, runs, ENGINE_FILES, self.transport.rsync_target(outputs + "/"),
+                               f"{self.artifacts}/", ok_codes=(0, 24))
+            brought: dict = {}
+            for path in stats.transferred:
+                run, _, rel = path.partition("/")
+                if rel:
+                    brought.setdefault(run, []).append(rel)
+            for run, rels in brought.items():  # brought while running: fetch-all drops those the pod drops
+                save_in_flux(self.artifacts, run, rels, merge=True)
             self.done += 1
         except Exception as exc:  # noqa: BLE001 - a mirror never breaks the wait; next tick retries
             self.errors += 1

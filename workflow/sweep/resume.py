@@ -74,9 +74,10 @@ def push_local(transport, outputs_dir: str, artifacts: Path, run_ids: Iterable[s
 
 
 def rsync_runs(transport, run_ids: Iterable[str], leave_out: Iterable[str], src: str, dest: str,
-               ok_codes=(0,)) -> None:
+               ok_codes=(0,)):
     """One ``rsync -a`` of the run dirs ``run_ids`` from ``src`` to ``dest`` (dirs of runs),
-    without the files named in ``leave_out`` at each run dir's top; only changed files move."""
+    without the files named in ``leave_out`` at each run dir's top; only changed files move.
+    Returns its ``RsyncStats``."""
     from workflow.datapush import run_rsync
 
     rules = [f"- /*/{name}" for name in leave_out] + [f"+ /{run}/" for run in run_ids] + ["- /*"]
@@ -84,7 +85,7 @@ def rsync_runs(transport, run_ids: Iterable[str], leave_out: Iterable[str], src:
         fh.write("\n".join(rules) + "\n")
         rules_file = fh.name
     try:
-        run_rsync(["-a", "--modify-window=-1", f"--filter=merge {rules_file}", src, dest], transport=transport,
-                  ok_codes=ok_codes)
+        return run_rsync(["-a", "--modify-window=-1", f"--filter=merge {rules_file}", src, dest],
+                         transport=transport, ok_codes=ok_codes)
     finally:
         os.unlink(rules_file)
