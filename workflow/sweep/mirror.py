@@ -2,7 +2,7 @@
 ``<local.artifacts_dir>/<run_id>/`` incrementally, so a run whose pod dies can resume
 elsewhere from its latest checkpoint.
 
-One rsync for all the running runs (``-a --modify-window=-1``: only changed files; the
+One rsync for all the running runs (``-a --whole-file --modify-window=-1``: only changed files; the
 engine's lock, fifo and wrapper log left out as ``fetch`` does; no ``--partial``: a cut
 transfer leaves no half file). It runs in a background thread, so the wait never waits
 on it: a tick starts one only when the interval has passed and the previous one is done.

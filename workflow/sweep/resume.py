@@ -77,7 +77,11 @@ def rsync_runs(transport, run_ids: Iterable[str], leave_out: Iterable[str], src:
                ok_codes=(0,)):
     """One ``rsync -a`` of the run dirs ``run_ids`` from ``src`` to ``dest`` (dirs of runs),
     without the files named in ``leave_out`` at each run dir's top; only changed files move.
-    Returns its ``RsyncStats``."""
+    Returns its ``RsyncStats``.
+
+    ``--whole-file``: what changes in a run dir is mostly a checkpoint rewritten whole,
+    where rsync's delta only adds checksum work (``bench/mirror.py``: 8 rewritten 64 MB
+    checkpoints 17.5 s with it, 5.2 s without)."""
     from workflow.datapush import run_rsync
 
     rules = [f"- /*/{name}" for name in leave_out] + [f"+ /{run}/" for run in run_ids] + ["- /*"]
@@ -85,7 +89,7 @@ def rsync_runs(transport, run_ids: Iterable[str], leave_out: Iterable[str], src:
         fh.write("\n".join(rules) + "\n")
         rules_file = fh.name
     try:
-        return run_rsync(["-a", "--modify-window=-1", f"--filter=merge {rules_file}", src, dest],
+        return run_rsync(["-a", "--whole-file", "--modify-window=-1", f"--filter=merge {rules_file}", src, dest],
                          transport=transport, ok_codes=ok_codes)
     finally:
         os.unlink(rules_file)
