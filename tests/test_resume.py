@@ -44,6 +44,11 @@ def test_a_run_launched_again_gets_its_attempt_resume_args_and_earlier_files(pro
     dry = sp.wf("sweep-start", "--retry-failed", "--dry-run", check=0).stdout
     assert f"--resume '--from={sp.outputs / 'bad'}'" in dry or f"--resume --from={sp.outputs / 'bad'}" in dry, dry
     assert "WF_ATTEMPT=2" in dry and "WF_RESUME=1" in dry and "resumes (attempt 2) from its earlier files" in dry
+    planned = {r["run_id"]: r for r in json.loads(
+        sp.wf("sweep-start", "--retry-failed", "--dry-run", "--json", check=0).stdout)["runs"]}
+    assert planned["bad"]["launch"] and planned["bad"]["attempt"] == 2 and planned["bad"]["resume_from"] == "pod"
+    assert planned["bad"]["argv"][-1] == f"--from={sp.outputs / 'bad'}" and planned["bad"]["env"]["WF_RESUME"] == "1"
+    assert not planned["ok"]["launch"]
     sp.wf("sweep-start", "--retry-failed", check=0)
     sp.wf("sweep-wait", "--timeout-secs", "120", check=1)
     second = _args(sp, "bad")
