@@ -58,8 +58,7 @@ MAX_POINTS = 4000
 _TQDM_RE = re.compile(r"(\d+)/(\d+)\s*\[([\d:]+)<([\d:?]+)")
 #: A chunk holding this goes line by line (a new attempt echoes its configuration again).
 _NEW_ATTEMPT = b"[podflow] run "
-#: A tqdm progress line as ``feed_line`` takes it, in a chunk of bytes (``\n`` before each line).
-_TQDM_LINE = re.compile(rb"\n(?=[^\n]*(?:it/s\]|s/it\]|\|))[^\n]*?(\d+)/(\d+)\s*\[([\d:]+)<([\d:?]+)[^\n]*(?=\n)")
+_TQDM_BYTES = re.compile(_TQDM_RE.pattern.encode("ascii"))
 
 
 def _secs(clock):
@@ -204,13 +203,19 @@ class LogMetrics(object):
             raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if b"<" not in raw:
             return raw
-        text = b"\n" + raw + (b"" if raw.endswith(b"\n") else b"\n")
-        found = _TQDM_LINE.findall(text)
-        if not found:
+        keep, last = [], None
+        for line in raw.split(b"\n"):
+            if b"<" in line and (b"it/s]" in line or b"s/it]" in line or b"|" in line):
+                tm = _TQDM_BYTES.search(line)
+                if tm:
+                    last = tm
+                    continue
+            keep.append(line)
+        if last is None:
             return raw
-        n, total, elapsed, eta = found[-1]
-        self.tqdm = [int(n), int(total), _secs(elapsed.decode()), _secs(eta.decode())]
-        return _TQDM_LINE.sub(b"", text)[1:]
+        self.tqdm = [int(last.group(1)), int(last.group(2)), _secs(last.group(3).decode()),
+                     _secs(last.group(4).decode())]
+        return b"\n".join(keep)
 
     def _feed_text(self, text):
         lines = text.splitlines()
