@@ -259,6 +259,7 @@ STEPPED_LINES = [  # every one of these shapes carries its step: a chunk of them
     '{{"step": {i}, "eval_loss": {v:.3f}}}',
     "Epoch {i}: 100 batches",
     "step {i}/{n}: loss {v}",
+    "EPOCH {i}: val loss {w:.4f}",
     "",
     "{k}%|#   | {i}/{n} [00:{k}<09:59, 1.50it/s]\r{k}%|#   | {j}/{n} [00:{k}<09:58, 1.50it/s]",  # tqdm redraws
     " 9%|#   | {j}/{n} [00:01<00:09, 5.00batch/s]",

@@ -228,7 +228,8 @@ class LogMetrics(object):
             self._feed_slow(lines[start:])
 
     def _feed_slow(self, lines):
-        interesting = ("{", "=", "step", "iter", "epoch", "Step", "Iter", "Epoch", "|", "it/s]", "s/it]")
+        interesting = ("{", "=", "step", "iter", "epoch", "Step", "Iter", "Epoch", "STEP", "ITER", "EPOCH", "|", "it/s]",
+                       "s/it]")
         for line in lines:
             if self.patterns or any(t in line for t in interesting):
                 self.feed_line(line)

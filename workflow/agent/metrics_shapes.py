@@ -103,12 +103,22 @@ class Shapes(object):
 
     def hot(self):
         """The ``HotShape`` of up to HOT_MAX known shapes: those with metrics first (a
-        metric line of no scanned shape stops the scan), the most frequent first."""
+        metric line of no scanned shape stops the scan), the most frequent first. A shape
+        whose metrics come without a step (a configuration echo) is never scanned."""
         if self._hot is None:
-            keys = [k for k, p in self.known.items() if p != "full" and HotShape.fits(k)]
+            keys = [k for k, p in self.known.items()
+                    if (p is None or (p != "full" and step_column(p) is not None)) and HotShape.fits(k)]
             keys.sort(key=lambda k: (self.known[k] is None, -self.freq.get(k, 0)))
             self._hot = [HotShape(k, self.known[k]) for k in keys[:HOT_MAX]]
         return self._hot
+
+
+def step_column(plan):
+    """Which number of a shape is its step: the prefix's (``step 40:``), else a step name's."""
+    names, step_at = plan[0], plan[1]
+    if step_at is None:
+        step_at = next((j for k in STEP_KEYS for n, j in names if n == k), None)
+    return step_at
 
 
 class HotShape(object):
@@ -122,9 +132,8 @@ class HotShape(object):
         self.groups = len(self.texts) - 1
         self.names = self.step_at = self.total_at = None
         if plan is not None:
-            self.names, self.step_at, self.total_at, _ = plan
-            if self.step_at is None:
-                self.step_at = next((j for k in STEP_KEYS for n, j in self.names if n == k), None)
+            self.names, _, self.total_at, _ = plan
+            self.step_at = step_column(plan)
 
     @staticmethod
     def fits(key):
@@ -169,8 +178,7 @@ class Found(object):
 
 def scan_chunk(shapes, raw, parse_rest):
     """``(text, [Found])`` of chunk ``raw`` (bytes, whole lines), or None when it cannot be
-    taken this way: a metric line of no scanned shape, one without a step of its own, or
-    a number run that is no number. ``text`` is ``\\n`` + the chunk + ``\\n`` (where the
+    taken this way: a metric line of no scanned shape, or a number run that is no number. ``text`` is ``\\n`` + the chunk + ``\\n`` (where the
     rows are found again). ``parse_rest(line)``: the metrics of a line of another shape."""
     text = b"\n" + raw + (b"" if raw.endswith(b"\n") else b"\n")
     lines = text.count(b"\n") - 1
@@ -183,8 +191,6 @@ def scan_chunk(shapes, raw, parse_rest):
         shapes.freq[shape.key] = shapes.freq.get(shape.key, 0) + len(rows)
         if shape.plan is None:
             continue
-        if shape.step_at is None:
-            return None
         columns = {}
         try:
             for j in set([shape.step_at] + [j for _, j in shape.names]):
