@@ -23,7 +23,11 @@ Ops (one exec each, JSON in/out):
   for runs that did not succeed, the last log lines;
 * ``sweep.wait``: block until the runner ends (bounded), then the status;
 * ``sweep.stop``: no more launches, every active run cancelled (its whole process
-  group, torchrun workers included), the runner ended.
+  group, torchrun workers included), the runner ended;
+* ``sweep.withdraw``: a pool moves runs away from this pod: under the launch lock (the
+  runner launches under it too) each run not yet launched by this sweep is marked
+  withdrawn (``_control/sweep/withdrawn.json``), so the runner never launches it; with
+  ``cancel`` a copy already running is cancelled too (a pod back from the dead).
 
 The ops are here (probe, start, stop) and in ``sweep_status`` (status, wait); the
 runner itself (``COMMANDS["sweep-run"]``) is ``sweep_runner``; the paths and the reads
@@ -47,11 +51,13 @@ from .sweepdirs import (
     control_dir,
     read_plan,
     read_status_safe,
+    read_withdrawn,
     run_dir,
     runner_dir,
     runner_public,
     runner_state,
     terminate_all,
+    withdrawn_path,
 )
 
 
@@ -201,12 +207,57 @@ def stop(request):
     return out
 
 
+def withdraw(request):
+    """``{run_ids, cancel}`` -> ``{withdrawn: [...], kept: {run_id: why}, cancelled: [...]}``.
+
+    A run is withdrawn only when this pod's sweep has not launched it (or, with
+    ``cancel``, whatever its state but ``success``); the check and the mark happen under
+    the lock the runner holds while it launches, so a run is either launched here or
+    withdrawn, never both. Asking twice withdraws once: the second answer keeps it."""
+    outputs = expand(request["outputs_dir"])
+    ctl = control_dir(outputs)
+    plan = read_plan(ctl)
+    cancel = bool(request.get("cancel"))
+    wanted = list(request.get("run_ids") or [])
+    if not plan:
+        return {"withdrawn": [], "kept": dict((r, "no sweep on this pod") for r in wanted), "cancelled": []}
+    sweep_id = plan.get("sweep_id")
+    by_id = dict((r["run_id"], r) for r in plan.get("runs") or [])
+    took, kept, active = [], {}, []
+    with locked(os.path.join(ctl, ".launch.lock")):
+        gone = read_withdrawn(ctl, sweep_id)
+        for run_id in wanted:
+            r = by_id.get(run_id)
+            if r is None or run_id in gone:
+                kept[run_id] = "not in this pod's sweep" if r is None else "already withdrawn"
+                continue
+            d = r["out_dir"]
+            doc = read_status_safe(d) if os.path.isfile(procs.status_path(d)) else None
+            launched = doc is not None and doc.get("sweep_id") == sweep_id
+            if doc is not None and doc.get("state") == procs.SUCCESS:
+                kept[run_id] = "ended ok"
+                continue
+            if launched and not cancel:
+                kept[run_id] = "launched (%s)" % doc.get("state")
+                continue
+            if doc is not None and doc.get("state") in procs.ACTIVE:
+                active.append(d)
+            took.append(run_id)
+        if took:
+            write_json_atomic(withdrawn_path(ctl), {"sweep_id": sweep_id, "runs": sorted(gone | set(took)),
+                                                    "at": utcnow()})
+    grace = float(request.get("grace_secs") if request.get("grace_secs") is not None else procs.GRACE_SECS)
+    cancelled = [os.path.basename(d) for d, was in terminate_all(active, grace).items() if was]
+    return {"withdrawn": took, "kept": kept, "cancelled": sorted(cancelled)}
+
+
 OPS = {
     "sweep.probe": probe,
     "sweep.start": start,
     "sweep.status": status,
     "sweep.wait": wait,
     "sweep.stop": stop,
+    "sweep.withdraw": withdraw,
 }
 
 COMMANDS = {RUN_COMMAND: runner_main}

@@ -21,7 +21,7 @@ import time
 from . import gpulease, procs, resume, state, torchrun_report
 from .fsutil import locked, makedirs, read_json, utcnow, write_json_atomic
 from .protocol import AgentError
-from .sweepdirs import read_plan, read_status_safe, terminate_all
+from .sweepdirs import read_plan, read_status_safe, read_withdrawn, terminate_all
 
 
 #: Keys the runner adds to ``summary.json`` (only those the script did not write).
@@ -368,6 +368,9 @@ class Runner(object):
             if self._stop_flag():
                 self.stopping = self.stopping or "stop"
                 return
+            gone = read_withdrawn(self.ctl, self.sweep_id)  # a pool moved them to another pod
+            if gone:
+                self.queue = [r for r in self.queue if r["run_id"] not in gone]
             i = 0
             while i < len(self.queue) and not self.halted:
                 if self.gpus and not self.free:

@@ -9,7 +9,7 @@ import time
 from . import metrics, procs, state
 from .fsutil import expand
 from .protocol import AgentError
-from .sweepdirs import control_dir, read_plan, read_status_safe, runner_dir, runner_public, runner_state
+from .sweepdirs import control_dir, read_plan, read_status_safe, read_withdrawn, runner_dir, runner_public, runner_state
 
 
 MAX_BLOCK_SECS = 300.0
@@ -123,9 +123,13 @@ def status(request):
     opts = metrics_options(request)
     deadline = time.monotonic() + METRICS_BUDGET_SECS
     rows = []
+    gone = set()
     if plan:
         alive = bool(runner and runner.get("state") in procs.ACTIVE)
+        gone = read_withdrawn(ctl, plan.get("sweep_id"))  # moved to another pod of the pool
         for r in plan.get("runs") or []:
+            if r["run_id"] in gone:
+                continue
             rows.append(_run_row(r, plan.get("sweep_id"), alive, tail_lines, ctl, opts, deadline))
     counts = {}
     for row in rows:
@@ -148,6 +152,7 @@ def status(request):
         "runner": runner_public(runner),
         "fsm_state": fsm_state,
         "created_at": plan.get("created_at") if plan else None,
+        "withdrawn": sorted(gone),
     }
 
 

@@ -55,6 +55,17 @@ def read_plan(ctl):
     return read_json(os.path.join(ctl, "plan.json"), default=None, what="sweep plan")
 
 
+def withdrawn_path(ctl):
+    return os.path.join(ctl, "withdrawn.json")
+
+
+def read_withdrawn(ctl, sweep_id):
+    """The runs of sweep ``sweep_id`` taken away from this pod (a pool moved them to
+    another): never launched here again, not shown in this pod's status."""
+    doc = read_json(withdrawn_path(ctl), default=None, what="withdrawn runs") or {}
+    return set(doc.get("runs") or ()) if doc.get("sweep_id") == sweep_id else set()
+
+
 def terminate_all(dirs, grace):
     results = {}
 

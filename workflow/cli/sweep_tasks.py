@@ -191,7 +191,7 @@ def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_r
     started = [r for r in results if r.ok]
     if started and not dry_run:
         pooled.save(cfg, {pr.plan.run_id: r.pod.name for r in started for pr in r.value.runs},
-                    started[0].value.sweep_id)
+                    started[0].value.sweep_id, csv=csv)
     pool.raise_failures(results)
 
 
@@ -229,6 +229,8 @@ def sweep_status(c, watch=False, json=False, interval=None, pod=None):
     show how they ended (exit status, signal, torchrun's failed ranks) and their last
     log lines. One round trip whatever the number of runs (one per pod, the pods read at
     once); on a pool --json adds pods: [{name, state (up|down), counts}] and each run's pod.
+    With --watch on a pool each refresh also balances it as sweep-wait does (idle pods take
+    pending runs; a down pod's runs are re-placed with pool.recover).
     """
     import time
 
@@ -240,6 +242,12 @@ def sweep_status(c, watch=False, json=False, interval=None, pod=None):
 
     def read():
         return on_pods(pod, lambda: _with_cost(fetch_status(runtime.agent(), metrics=opts)), raise_errors=False)
+
+    if watch and pod is None and len(pool.pods(runtime.config())) > 1:  # a pool watched is kept busy
+        keeper = _keeper(opts, json, each=_with_cost)
+
+        def read():  # noqa: F811 - the pool's reads balance it too
+            return keeper.round().results
 
     results = read()
     pause = float(interval or 2.0)
@@ -358,10 +366,15 @@ def _holding(which):
 def sweep_wait(c, timeout_secs: Optional[float] = None, json=False, pod=None):
     """Wait until the sweep ends: exit 0 if every run succeeded, 1 if any did not, 5 on timeout.
 
-    On a pool it waits on every pod that holds runs of the sweep, at once. Meanwhile every
-    running run's dir is mirrored into <local.artifacts_dir>/<run_id>/ every
-    sweep.mirror_interval_secs (0: off), in the background: a run launched again on a pod
-    without its files resumes from that copy. A mirror that fails is logged and retried."""
+    On a pool (no --pod) it reads every pod at once every few seconds and keeps the pool
+    busy: a pod whose runner ended takes pending runs from the busiest pod's queue. A
+    pod is down when its provider says so or when it cannot be reached for
+    pool.down_after_secs; with pool.recover (default) its unfinished runs are re-placed on
+    the pods that are up (their attempt counted one more) and the wait goes on. Each move
+    is printed (on stderr with --json). Meanwhile every running run's dir is mirrored
+    into <local.artifacts_dir>/<run_id>/ every sweep.mirror_interval_secs (0: off), in
+    the background: a run launched again on a pod without its files resumes from that
+    copy. A mirror that fails is logged and retried."""
     import sys
 
     from invoke import Exit
@@ -372,16 +385,51 @@ def sweep_wait(c, timeout_secs: Optional[float] = None, json=False, pod=None):
 
     secs, opts = _secs(timeout_secs, "--timeout-secs"), metrics_options(runtime.config())
 
+    def mirrored(st):  # in a pod's context: its running runs mirrored, in the background
+        name = runtime.current_pod().name
+        if name not in mirrors:
+            mirrors[name] = mirror.for_current_pod(
+                lambda text: print(f"podflow: {name}: {text} (retried)", file=sys.stderr))
+        mirrors[name].tick(st)
+        return st, None
+
     def one_pod():
         name = runtime.current_pod().name
         logged = mirror.for_current_pod(lambda text: print(f"podflow: {name}: {text} (retried)", file=sys.stderr))
         return wait_sweep(runtime.agent(), secs, metrics=opts, mirror=logged), None
 
-    results = on_pods(pod, one_pod, pods=_holding(pod), raise_errors=False)
-    doc = _show(results, json)
-    pool.raise_failures(results)
+    mirrors = {}
+    if pod is None and len(pool.pods(runtime.config())) > 1:
+        try:
+            results = _keeper(opts, json, each=mirrored).wait(secs).results
+        finally:
+            for m in mirrors.values():
+                m.close()
+        doc = _show(results, json)
+        down = {p["name"] for p in doc["pods"] if p["state"] == "down"}
+        if not runtime.config().get("pool.recover", True) or any(r["state"] == "unknown" for r in doc["runs"]):
+            pool.raise_failures(results)
+        else:  # a down pod's runs were re-placed: its failure to answer is no longer the sweep's
+            pool.raise_failures([r for r in results if r.pod.name not in down])
+    else:
+        results = on_pods(pod, one_pod, pods=_holding(pod), raise_errors=False)
+        doc = _show(results, json)
+        pool.raise_failures(results)
     if not doc or not doc["runs"] or any(run["state"] != "success" for run in doc["runs"]):
         raise Exit(code=1)
+
+
+def _keeper(opts, json: bool, recover=None, each=None):
+    """What balances the pool between reads (workflow.sweep.balance), saying each move."""
+    import sys
+
+    from workflow.sweep.balance import Keeper
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr if json else sys.stdout, flush=True)
+
+    cfg = runtime.config()
+    return Keeper(cfg, pool.pods(cfg), metrics=opts, say=say, recover=recover, each=each)
 
 
 @wf_task(help={"grace_secs": "seconds between TERM and KILL for each run (default 10)", "json": "print one JSON document",

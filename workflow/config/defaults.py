@@ -90,6 +90,7 @@ DEFAULTS: Dict[str, Any] = {
     },
     "fsm": {"enforce": True, "state_file": None},
     "tasks": {"tmux_session": None, "timeout_secs": None},
+    "pool": {"down_after_secs": 120, "recover": True, "replace": False},
     "autostop": {"idle_minutes": None, "action": "stop", "command": None, "gpu_util_below": 5,
                  "allow_account_key": False},
     "notify": {"on": ["sweep_completed", "run_failed", "autostop", "budget"]},

@@ -173,6 +173,8 @@ class SweepStatus:
     fsm_state: Optional[str] = None
     runner: Mapping[str, Any] = field(default_factory=dict)
     finished: bool = True
+    withdrawn: Tuple[str, ...] = ()
+    """Runs of this pod's sweep a pool moved to another pod (never launched here)."""
 
     @property
     def ok(self) -> bool:
@@ -188,7 +190,7 @@ class SweepStatus:
                    percent=float(doc.get("percent") or 0.0),
                    runs=tuple(RunState.from_doc(r) for r in doc.get("runs") or []),
                    sweep_id=doc.get("sweep_id"), fsm_state=doc.get("fsm_state"), runner=doc.get("runner") or {},
-                   finished=bool(doc.get("finished", True)))
+                   finished=bool(doc.get("finished", True)), withdrawn=tuple(doc.get("withdrawn") or ()))
 
     def to_json(self) -> Dict[str, Any]:
         """SPEC §6 ``sweep-status --json`` (plus ``sweep_id``, ``fsm_state``, ``runner``)."""
@@ -220,11 +222,16 @@ def _who() -> str:
 def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[str] = None,
                 start_at: Optional[str] = None, limit: Optional[int] = None, dry_run: bool = False,
                 retry_failed: bool = False, warn: Optional[Callable[[str], None]] = None,
-                run_ids: Optional[Collection[str]] = None, check_state: bool = False) -> SweepStart:
+                run_ids: Optional[Collection[str]] = None, check_state: bool = False,
+                launch_ids: Optional[Collection[str]] = None,
+                attempts: Optional[Mapping[str, int]] = None) -> SweepStart:
     """Validate, probe, check the state, plan and start the sweep (see the module doc).
 
     ``run_ids``: only these of the selected rows (the ones a pool placed on this pod).
     ``check_state``: a dry run asks the state machine too (a pool's first phase).
+    ``launch_ids``: launch only these (a pool moving runs here; the pod's other runs stay
+    in its sweep as they are). ``attempts``: run id -> the attempt its launch is (a run
+    moved from another pod goes on counting there: this is where it is relaunched).
     Raises ``SweepCsvError``/``InputError`` (exit 2: bad CSV, configs missing on the pod,
     bad selection), ``TransitionRefused`` (exit 3), transport errors (exit 4)."""
     path = Path(cfg.local_path(csv or cfg.sweep.csv))
@@ -267,6 +274,8 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
         prev = (previous.get(p.run_id) or {}).get("state")
         if prev == "success":
             planned.append(PlannedRun(p, False, "already ok", prev))
+        elif launch_ids is not None and p.run_id not in launch_ids:
+            planned.append(PlannedRun(p, False, "kept as it is", prev))
         elif retry_failed and prev not in NOT_OK:
             planned.append(PlannedRun(p, False, "never ran" if prev is None else f"state {prev}", prev))
         else:
@@ -281,7 +290,10 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
         return result
     push_local(agent.transport, probe["outputs_dir"], artifacts,
                [pr.plan.run_id for pr in planned if pr.launch and pr.resume.source == "local"])
-    run_docs = [dict(pr.plan.to_dict(), launch=pr.launch, attempts_before=pr.resume.attempt - 1 if pr.resume else 0)
+    # a run a pool re-placed counts on from the placement record's attempt (``attempts``)
+    run_docs = [dict(pr.plan.to_dict(), launch=pr.launch,
+                     attempts_before=max(pr.resume.attempt, int((attempts or {}).get(pr.plan.run_id, 1))) - 1
+                     if pr.resume else 0)
                 for pr in planned]
     doc = agent.call("sweep.start", timeout=120, plan={"runs": run_docs},
                      settings={"gpus": list(gpus), "on_failure": settings.on_failure,
@@ -311,10 +323,11 @@ def metrics_options(cfg) -> Dict[str, Any]:
             "mode": opts.get("mode") or "min"}
 
 
-def sweep_status(agent, *, tail: int = 15, metrics: Optional[Mapping[str, Any]] = None) -> SweepStatus:
+def sweep_status(agent, *, tail: int = 15, metrics: Optional[Mapping[str, Any]] = None,
+                 timeout: float = 120) -> SweepStatus:
     """Every run of the latest sweep, in one call (the repair pass included); ``metrics``:
     ``metrics_options(cfg)``."""
-    return SweepStatus.from_doc(agent.call("sweep.status", timeout=120, tail=tail, metrics=dict(metrics or {})))
+    return SweepStatus.from_doc(agent.call("sweep.status", timeout=timeout, tail=tail, metrics=dict(metrics or {})))
 
 
 def wait_sweep(agent, timeout_secs: Optional[float] = None, *,

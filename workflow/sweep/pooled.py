@@ -108,13 +108,28 @@ def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) ->
 
 @dataclass(frozen=True)
 class Placement:
-    """Which pod holds each run of this project's pool sweeps (last placement wins)."""
+    """Which pod holds each run of this project's pool sweeps (last placement wins): the
+    truth a stale copy of a run on another pod never overrides."""
 
     runs: Mapping[str, str] = field(default_factory=dict)
     sweep_id: Optional[str] = None
+    attempts: Mapping[str, int] = field(default_factory=dict)
+    """run id -> the attempt of its current placement (absent: 1); a run re-placed after
+    its pod went down counts one more (dstack's ``submission_num``)."""
+    ended: Mapping[str, str] = field(default_factory=dict)
+    """run id -> the end state last read from its pod: what is known of a run whose pod
+    went down (an ok run there is not run again)."""
+    csv: Optional[str] = None
+    """The CSV the sweep was started from (a run re-placed is planned from it again)."""
 
     def pod_of(self, run_id: str, default: Optional[str] = None) -> Optional[str]:
         return self.runs.get(run_id, default)
+
+    def attempt_of(self, run_id: str) -> int:
+        return int(self.attempts.get(run_id) or 1)
+
+    def held_by(self, pod: str) -> List[str]:
+        return [run_id for run_id, name in self.runs.items() if name == pod]
 
     def holders(self) -> List[str]:
         return sorted(set(self.runs.values()), key=lambda name: int(name[1:]) if name[1:].isdigit() else 0)
@@ -132,27 +147,38 @@ def load(config) -> Placement:
         return Placement()
     except (OSError, ValueError) as exc:
         raise InputError(f"{p}: unreadable ({exc})", hint="remove it: the next sweep-start writes it again") from None
-    return Placement(runs=dict(doc.get("runs") or {}), sweep_id=doc.get("sweep_id"))
+    return Placement(runs=dict(doc.get("runs") or {}), sweep_id=doc.get("sweep_id"),
+                     attempts=dict(doc.get("attempts") or {}), ended=dict(doc.get("ended") or {}), csv=doc.get("csv"))
 
 
-def save(config, placed: Mapping[str, str], sweep_id: Optional[str]) -> Placement:
-    """Record ``placed`` (merged over what was recorded), atomically."""
+def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
+         attempts: Optional[Mapping[str, int]] = None, ended: Optional[Mapping[str, str]] = None,
+         csv: Optional[str] = None) -> Placement:
+    """Record ``placed``, ``attempts`` and ``ended`` (merged over what was recorded; a run
+    placed anew forgets its old end), atomically."""
     before = load(config)
-    runs = dict(before.runs)
+    runs, tries, done = dict(before.runs), dict(before.attempts), dict(before.ended)
     runs.update(placed)
+    for run_id in placed:
+        if placed[run_id] != before.runs.get(run_id):
+            done.pop(run_id, None)
+    tries.update(attempts or {})
+    done.update(ended or {})
+    doc = {"sweep_id": sweep_id or before.sweep_id, "at": time.time(), "runs": runs, "attempts": tries,
+           "ended": done, "csv": csv or before.csv}
     p = record_path(config)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".pool-sweep.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump({"sweep_id": sweep_id, "at": time.time(), "runs": runs}, fh, indent=2, sort_keys=True)
+            json.dump(doc, fh, indent=2, sort_keys=True)
             fh.write("\n")
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return Placement(runs=runs, sweep_id=sweep_id)
+    return Placement(runs=runs, sweep_id=doc["sweep_id"], attempts=tries, ended=done, csv=doc["csv"])
 
 
 # ---------------------------------------------------------------- one status of many pods
@@ -169,7 +195,7 @@ def merge(read: Sequence[Any], placement: Placement) -> Dict[str, Any]:
     """One ``sweep-status --json`` document from the pods' results (``pool.PodResult`` of
     ``SweepStatus``), in pod order. A run is taken from the pod the placement names (a copy
     elsewhere is stale); a pod that could not be read is ``down`` and the runs it holds
-    are ``unknown``."""
+    are ``unknown`` (or the end last read from it, ``Placement.ended``)."""
     from workflow.fsm import order
 
     runs: List[Dict[str, Any]] = []
@@ -178,8 +204,9 @@ def merge(read: Sequence[Any], placement: Placement) -> Dict[str, Any]:
     for r in read:
         name = r.pod.name
         if not r.ok:
-            held = [{"id": run_id, "state": "unknown", "exit_code": None, "duration_secs": None, "metrics": {},
-                     "log_tail": None, "pod": name} for run_id, pod in placement.runs.items() if pod == name]
+            held = [{"id": run_id, "state": placement.ended.get(run_id) or "unknown", "exit_code": None,
+                     "duration_secs": None, "metrics": {}, "log_tail": None, "pod": name}
+                    for run_id, pod in placement.runs.items() if pod == name]
             runs += [h for h in held if h["id"] not in seen]
             seen.update(h["id"] for h in held)
             pods.append({"name": name, "state": "down", "counts": {},

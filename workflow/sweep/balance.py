@@ -1,0 +1,345 @@
+"""Balance and recovery of a pool's sweep (SPEC §8): what ``sweep-wait`` (and
+``sweep-status --watch``) do between reads on a pool, and ``sweep-recover``.
+
+Each round reads every pod at once (one status each), then:
+
+* **Health.** A pod is down when its provider says it is stopped, exited, terminated,
+  broken or gone, or when every read of it has failed for ``pool.down_after_secs``.
+  Only consecutive failures count, and only failures to reach it: a slow answer, or a
+  pod that answers with an error, is not a death.
+* **Stale copies.** A pod that answers but still has, pending or running, a run the
+  placement record gives to another pod (it was down and came back) has that copy
+  withdrawn and cancelled: the record is the truth, a stale copy never wins.
+* **Moves.** A pod with no runner alive (idle) takes runs: first those with no live
+  pod (the unfinished runs of a down pod, with ``pool.recover``; runs withdrawn whose
+  start elsewhere failed), else about half the pending queue of the busiest pod.
+
+A move is: withdraw the runs on the pod that has them (atomic there, under the lock its
+runner launches under: a run is launched there or withdrawn, never both), start them on
+the idle pod, then record them in ``.podflow/pool-sweep.json``. The runs of a down pod
+cannot be withdrawn: they are re-placed with their attempt counted one more, and their
+copies are cancelled if that pod comes back. Clients on this machine take turns (a file
+lock); clients on two machines are kept apart by the pods themselves: a run is withdrawn
+once, and a start on a pod whose runner is alive is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from workflow import pool, runtime
+from workflow.errors import ExitCode, PodflowError, WaitTimeout
+from workflow.sweep import pooled
+
+Say = Callable[[str], None]
+LOCK = Path(".podflow") / "pool-balance.lock"
+#: Pod states (fsm) from which an idle pod may start the runs it takes.
+STARTABLE = ("CHECKED_OUT", "SWEEP_COMPLETED")
+#: The longest a read of one pod may take in a round (a pod that hangs is a failed read).
+READ_TIMEOUT_SECS = 30.0
+
+
+# ---------------------------------------------------------------- health
+
+
+@dataclass
+class PodHealth:
+    failing_since: Optional[float] = None
+    failures: int = 0
+    down: Optional[str] = None
+    """Why the pod is down; None while it is up."""
+
+
+class Health:
+    """Each pod's consecutive failed reads, and whether that makes it down."""
+
+    def __init__(self, down_after_secs: float, clock: Callable[[], float] = time.monotonic):
+        self.down_after = float(down_after_secs)
+        self.clock = clock
+        self.pods: Dict[str, PodHealth] = {}
+
+    def observe(self, result: pool.PodResult, provider_says: Callable[[pool.Pod], Optional[str]]) -> None:
+        """One read of a pod: a success makes it up again; a failure to reach it counts."""
+        name = result.pod.name
+        if result.ok or int(getattr(result.error, "exit_code", 1)) != ExitCode.UNREACHABLE:
+            self.pods[name] = PodHealth()
+            return
+        h = self.pods.setdefault(name, PodHealth())
+        now = self.clock()
+        if h.failing_since is None:
+            h.failing_since = now
+        h.failures += 1
+        if h.down:
+            return
+        said = provider_says(result.pod)
+        if said:
+            h.down = said
+        elif h.failures >= 2 and now - h.failing_since >= self.down_after:
+            h.down = f"unreachable for {now - h.failing_since:.0f}s ({h.failures} reads failed)"
+
+    def down(self, name: str) -> Optional[str]:
+        h = self.pods.get(name)
+        return h.down if h else None
+
+
+def provider_says(pod: pool.Pod) -> Optional[str]:
+    """Why the provider says ``pod`` is dead (stopped, exited, terminated, broken, gone), or
+    None (alive, unknown, or a provider that keeps no pods: ssh, local)."""
+    from workflow import session
+    from workflow.providers import get_provider
+    from workflow.providers.base import PodGone, PodState
+
+    with runtime.on_pod(pod):
+        cfg = runtime.config()
+        if cfg.pod.provider in ("local", "ssh"):
+            return None
+        rec = session.load(cfg)
+        if rec is None or not rec.pod_id:
+            return None
+        try:
+            info = get_provider(cfg).get(rec.pod_id)
+        except PodGone:
+            return "the provider says it is gone"
+        except PodflowError:
+            return None  # the API itself cannot be read: that says nothing of the pod
+    if info.state in (PodState.STOPPED, PodState.ERROR, PodState.TERMINATED):
+        return f"the provider says it is {info.state.value}"
+    return None
+
+
+# ---------------------------------------------------------------- deciding the moves
+
+
+@dataclass(frozen=True)
+class Move:
+    runs: Tuple[str, ...]
+    to: str
+    source: Optional[str]
+    """The pod to withdraw them from first (None: none can be asked: the runs' pod is down,
+    or they were withdrawn already)."""
+    why: str
+    """``balance`` (pending runs of a busy pod), ``recover`` (a down pod's), ``stranded``."""
+
+
+def _idle(st) -> bool:
+    return st.state != "running" and (st.fsm_state in STARTABLE)
+
+
+def orphans(up: Mapping[str, object], down: Sequence[str], placement: pooled.Placement,
+            recover: bool) -> List[Tuple[str, str]]:
+    """Runs that no live pod will run: ``(run_id, why)``. A down pod's runs not known to
+    have ended (with ``recover``), and runs a pod withdrew that no other pod started."""
+    out: List[Tuple[str, str]] = []
+    if recover:
+        for name in down:
+            out += [(r, "recover") for r in placement.held_by(name) if r not in placement.ended]
+    for name, st in up.items():
+        out += [(r, "stranded") for r in getattr(st, "withdrawn", ()) if placement.pod_of(r) == name]
+    return out
+
+
+def plan_moves(up: Mapping[str, object], down: Sequence[str], placement: pooled.Placement,
+               recover: bool = True) -> List[Move]:
+    """The moves of one round. ``up``: pod name -> its ``SweepStatus`` (pod order);
+    ``down``: the pods that are down."""
+    idle = [name for name, st in up.items() if _idle(st)]
+    if not idle:
+        return []
+    homeless = orphans(up, down, placement, recover)
+    moves: List[Move] = []
+    if homeless:
+        for i, name in enumerate(idle):
+            share = math.ceil(len(homeless) / (len(idle) - i))
+            take, homeless = homeless[:share], homeless[share:]
+            for why in ("recover", "stranded"):
+                runs = tuple(r for r, w in take if w == why)
+                if runs:
+                    moves.append(Move(runs, name, None, why))
+        return moves
+    queues = {name: [r.id for r in st.runs if r.state == "pending" and placement.pod_of(r.id, name) == name]
+              for name, st in up.items() if st.state == "running"}
+    for name in idle:
+        busiest = max(queues, key=lambda n: len(queues[n]), default=None)
+        if busiest is None or not queues[busiest]:
+            break
+        queue = queues[busiest]
+        k = (len(queue) + 1) // 2
+        moves.append(Move(tuple(queue[-k:]), name, busiest, "balance"))
+        queues[busiest] = queue[:-k]
+    return moves
+
+
+# ---------------------------------------------------------------- doing them
+
+
+@contextlib.contextmanager
+def turn(cfg) -> Iterator[None]:
+    """One client of this project at a time moves runs (a file lock beside the record)."""
+    path = Path(cfg.root) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _by_name(cfg) -> Dict[str, pool.Pod]:
+    return {p.name: p for p in pool.pods(cfg)}
+
+
+def withdraw(pod: pool.Pod, run_ids: Sequence[str], *, cancel: bool = False) -> Dict[str, object]:
+    """Take ``run_ids`` out of ``pod``'s sweep (see ``sweep.withdraw`` on the pod)."""
+    with runtime.on_pod(pod):
+        return runtime.agent().call("sweep.withdraw", timeout=120, run_ids=list(run_ids), cancel=cancel)
+
+
+def relaunch(pod: pool.Pod, keep: Sequence[str], runs: Sequence[str], attempts: Mapping[str, int],
+             csv: Optional[str]) -> None:
+    """Start ``runs`` on ``pod`` (its runs ``keep`` stay in its sweep as they are). This is
+    where a run is launched again elsewhere: ``attempts`` carries each one's attempt."""
+    from workflow.sweep.control import start_sweep
+
+    with runtime.on_pod(pod):
+        start_sweep(runtime.config(), runtime.agent(), runtime.fsm(), csv=csv, run_ids=set(keep) | set(runs),
+                    launch_ids=set(runs), attempts=attempts)
+
+
+def execute(cfg, move: Move, seen: pooled.Placement, say: Say) -> List[str]:
+    """Do one move (withdraw, start, record); the runs it moved. A run another client moved
+    since ``seen`` was read is left alone; a start that fails leaves its runs to a later
+    round (withdrawn ones are then ``stranded``), and says why."""
+    pods = _by_name(cfg)
+    with turn(cfg):
+        now = pooled.load(cfg)
+        runs = [r for r in move.runs if now.pod_of(r) == seen.pod_of(r) and r not in now.ended]
+        if move.source is not None and runs:
+            try:
+                runs = list(withdraw(pods[move.source], runs)["withdrawn"])
+            except PodflowError as exc:
+                say(f"{move.source}: its pending runs could not be withdrawn: {getattr(exc, 'message', exc)}")
+                return []
+        if not runs:
+            return []
+        attempts = {r: now.attempt_of(r) + (1 if move.why == "recover" else 0) for r in runs}
+        keep = [r for r in now.held_by(move.to) if r not in runs]
+        try:
+            relaunch(pods[move.to], keep, runs, attempts, now.csv)
+        except PodflowError as exc:
+            say(f"{move.to}: could not start {', '.join(runs)}: {getattr(exc, 'message', exc)}; "
+                "they wait for another pod")
+            return []
+        pooled.save(cfg, {r: move.to for r in runs}, attempts=attempts)
+    source = f" from {move.source}" if move.source else (
+        f" from {seen.pod_of(runs[0])} (down)" if move.why == "recover" else "")
+    tries = sorted(set(attempts.values()))
+    say(f"{move.to} took {', '.join(runs)}{source}" + (f" (attempt {tries[0]})" if tries != [1] else ""))
+    return runs
+
+
+def cancel_stale(cfg, up: Mapping[str, object], placement: pooled.Placement, say: Say) -> None:
+    """Withdraw and cancel, on pods that answer, copies of runs the record gives to another pod."""
+    pods = _by_name(cfg)
+    for name, st in up.items():
+        stale = [r.id for r in st.runs if r.state in ("pending", "running")
+                 and placement.pod_of(r.id, name) != name]
+        if not stale:
+            continue
+        done = withdraw(pods[name], stale, cancel=True)
+        if done.get("withdrawn"):
+            say(f"{name}: stale copies withdrawn ({', '.join(done['withdrawn'])}): "
+                f"the record gives them to other pods")
+
+
+def record_ends(cfg, up: Mapping[str, object], placement: pooled.Placement) -> pooled.Placement:
+    """Keep in the record how each run ended on its pod (what is known if the pod dies)."""
+    ended = {r.id: r.state for name, st in up.items() for r in st.runs
+             if r.state in pooled.TERMINAL and placement.pod_of(r.id) == name and placement.ended.get(r.id) != r.state}
+    if not ended:
+        return placement
+    with turn(cfg):
+        return pooled.save(cfg, {}, ended=ended)
+
+
+@dataclass
+class Round:
+    """One read of the pool and what was done about it."""
+
+    results: List[pool.PodResult]
+    moved: List[str]
+    down: Dict[str, str]
+
+
+class Keeper:
+    """Reads the pool and balances it, round after round (sweep-wait, --watch, sweep-recover)."""
+
+    def __init__(self, cfg, pods: Sequence[pool.Pod], *, metrics: Optional[Mapping[str, object]] = None,
+                 recover: Optional[bool] = None, say: Say = print, health: Optional[Health] = None,
+                 each: Optional[Callable[[object], object]] = None):
+        """``each(status)``: what a read keeps of a pod, in its context (default ``(status, None)``)."""
+        self.cfg = cfg
+        self.each = each or (lambda st: (st, None))
+        self.pods = tuple(pods)
+        self.metrics = dict(metrics or {})
+        self.recover = bool(cfg.get("pool.recover", True)) if recover is None else recover
+        self.say = say
+        self.health = health or Health(float(cfg.get("pool.down_after_secs", 120)))
+        self.reported: Dict[str, str] = {}
+
+    def read(self) -> List[pool.PodResult]:
+        from workflow.sweep.control import sweep_status
+
+        timeout = max(5.0, min(READ_TIMEOUT_SECS, self.health.down_after))
+        return pool.fan_out(self.pods, lambda pod: self.each(sweep_status(runtime.agent(), metrics=self.metrics,
+                                                                          timeout=timeout)))
+
+    def round(self, balance: bool = True) -> Round:
+        results = self.read()
+        for r in results:
+            self.health.observe(r, provider_says)
+        down = {p.name: self.health.down(p.name) for p in self.pods if self.health.down(p.name)}
+        for name, why in down.items():
+            if self.reported.get(name) != why:
+                self.say(f"{name} is down: {why}")
+        self.reported = dict(down)
+        up = {r.pod.name: r.value[0] for r in results if r.ok}
+        placement = record_ends(self.cfg, up, pooled.load(self.cfg))
+        moved: List[str] = []
+        if balance:
+            cancel_stale(self.cfg, up, placement, self.say)
+            for move in plan_moves(up, list(down), placement, self.recover):
+                moved += execute(self.cfg, move, placement, self.say)
+        return Round(results, moved, down)
+
+    def doc(self, rnd: Round) -> Dict[str, object]:
+        statuses = [pool.PodResult(r.pod, value=r.value[0]) if r.ok else r for r in rnd.results]
+        return pooled.merge(statuses, pooled.load(self.cfg))
+
+    def wait(self, timeout_secs: Optional[float] = None, interval: float = 2.0) -> Round:
+        """Rounds until every run of the record has ended (a pod that cannot be read and is
+        not down yet is waited for). Without ``recover`` a pod that cannot be read ends the
+        wait at once (its failure is the caller's to raise). WaitTimeout (exit 5)."""
+        deadline = None if timeout_secs is None else time.monotonic() + float(timeout_secs)
+        while True:
+            rnd = self.round()
+            failed = [r for r in rnd.results if not r.ok]
+            if failed and not self.recover:
+                return rnd
+            if not rnd.moved:
+                doc = self.doc(rnd)
+                # a pod that cannot be read ends the wait only once it is down (its runs moved)
+                if all(rnd.down.get(r.pod.name) for r in failed) and doc["state"] != "running" and all(
+                        run["state"] in pooled.TERMINAL for run in doc["runs"]):
+                    return rnd
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"the sweep is still running after {timeout_secs}s "
+                                      f"({doc['percent']:.0f}% done); it goes on",
+                                      hint="wf sweep-wait waits again; wf sweep-status shows each run")
+                time.sleep(interval)
