@@ -6,8 +6,10 @@ unix user each. Runs are tiny sleep-bound jobs; nothing here asserts a duration.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -117,3 +119,112 @@ def test_idle_pods_take_pending_runs_and_two_clients_never_place_one_run_twice(p
         assert holders == [int(final[run_id][1])], (run_id, holders)
         st = json.loads((sp.outputs_of[holders[0]] / run_id / "status.json").read_text())
         assert st["attempt"] == 1 and st["state"] == "success"
+
+
+# ---------------------------------------------------------------- a pod dies: its runs go on elsewhere
+
+
+@pytest.fixture
+def ssh_sweep_pool(ssh_client_keys, ssh_session_dir, project):
+    """Two loopback sshd pods (users wfrecover0/1), checked out by hand, sweep config set."""
+    import yaml
+
+    from sshd import SshPod
+    from test_sweep_run_helpers import checkout_on_ssh_pod
+
+    pods = [SshPod(ssh_client_keys, ssh_session_dir, user=f"wfrecover{i}") for i in range(2)]
+    try:
+        for p in pods:
+            p.start()
+            checkout_on_ssh_pod(p)
+        doc = {
+            "project": "rec",
+            "pod": {"provider": "ssh", "identity_file": str(pods[0].key_path), "known_hosts": ".podflow/known_hosts",
+                    "connect_timeout_secs": 2,
+                    "hosts": [{"host": "127.0.0.1", "port": p.port, "user": p.user} for p in pods]},
+            "remote": {"workdir": "~/wft/repo", "outputs_dir": "~/wft/outputs", "data_dir": "~/wft/data"},
+            "checkout": {"require_cuda": False},
+            "pool": {"down_after_secs": 3},
+            "sweep": {"csv": "sweeps/sweep.csv", "workdir": "examples", "launcher": "python",
+                      "entrypoint": "job.py", "args": ["{config}", "--seed={seed}"]},
+        }
+        for p in pods:  # ~/wft/repo and ~/wft/outputs: each pod its own (one config names them all)
+            shutil.rmtree(p.home / "wft" / "outputs", ignore_errors=True)
+            (p.home / "wft" / "repo").symlink_to(p.remote_dir / "repo")
+            os.lchown(p.home / "wft" / "repo", p.uid, p.gid)
+        (project / "configs" / "workflow.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        (project / "sweeps").mkdir(exist_ok=True)
+        yield pods
+    finally:
+        for p in pods:
+            p.cleanup()
+            with contextlib.suppress(FileNotFoundError):
+                (p.home / "wft" / "repo").unlink()
+            shutil.rmtree(p.home / "wft" / "outputs", ignore_errors=True)
+
+
+def wf(project, *args, check=None, timeout=200):
+    proc = subprocess.run([WF, *args], cwd=project, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if check is not None:
+        assert proc.returncode == check, f"wf {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def kill_pod(p) -> None:
+    """The pod dies: its sshd, every session, every process of its user (by PID)."""
+    import signal
+
+    p.stop()
+    p.drop_connections()
+    for _ in range(5):
+        for pid in p.user_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_pod_killed_mid_sweep_its_runs_finish_elsewhere_attempt_2_and_no_ok_run_twice(ssh_sweep_pool, project):
+    import time
+
+    pods = ssh_sweep_pool
+    (project / "sweeps" / "sweep.csv").write_text("run_id,config,seed,overrides,notes\n" + "".join(
+        f"r{i},configs/tiny.json,{i},steps=3 sleep=1,\n" for i in range(6)))
+    wf(project, "fsm-reset", "CHECKED_OUT", "--reason", "checked out by hand (test)", check=0)
+    wf(project, "sweep-start", check=0)
+    placed = record_of(project)["runs"]
+    on_p1 = sorted(r for r, name in placed.items() if name == "p1")
+    assert len(on_p1) == 3, placed
+    end = time.monotonic() + 90
+    while True:  # p1 has ended a run ok and runs another: then it dies
+        doc = json.loads(wf(project, "sweep-status", "--json", check=0).stdout)
+        states = {r["id"]: r["state"] for r in doc["runs"] if r["pod"] == "p1"}
+        if list(states.values()).count("success") >= 1 and "running" in states.values():
+            break
+        assert time.monotonic() < end, doc
+        time.sleep(0.3)
+    ok_on_p1 = sorted(r for r, s in states.items() if s == "success")
+    kill_pod(pods[1])
+
+    res = wf(project, "sweep-wait", "--timeout-secs", "150")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "p1 is down: unreachable for" in res.stdout, res.stdout
+    final = record_of(project)
+    moved = sorted(r for r in on_p1 if r not in ok_on_p1)
+    assert sorted(r for r in final["runs"] if final["runs"][r] != placed[r]) == moved
+    assert all(final["runs"][r] == "p0" and final["attempts"][r] == 2 for r in moved), final
+    out0 = pods[0].home / "wft" / "outputs"
+    for r in moved:  # finished on p0, as attempt 2
+        st = json.loads((out0 / r / "status.json").read_text())
+        assert (st["state"], st["attempt"]) == ("success", 2)
+    for r in ok_on_p1:  # ended ok on p1 before it died: never run again
+        assert not (out0 / r).exists()
+    for r, name in placed.items():  # p0's own runs ran once
+        if name == "p0":
+            assert json.loads((out0 / r / "status.json").read_text())["attempt"] == 1
+    doc = json.loads(wf(project, "sweep-status", "--json").stdout)
+    assert doc["counts"] == {"success": 6}, doc
+    assert [(p["name"], p["state"]) for p in doc["pods"]] == [("p0", "up"), ("p1", "down")]
+
+
+def record_of(project) -> dict:
+    return json.loads((project / ".podflow" / "pool-sweep.json").read_text())

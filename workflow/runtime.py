@@ -58,6 +58,16 @@ def reset() -> None:
 atexit.register(reset)
 
 
+def forget_pod(pod) -> None:
+    """Drop ``pod``'s connection, agent and FSM: a new pod now has its name (a replacement)."""
+    for key in [k for k in _cache if k.split(":")[0] in ("transport", "agent", "fsm", "keep")
+                and k.split(":", 1)[1] == pod.name]:
+        value = _cache.pop(key)
+        if key.startswith("transport:"):
+            with contextlib.suppress(Exception):  # the old pod is gone: closing may fail, and may not matter
+                value.close()
+
+
 def set_flags(**flags: Any) -> None:
     """Config values given as task flags (highest precedence); dotted keys."""
     clean = {k: v for k, v in flags.items() if v is not None}

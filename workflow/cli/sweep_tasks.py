@@ -330,8 +330,13 @@ def _show(results, json: bool, cost: bool = False):
             if cost and st.state != "none":
                 print(render_cost(spend))
         return doc
+    from workflow.sweep.balance import record_ends
+
     statuses = [pool.PodResult(r.pod, value=r.value[0]) if r.ok else r for r in results]
-    doc = pooled.merge(statuses, pooled.load(runtime.config()))
+    # what each read says of how runs ended is kept: it is what is known if their pod dies
+    placement = record_ends(runtime.config(), {r.pod.name: r.value for r in statuses if r.ok},
+                            pooled.load(runtime.config()))
+    doc = pooled.merge(statuses, placement)
     costs = {r.pod.name: r.value[1] for r in results if r.ok}
     for entry in doc["pods"]:
         if entry["name"] in costs and cost:
@@ -430,6 +435,53 @@ def _keeper(opts, json: bool, recover=None, each=None):
 
     cfg = runtime.config()
     return Keeper(cfg, pool.pods(cfg), metrics=opts, say=say, recover=recover, each=each)
+
+
+@wf_task(help={"replace": "first rent a replacement for each down cloud pod (same name), bootstrap it and "
+                          "check it out at the pool's commit (default: pool.replace)",
+               "json": "print one JSON document"})
+def sweep_recover(c, replace=False, json=False):
+    """Re-place a down pod's unfinished runs on the pods that are up, now.
+
+    Reads every pod twice; a pod its provider says is stopped, exited, terminated,
+    broken or gone, or that cannot be reached either time, counts as down here (sweep-wait
+    waits pool.down_after_secs before it says so). Its runs not known to have ended
+    (pending, running, lost) go to the pods whose runner has ended, their attempt counted
+    one more; runs no pod can take now wait for one (sweep-wait places them). A down pod
+    that comes back is not given them again, and its copies of them are cancelled. With
+    --replace (or pool.replace) a cloud pod is first replaced. Exit 0 when no run is left
+    without a pod, 1 otherwise, 4 when no pod is up.
+    """
+    import sys
+
+    from invoke import Exit
+
+    from workflow.errors import ConnectionFailed
+    from workflow.sweep.balance import Health, Keeper
+    from workflow.sweep.control import metrics_options
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr if json else sys.stdout, flush=True)
+
+    cfg = runtime.config()
+    keeper = Keeper(cfg, pool.pods(cfg), metrics=metrics_options(cfg), say=say, recover=True,
+                    replace=bool(replace) or bool(cfg.get("pool.replace", False)), health=Health(0.0))
+    keeper.round(balance=False)
+    rnd = keeper.round()
+    if not any(r.ok for r in rnd.results):
+        raise ConnectionFailed("no pod of the pool can be reached: nothing to re-place the runs on",
+                               hint="wf check-connection; with a cloud pool, --replace rents new pods")
+    doc = keeper.doc(rnd)
+    waiting = [run["id"] for run in doc["runs"] if run["state"] == "unknown"]
+    if json:
+        print_json({"down": rnd.down, "moved": rnd.moved, "waiting": waiting,
+                    "pods": [{"name": p["name"], "state": p["state"]} for p in doc["pods"]]})
+    else:
+        print(f"down: {', '.join(f'{n} ({why})' for n, why in rnd.down.items()) or 'none'}; "
+              f"re-placed: {', '.join(rnd.moved) or 'none'}"
+              + (f"; waiting for a free pod: {', '.join(waiting)} (wf sweep-wait places them)" if waiting else ""))
+    if waiting:
+        raise Exit(code=1)
 
 
 @wf_task(help={"grace_secs": "seconds between TERM and KILL for each run (default 10)", "json": "print one JSON document",

@@ -113,6 +113,40 @@ def provider_says(pod: pool.Pod) -> Optional[str]:
     return None
 
 
+def replace_pod(pod: pool.Pod, sha: Optional[str], say: Say) -> None:
+    """Rent a new cloud pod under ``pod``'s name (the old one destroyed if its provider still
+    has it), bootstrap it and check it out at ``sha`` (the pool's commit)."""
+    from workflow import prepare, session
+    from workflow.errors import InputError
+    from workflow.providers import get_provider, lifecycle
+
+    with runtime.on_pod(pod):
+        cfg = runtime.config()
+        if cfg.pod.provider in ("local", "ssh"):
+            raise InputError(f"{pod.name}: a {cfg.pod.provider} pod cannot be replaced: nothing to rent",
+                             hint="pool.replace and --replace are for cloud pools (lium, vastai, runpod)")
+        old = session.load(cfg)
+        if old is not None and old.pod_id:
+            say(f"{pod.name}: destroying the down pod {old.pod_id} and renting a replacement")
+            lifecycle._destroy_quietly(get_provider(cfg), old.pod_id, say)
+        session.clear(cfg)
+        runtime.forget_pod(pod)
+        lifecycle.pod_up(cfg)
+        prepare.run("bootstrap", progress="quiet")
+        prepare.run("checkout", progress="quiet", sha=sha)
+    say(f"{pod.name}: replaced, checked out at {(sha or 'the default branch')[:12]}")
+
+
+def pool_sha(up_pods: Sequence[pool.Pod]) -> Optional[str]:
+    """The commit the pods that are up checked out (their state files record it)."""
+    for pod in up_pods:
+        with runtime.on_pod(pod), contextlib.suppress(PodflowError):
+            sha = runtime.fsm().status().get("checkout_sha")
+            if sha:
+                return sha
+    return None
+
+
 # ---------------------------------------------------------------- deciding the moves
 
 
@@ -282,7 +316,7 @@ class Keeper:
 
     def __init__(self, cfg, pods: Sequence[pool.Pod], *, metrics: Optional[Mapping[str, object]] = None,
                  recover: Optional[bool] = None, say: Say = print, health: Optional[Health] = None,
-                 each: Optional[Callable[[object], object]] = None):
+                 each: Optional[Callable[[object], object]] = None, replace: Optional[bool] = None):
         """``each(status)``: what a read keeps of a pod, in its context (default ``(status, None)``)."""
         self.cfg = cfg
         self.each = each or (lambda st: (st, None))
@@ -291,7 +325,10 @@ class Keeper:
         self.recover = bool(cfg.get("pool.recover", True)) if recover is None else recover
         self.say = say
         self.health = health or Health(float(cfg.get("pool.down_after_secs", 120)))
+        self.replace = bool(cfg.get("pool.replace", False)) if replace is None else replace
         self.reported: Dict[str, str] = {}
+        self.replaced: Dict[str, str] = {}
+        """Pods replaced whose old runs still wait to be re-placed (name -> why it was down)."""
 
     def read(self) -> List[pool.PodResult]:
         from workflow.sweep.control import sweep_status
@@ -309,14 +346,42 @@ class Keeper:
             if self.reported.get(name) != why:
                 self.say(f"{name} is down: {why}")
         self.reported = dict(down)
+        if balance and self.replace and self.recover:
+            results = self._replace(results, down)
         up = {r.pod.name: r.value[0] for r in results if r.ok}
         placement = record_ends(self.cfg, up, pooled.load(self.cfg))
         moved: List[str] = []
         if balance:
             cancel_stale(self.cfg, up, placement, self.say)
-            for move in plan_moves(up, list(down), placement, self.recover):
+            gone = [name for name in down if name not in up] + list(self.replaced)
+            moves = plan_moves(up, gone, placement, self.recover)
+            for move in moves:
                 moved += execute(self.cfg, move, placement, self.say)
+            if any(m.why == "recover" for m in moves):
+                self.replaced.clear()
         return Round(results, moved, down)
+
+    def _replace(self, results: List[pool.PodResult], down: Mapping[str, str]) -> List[pool.PodResult]:
+        """Replace each down pod (cloud pools); the read of a replaced pod is its new pod's."""
+        ready = [r.pod for r in results if r.ok]
+        out = list(results)
+        for i, r in enumerate(results):
+            if r.ok or r.pod.name not in down or r.pod.name in self.replaced:
+                continue
+            try:
+                replace_pod(r.pod, pool_sha(ready), self.say)
+            except PodflowError as exc:
+                self.say(f"{r.pod.name}: no replacement: {getattr(exc, 'message', exc)}")
+                continue
+            self.replaced[r.pod.name] = down[r.pod.name]
+            out[i] = self._read_one(r.pod)
+            self.health.observe(out[i], provider_says)
+        return out
+
+    def _read_one(self, pod: pool.Pod) -> pool.PodResult:
+        from workflow.sweep.control import sweep_status
+
+        return pool.fan_out([pod], lambda p: self.each(sweep_status(runtime.agent(), metrics=self.metrics)))[0]
 
     def doc(self, rnd: Round) -> Dict[str, object]:
         statuses = [pool.PodResult(r.pod, value=r.value[0]) if r.ok else r for r in rnd.results]
