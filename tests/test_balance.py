@@ -83,6 +83,10 @@ def test_plan_moves_idle_pods_take_half_a_queue_and_a_down_pods_unfinished_runs(
         balance.Move(("x",), "p1", None, "stranded")]
     up["p1"] = _st("running", "SWEEP_RUNNING", ("e", "running"))
     assert balance.plan_moves(up, ["p2"], rec) == []
+    # a pod that comes back is not given the runs that left it while it was down
+    up["p1"] = _st("completed", "SWEEP_COMPLETED", ("e", "success"))
+    back = pooled.Placement(runs=rec.runs, left={"d": ["p1"]})
+    assert balance.plan_moves(up, [], back) == [balance.Move(("b", "c"), "p1", "p0", "balance")]
 
 
 # ---------------------------------------------------------------- balance, for real, under a race
@@ -124,34 +128,34 @@ def test_idle_pods_take_pending_runs_and_two_clients_never_place_one_run_twice(p
 # ---------------------------------------------------------------- a pod dies: its runs go on elsewhere
 
 
-@pytest.fixture
-def ssh_sweep_pool(ssh_client_keys, ssh_session_dir, project):
-    """Two loopback sshd pods (users wfrecover0/1), checked out by hand, sweep config set."""
+@contextlib.contextmanager
+def ssh_sweep_pool(pods, project, down_after_secs: float = 3):
+    """``pods`` (``SshPod``s, not started) as a pool of a sweep project: started, checked out
+    by hand (``~/wft/repo``, outputs in ``~/wft/outputs``: one config names every pod's)."""
     import yaml
 
-    from sshd import SshPod
     from test_sweep_run_helpers import checkout_on_ssh_pod
 
-    pods = [SshPod(ssh_client_keys, ssh_session_dir, user=f"wfrecover{i}") for i in range(2)]
     try:
         for p in pods:
             p.start()
             checkout_on_ssh_pod(p)
+            shutil.rmtree(p.home / "wft" / "outputs", ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                (p.home / "wft" / "repo").unlink()
+            (p.home / "wft" / "repo").symlink_to(p.remote_dir / "repo")
+            os.lchown(p.home / "wft" / "repo", p.uid, p.gid)
         doc = {
             "project": "rec",
             "pod": {"provider": "ssh", "identity_file": str(pods[0].key_path), "known_hosts": ".podflow/known_hosts",
                     "connect_timeout_secs": 2,
-                    "hosts": [{"host": "127.0.0.1", "port": p.port, "user": p.user} for p in pods]},
+                    "hosts": [{"host": p.host, "port": p.port, "user": p.user} for p in pods]},
             "remote": {"workdir": "~/wft/repo", "outputs_dir": "~/wft/outputs", "data_dir": "~/wft/data"},
             "checkout": {"require_cuda": False},
-            "pool": {"down_after_secs": 3},
+            "pool": {"down_after_secs": down_after_secs},
             "sweep": {"csv": "sweeps/sweep.csv", "workdir": "examples", "launcher": "python",
                       "entrypoint": "job.py", "args": ["{config}", "--seed={seed}"]},
         }
-        for p in pods:  # ~/wft/repo and ~/wft/outputs: each pod its own (one config names them all)
-            shutil.rmtree(p.home / "wft" / "outputs", ignore_errors=True)
-            (p.home / "wft" / "repo").symlink_to(p.remote_dir / "repo")
-            os.lchown(p.home / "wft" / "repo", p.uid, p.gid)
         (project / "configs" / "workflow.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         (project / "sweeps").mkdir(exist_ok=True)
         yield pods
@@ -161,6 +165,16 @@ def ssh_sweep_pool(ssh_client_keys, ssh_session_dir, project):
             with contextlib.suppress(FileNotFoundError):
                 (p.home / "wft" / "repo").unlink()
             shutil.rmtree(p.home / "wft" / "outputs", ignore_errors=True)
+
+
+@pytest.fixture
+def two_ssh_pods(ssh_client_keys, ssh_session_dir, project):
+    """Two loopback sshd pods (users wfrecover0/1) of a sweep project."""
+    from sshd import SshPod
+
+    with ssh_sweep_pool([SshPod(ssh_client_keys, ssh_session_dir, user=f"wfrecover{i}") for i in range(2)],
+                        project) as pods:
+        yield pods
 
 
 def wf(project, *args, check=None, timeout=200):
@@ -183,10 +197,10 @@ def kill_pod(p) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_a_pod_killed_mid_sweep_its_runs_finish_elsewhere_attempt_2_and_no_ok_run_twice(ssh_sweep_pool, project):
+def test_a_pod_killed_mid_sweep_its_runs_finish_elsewhere_attempt_2_and_no_ok_run_twice(two_ssh_pods, project):
     import time
 
-    pods = ssh_sweep_pool
+    pods = two_ssh_pods
     (project / "sweeps" / "sweep.csv").write_text("run_id,config,seed,overrides,notes\n" + "".join(
         f"r{i},configs/tiny.json,{i},steps=3 sleep=1,\n" for i in range(6)))
     wf(project, "fsm-reset", "CHECKED_OUT", "--reason", "checked out by hand (test)", check=0)

@@ -185,12 +185,16 @@ def plan_moves(up: Mapping[str, object], down: Sequence[str], placement: pooled.
     idle = [name for name, st in up.items() if _idle(st)]
     if not idle:
         return []
+    def may(run_id: str, pod: str) -> bool:  # a pod a run left while down is not given it again
+        return pod not in placement.left.get(run_id, ())
+
     homeless = orphans(up, down, placement, recover)
     moves: List[Move] = []
     if homeless:
         for i, name in enumerate(idle):
-            share = math.ceil(len(homeless) / (len(idle) - i))
-            take, homeless = homeless[:share], homeless[share:]
+            fits = [o for o in homeless if may(o[0], name)]
+            take = fits[:math.ceil(len(fits) / (len(idle) - i))]
+            homeless = [o for o in homeless if o not in take]
             for why in ("recover", "stranded"):
                 runs = tuple(r for r, w in take if w == why)
                 if runs:
@@ -199,13 +203,13 @@ def plan_moves(up: Mapping[str, object], down: Sequence[str], placement: pooled.
     queues = {name: [r.id for r in st.runs if r.state == "pending" and placement.pod_of(r.id, name) == name]
               for name, st in up.items() if st.state == "running"}
     for name in idle:
-        busiest = max(queues, key=lambda n: len(queues[n]), default=None)
-        if busiest is None or not queues[busiest]:
-            break
-        queue = queues[busiest]
-        k = (len(queue) + 1) // 2
-        moves.append(Move(tuple(queue[-k:]), name, busiest, "balance"))
-        queues[busiest] = queue[:-k]
+        fits = {n: [r for r in q if may(r, name)] for n, q in queues.items()}
+        busiest = max(fits, key=lambda n: len(fits[n]), default=None)
+        if busiest is None or not fits[busiest]:
+            continue
+        take = fits[busiest][-((len(fits[busiest]) + 1) // 2):]
+        moves.append(Move(tuple(take), name, busiest, "balance"))
+        queues[busiest] = [r for r in queues[busiest] if r not in take]
     return moves
 
 
@@ -270,7 +274,8 @@ def execute(cfg, move: Move, seen: pooled.Placement, say: Say) -> List[str]:
             say(f"{move.to}: could not start {', '.join(runs)}: {getattr(exc, 'message', exc)}; "
                 "they wait for another pod")
             return []
-        pooled.save(cfg, {r: move.to for r in runs}, attempts=attempts)
+        left = {r: now.pod_of(r) for r in runs if move.why == "recover" and now.pod_of(r) != move.to}
+        pooled.save(cfg, {r: move.to for r in runs}, attempts=attempts, left=left)
     source = f" from {move.source}" if move.source else (
         f" from {seen.pod_of(runs[0])} (down)" if move.why == "recover" else "")
     tries = sorted(set(attempts.values()))

@@ -121,6 +121,9 @@ class Placement:
     went down (an ok run there is not run again)."""
     csv: Optional[str] = None
     """The CSV the sweep was started from (a run re-placed is planned from it again)."""
+    left: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """run id -> the pods it was re-placed away from when they were down: a pod that comes
+    back is not given it again (its copy there is stale)."""
 
     def pod_of(self, run_id: str, default: Optional[str] = None) -> Optional[str]:
         return self.runs.get(run_id, default)
@@ -148,16 +151,22 @@ def load(config) -> Placement:
     except (OSError, ValueError) as exc:
         raise InputError(f"{p}: unreadable ({exc})", hint="remove it: the next sweep-start writes it again") from None
     return Placement(runs=dict(doc.get("runs") or {}), sweep_id=doc.get("sweep_id"),
-                     attempts=dict(doc.get("attempts") or {}), ended=dict(doc.get("ended") or {}), csv=doc.get("csv"))
+                     attempts=dict(doc.get("attempts") or {}), ended=dict(doc.get("ended") or {}), csv=doc.get("csv"),
+                     left={k: list(v) for k, v in (doc.get("left") or {}).items()})
 
 
 def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
          attempts: Optional[Mapping[str, int]] = None, ended: Optional[Mapping[str, str]] = None,
-         csv: Optional[str] = None) -> Placement:
-    """Record ``placed``, ``attempts`` and ``ended`` (merged over what was recorded; a run
-    placed anew forgets its old end), atomically."""
+         csv: Optional[str] = None, left: Optional[Mapping[str, str]] = None) -> Placement:
+    """Record ``placed``, ``attempts``, ``ended`` and the pods runs ``left`` (merged over
+    what was recorded; a run placed anew forgets its old end), atomically."""
     before = load(config)
     runs, tries, done = dict(before.runs), dict(before.attempts), dict(before.ended)
+    gone = {k: list(v) for k, v in before.left.items()}
+    for run_id, pod in (left or {}).items():
+        gone.setdefault(run_id, [])
+        if pod not in gone[run_id]:
+            gone[run_id].append(pod)
     runs.update(placed)
     for run_id in placed:
         if placed[run_id] != before.runs.get(run_id):
@@ -165,7 +174,7 @@ def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
     tries.update(attempts or {})
     done.update(ended or {})
     doc = {"sweep_id": sweep_id or before.sweep_id, "at": time.time(), "runs": runs, "attempts": tries,
-           "ended": done, "csv": csv or before.csv}
+           "ended": done, "csv": csv or before.csv, "left": gone}
     p = record_path(config)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".pool-sweep.", suffix=".tmp")
@@ -178,7 +187,7 @@ def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return Placement(runs=runs, sweep_id=doc["sweep_id"], attempts=tries, ended=done, csv=doc["csv"])
+    return Placement(runs=runs, sweep_id=doc["sweep_id"], attempts=tries, ended=done, csv=doc["csv"], left=gone)
 
 
 # ---------------------------------------------------------------- one status of many pods
