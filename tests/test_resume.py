@@ -70,6 +70,13 @@ def test_a_run_launched_again_gets_its_attempt_resume_args_and_earlier_files(pro
     assert sp.run_status("bad")["attempt"] == 3
     assert json.loads((sp.outputs / "ok" / "status.json").read_text())["attempt"] == 1  # ok: never again
 
+    # a finished run's local copy is its results, never a run in progress: a new pod runs it afresh
+    sp.wf("fetch-run", "ok", check=0)
+    shutil.rmtree(sp.outputs / "ok")
+    planned = {r["run_id"]: r for r in json.loads(sp.wf("sweep-start", "--dry-run", "--json", check=0).stdout)["runs"]}
+    assert planned["ok"]["launch"] and planned["ok"]["attempt"] == 1 and planned["ok"]["resume_from"] is None
+    assert "WF_RESUME" not in planned["ok"]["env"]
+
 
 def test_local_sync_script_dir_lost_is_filled_from_the_durable_copy(project, tmp_path):
     local_root = tmp_path / "fast-disk"

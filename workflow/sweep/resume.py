@@ -42,20 +42,29 @@ class Resume:
 
 
 def local_copy(artifacts: Path, run_id: str) -> Mapping[str, Any]:
-    """``{"files", "newest_ns", "attempt"}`` of the local copy of ``run_id`` (script files only)."""
+    """``{"files", "newest_ns", "attempt", "state"}`` of the local copy of ``run_id`` (its
+    script files; its attempt and state from the ``status.json`` the mirror or a fetch
+    brought, 0/None without one)."""
     root = artifacts / run_id
-    earlier = earlier_files(str(root))
-    attempt = 0
+    doc: Mapping[str, Any] = {}
     try:
-        attempt = int(json.loads((root / "status.json").read_text()).get("attempt") or 0)
+        doc = json.loads((root / "status.json").read_text())
+        attempt = int(doc.get("attempt") or 0)
     except (OSError, ValueError, TypeError, AttributeError):
-        pass
-    return dict(earlier, attempt=attempt)
+        doc, attempt = {}, 0
+    return dict(earlier_files(str(root)), attempt=attempt, state=doc.get("state"))
 
 
 def decide(pod_run: Optional[Mapping[str, Any]], local: Mapping[str, Any], local_dir: Path) -> Resume:
-    """The launch of a run from what the pod's probe says of it (``pod_run``) and its local copy."""
+    """The launch of a run from what the pod's probe says of it (``pod_run``) and its local copy.
+
+    A local copy counts only as the copy of a run that did not end ok (running when the
+    mirror took it, lost, failed, ...): the results of a finished run (or a dir that is
+    no run's copy) are never taken for a run in progress, so a run started afresh on a
+    new pod stays fresh."""
     pod_run = pod_run or {}
+    if local.get("state") in (None, "success"):
+        local = {}
     earlier = pod_run.get("earlier") or {}
     attempt = max(int(pod_run.get("attempt") or 0), int(local.get("attempt") or 0)) + 1
     pod_files, pod_newest = int(earlier.get("files") or 0), earlier.get("newest_ns")
