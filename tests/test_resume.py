@@ -237,3 +237,50 @@ def test_a_run_killed_with_its_pod_resumes_on_a_new_pod_from_the_local_mirror(ss
     finally:
         a.cleanup()
         b.cleanup()
+
+
+def test_a_pool_pod_killed_mid_run_its_run_resumes_on_the_other_from_the_mirror(ssh_client_keys, ssh_session_dir,
+                                                                                 project):
+    import yaml
+    from sshd import SshPod
+    from test_balance import kill_pod, ssh_sweep_pool
+
+    pods = [SshPod(ssh_client_keys, ssh_session_dir, user=f"wfresume{i}") for i in range(2)]
+    with ssh_sweep_pool(pods, project):
+        for p in pods:  # the checkout's venv: CPU torch (torchrun, train.py)
+            (p.remote_dir / "repo" / ".venv" / "bin" / "python").unlink()
+            shutil.rmtree(p.remote_dir / "repo" / ".venv")
+            (p.remote_dir / "repo" / ".venv").symlink_to(TORCH_VENV.resolve())
+            os.lchown(p.remote_dir / "repo" / ".venv", p.uid, p.gid)
+        path = project / "configs" / "workflow.yaml"
+        doc = yaml.safe_load(path.read_text())
+        doc["sweep"].update(launcher="torchrun", entrypoint="train.py", args=["{config}", "--seed={seed}"],
+                            nproc_per_node=1, resume_args=["--resume"], mirror_interval_secs=0.3)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        (project / "sweeps" / "sweep.csv").write_text(
+            "run_id,config,seed,overrides,notes\n"
+            'r1,configs/tiny.json,0,"steps=40 ckpt_every=5 log_every=5 sleep_secs=0.2",\n')
+        _wf(project, "fsm-reset", "CHECKED_OUT", "--reason", "checkout made by the test", check=0)
+        _wf(project, "sweep-start", check=0)
+        holder = json.loads((project / ".podflow" / "pool-sweep.json").read_text())["runs"]["r1"]
+        dead, alive = (pods[0], pods[1]) if holder == "p0" else (pods[1], pods[0])
+        mirrored = project / "artifacts" / "r1"
+        wait = subprocess.Popen([WF, "sweep-wait", "--timeout-secs", "240"], cwd=project, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        try:
+            _until(lambda: (mirrored / "checkpoint.pt").exists()
+                   and max(_steps(mirrored / "metrics.jsonl") or [0]) >= 10, "the mirror of the running run")
+            kill_pod(dead)
+            out, err = wait.communicate(timeout=280)
+        finally:
+            if wait.poll() is None:
+                wait.kill()
+        assert wait.returncode == 0, out + err
+        assert "took r1" in out + err
+        run_dir = alive.home / "wft" / "outputs" / "r1"
+        started = _start_events((run_dir / "stdout.log").read_text())
+        assert len(started) == 1 and started[0]["resumed"] is True and started[0]["attempt"] == 2
+        assert started[0]["step"] >= 5  # from the mirrored checkpoint, not from step 0
+        assert "WF_RESUME=1" in (run_dir / "command.sh").read_text()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["ok"] is True and summary["resumed_from_step"] == started[0]["step"]
