@@ -72,3 +72,22 @@ def test_good_input_is_unchanged(cli):
     assert p.returncode == 0 and "sweep-status" in p.stdout, p.stderr
     p = run(binary, "--help", "sweep-status", cwd=cwd)
     assert p.returncode == 0 and "--json" in p.stdout, p.stderr
+
+
+def test_json_is_indented_for_a_terminal_and_one_line_for_a_pipe(monkeypatch, capsys):
+    import io
+    import json
+
+    from workflow.cli.boundary import print_json
+
+    doc = {"b": [1, {"c": None}], "a": "x"}
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, lines in ((io.StringIO(), 1), (Terminal(), 9)):
+        monkeypatch.setattr(sys, "stdout", stream)
+        print_json(doc)
+        text = stream.getvalue()
+        assert json.loads(text) == doc and text.count("\n") == lines and text.index('"a"') < text.index('"b"')

@@ -14,8 +14,6 @@ import socket
 import sys
 from typing import Any, Dict, List, Optional
 
-from transitions import Machine
-
 from workflow.errors import InputError, TransitionRefused
 
 
@@ -62,7 +60,10 @@ class _Model:
 
 
 def build_machine(current: str) -> tuple:
-    """A ``transitions`` machine restored at ``current`` (on_enter of it does not run)."""
+    """A ``transitions`` machine restored at ``current`` (on_enter of it does not run).
+    Imported here: reading the state (``fsm-status``) needs no machine."""
+    from transitions import Machine
+
     model = _Model()
     rows = []
     for command, (sources, dest, condition) in TABLE.items():

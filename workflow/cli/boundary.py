@@ -60,12 +60,14 @@ _json_sink: list = []
 
 
 def print_json(doc: Any) -> None:
-    """The one JSON document a ``--json`` read command prints on stdout."""
+    """The one JSON document a ``--json`` read command prints on stdout: indented for a
+    person at a terminal, on one line for a program reading a pipe (Python's C encoder
+    does not indent; indenting takes it ~8x longer, e.g. 40 ms for 1000 runs)."""
     _json_printed.append(True)
-    text = json.dumps(doc, indent=2, sort_keys=True, default=str)
-    if _json_sink:
-        _json_sink[-1].append(json.loads(text))  # the very document stdout would get
+    if _json_sink:  # the very document stdout would get
+        _json_sink[-1].append(json.loads(json.dumps(doc, sort_keys=True, default=str)))
         return
+    text = json.dumps(doc, indent=2 if sys.stdout.isatty() else None, sort_keys=True, default=str)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,6 +39,8 @@ def known(key: str) -> bool:
 
 def remember(key: str) -> None:
     """Add ``key`` (best effort: a cache that cannot be written only costs time)."""
+    import tempfile  # only when a config is new: not on every command's start
+
     path = _path()
     try:
         keys = path.read_text().split() if path.exists() else []

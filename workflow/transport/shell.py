@@ -10,7 +10,6 @@ from __future__ import annotations
 import abc
 import os
 import shlex
-import uuid
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
@@ -99,7 +98,7 @@ class ShellTransport(Transport):
     def write_file_atomic(self, remote: str, data: bytes, mode: int = 0o644) -> None:
         d = dirname(remote)
         name = remote.rstrip("/").rsplit("/", 1)[-1]
-        tmp = quote_path(f"{d}/.{name}.{uuid.uuid4().hex[:12]}.tmp")
+        tmp = quote_path(f"{d}/.{name}.{os.urandom(6).hex()}.tmp")
         script = (f"mkdir -p -- {quote_path(d)} && cat > {tmp} && chmod {mode:o} {tmp} && "
                   f"mv -f -- {tmp} {quote_path(remote)} || {{ rm -f -- {tmp}; exit 1; }}")
         self._check(script, input=data, what=f"write {remote}")
@@ -112,6 +111,6 @@ class ShellTransport(Transport):
         local = Path(local)
         data = self.read_file(remote)
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.part")
+        tmp = local.with_name(f".{local.name}.{os.urandom(4).hex()}.part")
         tmp.write_bytes(data)
         os.replace(tmp, local)

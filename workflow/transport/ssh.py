@@ -94,6 +94,7 @@ class SshTransport(ShellTransport):
         self._conn: Optional[fabric.Connection] = None
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._served: Optional[ServedAgents] = None
+        self._served_lock = threading.Lock()
         self._lock = threading.Lock()  # one connect at a time (threads may share a transport)
         self.connects = 0  # connections opened (tests, benches)
         self.lost = False  # the last connection died under a command
@@ -293,16 +294,18 @@ class SshTransport(ShellTransport):
                    started: Optional[threading.Event] = None) -> Tuple[int, bytes, bytes]:
         """An agent op on one of this connection's long-lived agents (``served.py``);
         ``cancel`` and ``started`` as in ``exec_command``."""
-        if self._served is None:
-            self._transport()  # connect first: a connect failure is not "not served"
+        self._transport()  # connect first: a connect failure is not "not served"
 
-            def open_channel(command: str):
-                chan = self._transport().open_session(timeout=self.connect_timeout)
-                chan.exec_command(command)
-                return chan
+        def open_channel(command: str):
+            chan = self._transport().open_session(timeout=self.connect_timeout)
+            chan.exec_command(command)
+            return chan
 
-            self._served = ServedAgents(open_channel, self.is_connected, self._lost, self.connect_timeout)
-        return self._served.call(build_command(argv), payload, timeout=timeout, cancel=cancel, started=started)
+        with self._served_lock:  # threads share a transport (the kept connection's server)
+            if self._served is None:
+                self._served = ServedAgents(open_channel, self.is_connected, self._lost, self.connect_timeout)
+            served = self._served
+        return served.call(build_command(argv), payload, timeout=timeout, cancel=cancel, started=started)
 
     def _pump(self, chan, t, input, timeout, on_stdout, on_chunk=None, cancel=None) -> Tuple[int, bytes, bytes]:
         out: List[bytes] = []
