@@ -2,22 +2,23 @@
 files, with ``WF_ATTEMPT``/``WF_RESUME`` and ``sweep.resume_args``; ``sweep-wait``
 mirrors running runs into local artifacts meanwhile.
 
-Real parts: the local provider's runner (tmux, podagent) with the test job, then loopback
-sshd pods running ``examples/train.py`` under torchrun on CPU, killed mid-way."""
+Real parts: the local provider's runner (tmux, podagent) with the test job, local pools,
+and a pool of two loopback sshd pods running ``examples/train.py`` under torchrun on CPU,
+one of them killed mid-run."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from test_sweep_run_helpers import REPO, TORCH_VENV, WF, SweepProject
+from test_pool import pool_sweep  # noqa: F401 - fixture
+from test_sweep_run_helpers import TORCH_VENV, WF, SweepProject
 
 pytestmark = pytest.mark.skipif(not (TORCH_VENV / "bin" / "torchrun").exists(),
                                 reason="needs .venv-torch (bash scripts/setup)")
@@ -140,23 +141,7 @@ def test_a_failing_mirror_is_logged_and_never_breaks_the_wait(project):
     assert sp.run_status("m")["state"] == "success"
 
 
-# ---------------------------------------------------------------- real pods, real torchrun
-
-
-def _torch_checkout(pod) -> None:
-    """What bootstrap + checkout leave on ``pod``: examples/ and a venv with CPU torch."""
-    repo = pod.remote_dir / "repo"
-    shutil.copytree(REPO / "examples", repo / "examples", ignore=shutil.ignore_patterns("out", "__pycache__"))
-    (repo / ".venv").symlink_to(TORCH_VENV.resolve())
-    subprocess.run(["chown", "-R", "-h", f"{pod.uid}:{pod.gid}", str(repo)], check=True)
-
-
-def _use_pod(pod, project) -> None:
-    _torch_checkout(pod)
-    pod.write_config(project, checkout={"require_cuda": False}, local={"artifacts_dir": "artifacts"}, sweep={
-        "csv": "sweeps/s.csv", "workdir": "examples", "launcher": "torchrun", "entrypoint": "train.py",
-        "nproc_per_node": 1, "resume_args": ["--resume"], "mirror_interval_secs": 0.3})
-    _wf(project, "fsm-reset", "CHECKED_OUT", "--reason", "checkout made by the test", check=0)
+# ---------------------------------------------------------------- pools: a run that moves
 
 
 def _wf(project, *args, check=None):
@@ -174,7 +159,6 @@ def _until(pred, what, timeout=120.0):
         time.sleep(0.1)
 
 
-
 def _steps(path: Path):
     """The loss steps in a metrics.jsonl (empty while it is not there)."""
     try:
@@ -186,57 +170,6 @@ def _steps(path: Path):
 
 def _start_events(log: str):
     return [json.loads(x) for x in log.splitlines() if x.startswith("{") and '"event": "start"' in x]
-
-
-def test_a_run_killed_with_its_pod_resumes_on_a_new_pod_from_the_local_mirror(ssh_client_keys, ssh_session_dir,
-                                                                               project):
-    from sshd import SshPod
-
-    a = SshPod(ssh_client_keys, ssh_session_dir).start()
-    b = SshPod(ssh_client_keys, ssh_session_dir)
-    try:
-        (project / "sweeps").mkdir()
-        (project / "sweeps" / "s.csv").write_text(
-            "run_id,config,seed,overrides,notes\n"
-            'r1,configs/tiny.json,0,"steps=40 ckpt_every=5 log_every=5 sleep_secs=0.2",\n')
-        _use_pod(a, project)
-        mirrored = project / "artifacts" / "r1"
-
-        # attempt 1: sweep-wait mirrors the run while it runs; then the pod dies mid-way
-        _wf(project, "sweep-start", check=0)
-        wait = subprocess.Popen([WF, "sweep-wait"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        _until(lambda: (mirrored / "checkpoint.pt").exists() and max(_steps(mirrored / "metrics.jsonl") or [0]) >= 10,
-               "the mirror of the running run")
-        status = json.loads(_wf(project, "sweep-status", "--json", check=0).stdout)
-        assert status["runs"][0]["state"] == "running"  # mirrored while it runs, not fetched at the end
-        a.stop()  # the pod dies: its sshd and every process of its user
-        for pid in a.user_pids():
-            os.kill(pid, signal.SIGKILL)
-        wait.kill()
-        wait.communicate()
-        assert not (a.remote_dir / "outputs" / "r1" / "summary.json").exists()  # it never finished there
-
-        # attempt 2 on a new pod: the local mirror seeds its out_dir; it resumes from the checkpoint
-        b.start()
-        _use_pod(b, project)
-        dry = _wf(project, "sweep-start", "--dry-run", check=0).stdout
-        assert "resumes (attempt 2) from the local copy" in dry and "train.py configs/tiny.json" in dry
-        assert "--resume" in dry and "WF_RESUME=1" in dry
-        _wf(project, "sweep-start", check=0)
-        _wf(project, "sweep-wait", "--timeout-secs", "240", check=0)
-        run_dir = b.remote_dir / "outputs" / "r1"
-        started = _start_events((run_dir / "stdout.log").read_text())
-        assert len(started) == 1 and started[0]["resumed"] is True and started[0]["attempt"] == 2
-        assert started[0]["step"] >= 5 and started[0]["step"] % 5 == 0  # a checkpoint's step, not 0
-        assert "WF_RESUME=1" in (run_dir / "command.sh").read_text()
-        assert json.loads((run_dir / "status.json").read_text())["attempt"] == 2
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["ok"] is True and summary["resumed_from_step"] == started[0]["step"] and summary["steps"] == 40
-        assert _steps(run_dir / "metrics.jsonl")[-1] == 40
-    finally:
-        a.cleanup()
-        b.cleanup()
 
 
 def test_a_pool_pod_killed_mid_run_its_run_resumes_on_the_other_from_the_mirror(ssh_client_keys, ssh_session_dir,
@@ -284,3 +217,28 @@ def test_a_pool_pod_killed_mid_run_its_run_resumes_on_the_other_from_the_mirror(
         assert "WF_RESUME=1" in (run_dir / "command.sh").read_text()
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["ok"] is True and summary["resumed_from_step"] == started[0]["step"]
+
+
+def test_a_run_moved_off_a_pod_that_answers_takes_its_earlier_files_from_there(pool_sweep):
+    sp = pool_sweep
+    sp.write_config({"pod": {"provider": "local", "count": 3}, "sweep": {"mirror_interval_secs": 0}})
+    record = sp.root / ".podflow" / "pool-sweep.json"
+    record.parent.mkdir(exist_ok=True)
+    # c failed on p0 in an earlier sweep (its files are there only: no mirror here)
+    sp.write_csv("run_id,config,seed,overrides,notes\nc,configs/tiny.json,0,fail=3,\n")
+    record.write_text(json.dumps({"runs": {"c": "p0"}}))
+    sp.wf("sweep-start", check=0)
+    sp.wf("sweep-wait", "--pod", "p0", "--timeout-secs", "120", check=1)
+    assert not (sp.root / "artifacts" / "c").exists()
+    # now p0 is busy with a slow run and c waits in its queue: an idle pod takes c
+    sp.write_csv("run_id,config,seed,overrides,notes\n"
+                 "a,configs/tiny.json,0,steps=3 sleep=2,\nc,configs/tiny.json,0,fail=3,\n")
+    record.write_text(json.dumps({"runs": {"a": "p0", "c": "p0"}}))
+    sp.wf("sweep-start", check=0)
+    waited = sp.wf("sweep-wait", "--timeout-secs", "150", check=1)
+    final = json.loads(record.read_text())["runs"]
+    assert final["c"] != "p0", waited.stdout + waited.stderr
+    moved = sp.outputs_of[int(final["c"][1])] / "c"
+    env = json.loads((moved / "args.json").read_text())["env"]
+    assert env["WF_RESUME"] == "1" and env["WF_ATTEMPT"] == "2"
+    assert json.loads((moved / "status.json").read_text())["attempt"] == 2

@@ -266,6 +266,12 @@ def execute(cfg, move: Move, seen: pooled.Placement, say: Say) -> List[str]:
                 return []
         if not runs:
             return []
+        if move.source is not None:  # it answers: its earlier files of these runs come first
+            from workflow.sweep.mirror import pull_from
+
+            why = pull_from(pods[move.source], runs)
+            if why:
+                say(f"{move.source}: the earlier files of {', '.join(runs)} were not brought ({why})")
         attempts = {r: now.attempt_of(r) + (1 if move.why == "recover" else 0) for r in runs}
         keep = [r for r in now.held_by(move.to) if r not in runs]
         try:

@@ -64,25 +64,52 @@ class Mirror:
             self._thread.join(wait_secs)
 
     def _once(self, outputs: str, runs) -> None:
-        from workflow.sweep.fetch import save_in_flux
-        from workflow.sweep.resume import rsync_runs
-
         try:
-            self.artifacts.mkdir(parents=True, exist_ok=True)
-            # 24: files vanished mid-transfer (a run still writing) -- fine.
-            stats = rsync_runs(self.transport, runs, ENGINE_FILES, self.transport.rsync_target(outputs + "/"),
-                               f"{self.artifacts}/", ok_codes=(0, 24))
-            brought: dict = {}
-            for path in stats.transferred:
-                run, _, rel = path.partition("/")
-                if rel:
-                    brought.setdefault(run, []).append(rel)
-            for run, rels in brought.items():  # brought while running: fetch-all drops those the pod drops
-                save_in_flux(self.artifacts, run, rels, merge=True)
+            copy_runs_here(self.transport, outputs, self.artifacts, runs)
             self.done += 1
         except Exception as exc:  # noqa: BLE001 - a mirror never breaks the wait; next tick retries
             self.errors += 1
             self.on_error(f"mirror of {', '.join(runs)}: {getattr(exc, 'message', None) or exc}")
+
+
+def copy_runs_here(transport, outputs: str, artifacts: os.PathLike, runs, *, update: bool = False) -> None:
+    """One rsync of the run dirs ``runs`` of a pod's ``outputs`` into ``artifacts``; the
+    files it brings are noted as brought in flux (for the next fetch). ``update``: a local
+    file newer than the pod's is kept."""
+    from workflow.sweep.fetch import save_in_flux
+    from workflow.sweep.resume import rsync_runs
+
+    Path(artifacts).mkdir(parents=True, exist_ok=True)
+    # 24: files vanished mid-transfer (a run still writing) -- fine.
+    stats = rsync_runs(transport, runs, ENGINE_FILES, transport.rsync_target(outputs.rstrip("/") + "/"),
+                       f"{artifacts}/", ok_codes=(0, 24), extra=["--update"] if update else [])
+    brought: dict = {}
+    for path in stats.transferred:
+        run, _, rel = path.partition("/")
+        if rel:
+            brought.setdefault(run, []).append(rel)
+    for run, rels in brought.items():
+        save_in_flux(artifacts, run, rels, merge=True)
+
+
+def pull_from(pod, runs) -> Optional[str]:
+    """Bring the dirs of ``runs`` from ``pod``, which they leave while it answers, into the
+    local artifacts (a local file newer than the pod's kept), so that their launch on
+    another pod starts from the freshest copy (SPEC §8: the old pod's dir when it is
+    reachable). Returns why it could not (None: done, or they have no dir there)."""
+    from workflow import runtime
+
+    with runtime.on_pod(pod):
+        cfg = runtime.config()
+        try:
+            found = runtime.agent().call("run.manifest", runs=list(runs), files=False)
+            there = [r for r in runs if (found["runs"].get(r) or {}).get("exists")]
+            if there:
+                copy_runs_here(runtime.transport(), found["outputs_dir"],
+                               cfg.local_path(cfg.get("local.artifacts_dir")), there, update=True)
+        except Exception as exc:  # noqa: BLE001 - the local copy is the fallback
+            return getattr(exc, "message", None) or str(exc)
+    return None
 
 
 def for_current_pod(on_error: Optional[Callable[[str], None]] = None) -> Mirror:

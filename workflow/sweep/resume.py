@@ -83,7 +83,7 @@ def push_local(transport, outputs_dir: str, artifacts: Path, run_ids: Iterable[s
 
 
 def rsync_runs(transport, run_ids: Iterable[str], leave_out: Iterable[str], src: str, dest: str,
-               ok_codes=(0,)):
+               ok_codes=(0,), extra: Iterable[str] = ()):
     """One ``rsync -a`` of the run dirs ``run_ids`` from ``src`` to ``dest`` (dirs of runs),
     without the files named in ``leave_out`` at each run dir's top; only changed files move.
     Returns its ``RsyncStats``.
@@ -98,7 +98,7 @@ def rsync_runs(transport, run_ids: Iterable[str], leave_out: Iterable[str], src:
         fh.write("\n".join(rules) + "\n")
         rules_file = fh.name
     try:
-        return run_rsync(["-a", "--whole-file", "--modify-window=-1", f"--filter=merge {rules_file}", src, dest],
-                         transport=transport, ok_codes=ok_codes)
+        return run_rsync(["-a", "--whole-file", "--modify-window=-1", *extra, f"--filter=merge {rules_file}", src,
+                          dest], transport=transport, ok_codes=ok_codes)
     finally:
         os.unlink(rules_file)
