@@ -1,11 +1,14 @@
 """Pool bench (local provider with pod.count, real runners in tmux, sleeping jobs).
 
-    .venv/bin/python bench/pool.py [--runs 24] [--sleep 2] [--status-runs 300]
+    .venv/bin/python bench/pool.py [--runs 24] [--sleep 2] [--status-runs 300] [--down-after 10]
 
 1. makespan of RUNS sleep-bound runs on 1 pod vs 3 pods (sweep-start to the end of
    sweep-wait); the ratio is the speed-up (target >= 2.6);
 2. sweep-status --json of 3 pods x N runs vs 1 pod x N runs (the pods are read at once;
-   target <= 1.5x).
+   target <= 1.5x);
+3. a pod's death (two loopback sshd pods, users wfrecover0/1; p1 killed: its sshd and every
+   process of its user) to its first run relaunched on p0 by sweep-wait, with
+   pool.down_after_secs DOWN_AFTER (target <= DOWN_AFTER + 10 s). Needs root.
 
 Pods of the ``local`` provider run on this one machine: the speed-up is bounded by its
 cores (each sleeping job still costs a python start).
@@ -74,16 +77,66 @@ def bench_status(base: Path, runs: int, repeat: int = 5) -> dict:
     return out
 
 
+def bench_death(base: Path, down_after: float) -> dict:
+    import os
+    import subprocess
+
+    from sshd import ClientKeys, SshPod
+    from test_balance import WF, kill_pod, record_of, ssh_sweep_pool, wf
+
+    os.chmod(base, 0o755)  # the pod users traverse it to their sshd's keys
+    os.environ["HOME"] = str(base / "home")  # as in the tests: no ~/.ssh of this machine's user
+    (base / "home").mkdir()
+    keys = ClientKeys(base / "client")
+    project = base / "death"
+    (project / "configs").mkdir(parents=True)
+    pods = [SshPod(keys, base, user=f"wfrecover{i}") for i in range(2)]
+    with ssh_sweep_pool(pods, project, down_after_secs=down_after):
+        (project / "sweeps" / "sweep.csv").write_text("run_id,config,seed,overrides,notes\n"
+                                                      "d0,configs/tiny.json,0,steps=1,\n"
+                                                      "d1,configs/tiny.json,1,steps=30 sleep=1,\n")
+        (project / ".podflow").mkdir(exist_ok=True)  # p0 a quick run, p1 a long one: nothing to balance
+        (project / ".podflow" / "pool-sweep.json").write_text(json.dumps({"runs": {"d0": "p0", "d1": "p1"}}))
+        wf(project, "fsm-reset", "CHECKED_OUT", "--reason", "bench", check=0)
+        wf(project, "sweep-start", check=0)
+        waiter = subprocess.Popen([WF, "sweep-wait", "--timeout-secs", "300"], cwd=project,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # p0 idle, p1 running its run: then p1 dies
+            doc = json.loads(wf(project, "sweep-status", "--json").stdout)
+            states = {r["id"]: r["state"] for r in doc["runs"]}
+            if states.get("d0") == "success" and states.get("d1") == "running":
+                break
+            time.sleep(0.2)
+        t0 = time.monotonic()
+        kill_pod(pods[1])
+        outputs = pods[0].home / "wft" / "outputs"
+        relaunched = None
+        while time.monotonic() < t0 + 120:
+            status = outputs / "d1" / "status.json"
+            if status.exists() and json.loads(status.read_text()).get("started_at"):
+                relaunched = round(time.monotonic() - t0, 2)
+                break
+            time.sleep(0.1)
+        out, _ = waiter.communicate(timeout=400)
+    return {"down_after_secs": down_after, "death_to_first_relaunch_s": relaunched,
+            "target_s": down_after + 10, "sweep_wait_exit": waiter.returncode}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=24)
     ap.add_argument("--sleep", type=float, default=2.0)
     ap.add_argument("--status-runs", type=int, default=300)
+    ap.add_argument("--down-after", type=float, default=10.0)
+    ap.add_argument("--only", choices=("makespan", "status", "death"), help="one part of the bench")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="podflow-bench-pool-"))
+    parts = {"makespan": lambda: bench_makespan(base, args.runs, args.sleep),
+             "status": lambda: bench_status(base, args.status_runs),
+             "death": lambda: bench_death(base, args.down_after)}
     try:
-        result = {"makespan": bench_makespan(base, args.runs, args.sleep),
-                  "status": bench_status(base, args.status_runs)}
+        result = {name: part() for name, part in parts.items() if args.only in (None, name)}
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(result, indent=2))
