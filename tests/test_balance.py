@@ -242,3 +242,88 @@ def test_a_pod_killed_mid_sweep_its_runs_finish_elsewhere_attempt_2_and_no_ok_ru
 
 def record_of(project) -> dict:
     return json.loads((project / ".podflow" / "pool-sweep.json").read_text())
+
+
+# ---------------------------------------------------------------- a preempted cloud pod, replaced
+
+
+from gitrepo import git_daemon, git_repo  # noqa: E402,F401 - fixtures
+
+
+def test_a_preempted_cloud_pod_is_replaced_and_the_replacement_finishes_its_runs(
+        tmp_path, ssh_client_keys, ssh_session_dir, git_repo, git_daemon):
+    import signal
+    import time
+
+    from fakes.harness import CloudProject
+    from fakes.runpod import GpuType
+    from sshd import SshPod
+    from test_sweep_run_helpers import JOB
+
+    made = []
+
+    def make_sshd():  # each rented pod logs in its own user (the API names it), as pools need
+        p = SshPod(ssh_client_keys, ssh_session_dir, user=f"wfrecover{2 + len(made)}")
+        p.login_user = p.user
+        made.append(p)
+        return p
+
+    for path, text in (("examples/job.py", JOB), ("examples/configs/tiny.json", "{}\n")):
+        (git_repo.work / path).parent.mkdir(parents=True, exist_ok=True)
+        sha = git_repo.commit("main", path, text)
+    gpu = GpuType("NVIDIA GPU 1", "GPU 1", secure_price=0.5, community_price=None)
+    with contextlib.ExitStack() as stack:
+        cp = stack.enter_context(CloudProject("runpod", tmp_path / "p", ssh_client_keys, ssh_session_dir, [gpu],
+                                              count=2, user=None))
+        stack.callback(lambda: [shutil.rmtree(p.home / "wfrec", ignore_errors=True) for p in made])
+        stack.callback(lambda: [p.cleanup() for p in made])
+        cp.api.make_sshd = make_sshd
+        cp.config.update(
+            remote={"workdir": "~/wfrec/repo", "outputs_dir": "~/wfrec/outputs", "data_dir": "~/wfrec/data"},
+            checkout={"repo_url": git_daemon.url(git_repo), "require_cuda": False, "require_torch": False},
+            pool={"down_after_secs": 3, "replace": True},
+            sweep={"csv": "sweeps/sweep.csv", "workdir": "examples", "launcher": "python", "entrypoint": "job.py",
+                   "args": ["{config}", "--seed={seed}"]})
+        cp.write_config()
+        (cp.root / "sweeps").mkdir()
+        (cp.root / "sweeps" / "sweep.csv").write_text("run_id,config,seed,overrides,notes\n" + "".join(
+            f"c{i},configs/tiny.json,{i},steps=3 sleep=1,\n" for i in range(4)))
+
+        def ok(*args, timeout=180):
+            r = cp.wf(*args, timeout=timeout)
+            assert r.returncode == 0, f"wf {' '.join(args)}: {r.returncode}\n{r.stdout}\n{r.stderr}"
+            return r
+
+        ok("pod-up")
+        ok("bootstrap")
+        ok("checkout")
+        ok("sweep-start")
+        placed = json.loads((cp.root / ".podflow" / "pool-sweep.json").read_text())["runs"]
+        end = time.monotonic() + 90
+        while True:
+            doc = json.loads(ok("sweep-status", "--json").stdout)
+            if any(r["pod"] == "p1" and r["state"] == "running" for r in doc["runs"]):
+                break
+            assert time.monotonic() < end, doc
+            time.sleep(0.3)
+        old = json.loads((cp.root / ".podflow" / "session-p1.json").read_text())["pod_id"]
+        fake = cp.api.pods[str(old)].fake
+        fake.stop()  # preempted: the API says exited, its sshd is gone, and so are its processes
+        fake.sshd.drop_connections()
+        for pid in fake.sshd.user_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+        res = cp.wf("sweep-wait", "--timeout-secs", "240", timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "p1 is down: the provider says it is stopped" in res.stdout, res.stdout
+        assert "p1: replaced, checked out at " + sha[:12] in res.stdout, res.stdout
+        new = json.loads((cp.root / ".podflow" / "session-p1.json").read_text())["pod_id"]
+        assert new != old and cp.api.pods[str(old)].fake.destroyed and len(cp.live_pods()) == 2
+        final = json.loads((cp.root / ".podflow" / "pool-sweep.json").read_text())
+        moved = [r for r, a in final["attempts"].items() if a == 2]
+        assert moved and all(placed[r] == "p1" for r in moved), (placed, final)
+        doc = json.loads(ok("sweep-status", "--json").stdout)
+        assert doc["counts"] == {"success": 4}, doc
+        runs = {r["id"]: r for r in doc["runs"]}
+        assert all(runs[r]["attempt"] == 2 for r in moved)

@@ -79,8 +79,9 @@ class RunpodPod:
         cloud = self.body.get("cloud", "SECURE")
         price = self.gpu.secure_price if cloud == "SECURE" else self.gpu.community_price
         count = (self.body.get("gpu") or {}).get("count", 1)
-        direct = {"host": "127.0.0.1", "port": port, "username": "root",
-                  "command": f"ssh root@127.0.0.1 -p {port}"} if running and has22 else None
+        user = getattr(self.fake.sshd, "login_user", "root")  # a test may give each pod its own user
+        direct = {"host": "127.0.0.1", "port": port, "username": user,
+                  "command": f"ssh {user}@127.0.0.1 -p {port}"} if running and has22 else None
         return {
             "id": self.id, "name": self.body["name"], "status": st,
             "actions": {"RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"]}.get(st, ["terminate"]),
