@@ -476,6 +476,26 @@ def test_procs_primitives_drive_any_directory(tmp_path):
     assert (d / "stdout.log").read_text() == "run-1\n"
 
 
+def test_the_bundle_carries_bytecode_for_this_python_and_source_for_any_other(tmp_path):
+    """A python of this version imports the agent without compiling it; another one
+    (the agent's oldest, 3.8, where this machine has it) compiles the source instead."""
+    import glob
+    import zipimport
+
+    from workflow.agent_client import agent_bundle
+
+    pyz = tmp_path / "podagent.pyz"
+    pyz.write_bytes(agent_bundle())
+    code = zipimport.zipimporter(f"{pyz}/podagent").get_code("podagent.state")
+    assert code.co_filename == "podagent/state.py"  # from the bundled .pyc (compiled here it names the zip)
+    request = json.dumps({"outputs_dir": str(tmp_path / "out")})
+    others = sorted(glob.glob("/root/.pyenv/versions/3.8*/bin/python3"))[:1]
+    for python in [sys.executable] + others:
+        r = subprocess.run([python, str(pyz), "state.read"], input=request, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0 and '"state": "INIT"' in r.stdout, (python, r.stderr)
+
+
 # ---------------------------------------------------------------- the CLI
 
 

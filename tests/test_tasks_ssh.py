@@ -121,6 +121,19 @@ def test_kill_a_process_tree_over_ssh(spod):
     assert live_pids_with("sleep 71.25") == []
 
 
+def test_an_agent_op_past_its_transport_time_out_ends_on_the_pod(spod):
+    """An op on a long-lived agent that outlives its transport time-out fails as a one-shot
+    one does (exit 124, no answer), its agent ends, and the next op gets another."""
+    pod, agent = spod
+    tracked.start_task(agent, "slow", "sleep 60.5")
+    (busy,) = AgentOpWatch(agent.agent_path, "task.wait").serving()
+    with pytest.raises(RemoteProtocolError, match="exit 124"):
+        agent.call("task.wait", timeout=1, id="slow", wait_secs=30)
+    assert wait_until(lambda: busy not in live_pids_with(f"{agent.agent_path} serve"), 10)
+    assert tracked.task_status(agent, "slow").state == "running"
+    tracked.kill_task(agent, "slow", grace_secs=1)
+
+
 def test_timeout_over_ssh(spod):
     pod, agent = spod
     t0 = time.monotonic()
