@@ -11,7 +11,9 @@ a time-out) is closed with its channel, as a one-shot exec's would be.
 start (not installed yet, no python), or the channel died before the agent took it. The
 caller then runs the op one-shot. Once an agent has acknowledged an op (``A``), its fate
 is reported like a one-shot exec's: its answer, 124 on a time-out, 130 when cancelled,
-255 with no answer when the agent died, ``ConnectionFailed`` when the link did.
+255 with no answer when the agent died, ``ConnectionFailed`` when the link did. An agent
+that stays silent instead of acknowledging may have taken the op: it is closed and the op
+reported as one with no answer (255), never run again elsewhere.
 """
 
 from __future__ import annotations
@@ -157,14 +159,15 @@ class ServedAgents:
             try:
                 agent.send(frame(b"Q", payload))
                 got = agent.recv_frame(time.monotonic() + self.start_secs)
-                if got is None or got[0] != b"A":
-                    raise _Gone("did not take the op")
                 break
-            except _Gone as exc:
+            except _Gone as exc:  # its channel closed before it took the op: nothing ran
                 agent.close()
                 if fresh or not self._link_ok():
                     raise NotServed(f"podagent serve did not take the op: {exc}") from None
                 # an idle agent that died meanwhile (killed, or idle too long): a fresh one
+        if got is None or got[0] != b"A":  # silent or out of step: it may have taken the op
+            agent.close()
+            return 255, b"", b"podagent serve did not acknowledge the op\n"
         if started is not None:
             started.set()
         try:
@@ -179,6 +182,9 @@ class ServedAgents:
             if cancel is not None and cancel.is_set():
                 return 130, b"", b""
             return 124, b"", f"timed out after {timeout}s\n".encode()
+        if got[0] != b"R":
+            agent.close()
+            return 255, b"", b"podagent serve answered out of step\n"
         self._give_back(command, agent)
         return 0, got[1], b""
 
