@@ -230,3 +230,9 @@ def raise_failures(results: Sequence[PodResult]) -> None:
     if len(results) == 1:
         raise failed[0].error
     raise PodsFailed(failed, len(results))
+
+
+def values(results: Sequence[PodResult]) -> Dict[str, Any]:
+    """pod name -> value of every pod's result, once ``raise_failures`` found none failed."""
+    raise_failures(results)
+    return {r.pod.name: r.value for r in results}

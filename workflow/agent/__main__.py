@@ -10,11 +10,11 @@ import json
 import sys
 import traceback
 
-from . import autostop, data, prepare, serve, state, sweep, tasks
+from . import autostop, data, net, prepare, serve, state, sweep, tasks
 from .protocol import AgentError, encode
 
 OPS = {}
-for _module in (state, tasks, sweep, data, prepare, autostop):
+for _module in (state, tasks, sweep, data, prepare, autostop, net):
     OPS.update(_module.OPS)
 
 #: Long-running entry points (the task wrapper, the sweep runner) take argv, not JSON.

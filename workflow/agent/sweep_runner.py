@@ -2,7 +2,9 @@
 
 It launches each run with ``procs.launch`` (detached, ``die_with_parent``: if the runner
 is killed its runs' wrappers die with it and the runs read ``lost``), packs runs on
-disjoint GPU sets (first fit, in CSV order), waits on its children's exits (SIGCHLD
+disjoint GPU sets (first fit, in CSV order; nothing starts past a node of a multi-node
+run that waits for GPUs, so every pod reaches the run's rendezvous in CSV order and
+nodes never wait on each other in a cycle), waits on its children's exits (SIGCHLD
 through a wakeup fd, no polling grid), retries up to ``max_retries``, obeys
 ``on_failure``, mirrors ``local_sync`` outputs, merges its keys into ``summary.json``
 without touching the script's, and at the end moves the state SWEEP_RUNNING ->
@@ -378,13 +380,14 @@ class Runner(object):
                 r = self.queue[i]
                 d = r["out_dir"]
                 prev = read_status_safe(d) if os.path.isfile(procs.status_path(d)) else None
-                if prev and prev.get("state") == procs.SUCCESS and r["run_id"] not in self.tries:
+                many = int(r.get("nodes") or 1) > 1
+                if prev and prev.get("state") == procs.SUCCESS and r["run_id"] not in self.tries and not many:
                     self.queue.pop(i)
-                    continue  # already ok (an earlier sweep)
+                    continue  # already ok (an earlier sweep); a node of a multi-node run: the client decided
                 take = self._reserve(r)
                 if take is None:
-                    if not self.gpus:
-                        break
+                    if not self.gpus or many:
+                        break  # a multi-node run waits for its GPUs before anything behind it starts
                     i += 1
                     continue
                 self.queue.pop(i)

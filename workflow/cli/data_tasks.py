@@ -88,7 +88,8 @@ def _print_table(result) -> None:
 def fetch_run(c, run_id, exclude_checkpoints=False, sha256=False, json=False, pod=None):
     """Fetch one run dir into local.artifacts_dir/<run_id>/ (incremental, verified, safe while it runs).
 
-    On a pool, from the pod that holds the run (or --pod)."""
+    On a pool, from the pod that holds the run (or --pod). A multi-node run's dir is
+    node 0's; node i's log comes beside it as stdout.node<i>.log."""
     from workflow.sweep.fetch import validate_run_id
 
     from workflow import pool, runtime
@@ -98,8 +99,15 @@ def fetch_run(c, run_id, exclude_checkpoints=False, sha256=False, json=False, po
     cfg = runtime.config()
     holder = pooled.load(cfg).pod_of(run_id)
     pods = pool.select(cfg, pod if pod is not None else holder)[:1]  # the pod that holds it (else p0)
-    on_pods(pod, lambda: _fetcher(json, sha256).fetch_run(run_id, exclude_checkpoints=exclude_checkpoints),
-            render=_print_table, to_doc=_run_doc, json=json, pods=pods)
+    results = on_pods(pod, lambda: _fetcher(json, sha256).fetch_run(run_id, exclude_checkpoints=exclude_checkpoints),
+                      render=_print_table, to_doc=_run_doc, json=json, pods=pods)
+    gang = pooled.load(cfg).nodes.get(run_id)
+    if gang and pod is None:  # a multi-node run: its other nodes' logs beside node 0's dir
+        from pathlib import Path
+
+        from workflow.sweep import multinode
+
+        multinode.fetch_node_logs(run_id, gang, {p.name: p for p in pool.pods(cfg)}, Path(results[0].value.runs[0].dest))
 
 
 def _run_doc(result):

@@ -33,7 +33,7 @@ def sweep_csv_template(c, csv=None):
 def sweep_validate(c, csv=None, json=False):
     """Check the sweep CSV: every bad row, by line.
 
-    Checks the file itself (header, run ids, seeds, overrides, gpus, timeout_secs), not
+    Checks the file itself (header, run ids, seeds, overrides, gpus, timeout_secs, nodes), not
     that the configs exist on the pod (sweep-start does). Exit 2 on any problem.
     """
     from workflow import runtime
@@ -170,28 +170,38 @@ def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_r
     On a pool every row goes to one pod (the one that ran it before, else the least
     busy per GPU) and each pod starts its share; .podflow/pool-sweep.json keeps which
     pod holds each run. Every pod must answer first, or nothing starts.
+
+    A row with nodes: n (or sweep.nodes) runs on n pods at once, one torchrun node each,
+    joined by the c10d rendezvous on node 0's address (SPEC §9); --dry-run shows each
+    node's command and environment. Before the launch each node must reach node 0 on
+    the rendezvous port, or nothing starts (exit 2).
     """
     from workflow.cli.task_tasks import _int
-    from workflow.sweep import pooled
+    from workflow.sweep import multinode, pooled
     from workflow.sweep.control import start_sweep
 
     cfg = runtime.config()
     selection = dict(csv=csv, match=match, start_at=start_at, limit=_int(limit, "--limit"), retry_failed=retry_failed)
     placed = pooled.plan(pool.select(cfg, pod), dry_run=dry_run, **selection)
-    holders = [p for p in pool.select(cfg, pod) if p.name in placed]
+    holders = [p for p in pool.select(cfg, pod) if p.name in placed.runs]
     if not holders:
         from workflow.errors import InputError
 
         raise InputError("every selected run is held by a pod outside --pod (.podflow/pool-sweep.json)",
                          hint="leave --pod out, or name the pod that holds them (wf sweep-status shows it)")
+    gangs = placed.gangs
+    if gangs and not dry_run:
+        multinode.probe_rendezvous(gangs, {p.name: p for p in holders})
     results = on_pods(pod, lambda: start_sweep(runtime.config(), runtime.agent(), runtime.fsm(), dry_run=dry_run,
-                                               run_ids=placed[runtime.current_pod().name], **selection),
+                                               run_ids=placed.runs[runtime.current_pod().name],
+                                               nodes=placed.nodes.get(runtime.current_pod().name, {}), **selection),
                       render=lambda started: _print_started(started, dry_run, retry_failed),
                       to_doc=lambda started: started.to_dict(), json=json, pods=holders, raise_errors=False)
     started = [r for r in results if r.ok]
     if started and not dry_run:
-        pooled.save(cfg, {pr.plan.run_id: r.pod.name for r in started for pr in r.value.runs},
-                    started[0].value.sweep_id, csv=csv)
+        pooled.save(cfg, {pr.plan.run_id: r.pod.name for r in started for pr in r.value.runs
+                          if pr.plan.node_rank == 0}, started[0].value.sweep_id, csv=csv,
+                    nodes={run_id: node.pods for run_id, node in gangs.items()})
     pool.raise_failures(results)
 
 

@@ -41,6 +41,7 @@ DEFAULTS: Dict[str, Any] = {
         "ready_timeout_secs": 600,
         "max_offer_attempts": 5,
         "count": 1,
+        "network": None,
         "hosts": [],
     },
     "remote": {
@@ -76,6 +77,7 @@ DEFAULTS: Dict[str, Any] = {
         "args": ["{config}", "--seed={seed}", "--out_dir={out_dir}"],
         "gpus_per_run": None,
         "nproc_per_node": 1,
+        "nodes": 1,
         "run_timeout_secs": None,
         "on_failure": "continue",
         "max_retries": 0,

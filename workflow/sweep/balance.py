@@ -172,7 +172,8 @@ def orphans(up: Mapping[str, object], down: Sequence[str], placement: pooled.Pla
     out: List[Tuple[str, str]] = []
     if recover:
         for name in down:
-            out += [(r, "recover") for r in placement.held_by(name) if r not in placement.ended]
+            out += [(r, "recover") for r in placement.held_by(name)
+                    if r not in placement.ended and r not in placement.nodes]  # multi-node: not moved yet
     for name, st in up.items():
         out += [(r, "stranded") for r in getattr(st, "withdrawn", ()) if placement.pod_of(r) == name]
     return out
@@ -200,7 +201,8 @@ def plan_moves(up: Mapping[str, object], down: Sequence[str], placement: pooled.
                 if runs:
                     moves.append(Move(runs, name, None, why))
         return moves
-    queues = {name: [r.id for r in st.runs if r.state == "pending" and placement.pod_of(r.id, name) == name]
+    queues = {name: [r.id for r in st.runs if r.state == "pending" and placement.pod_of(r.id, name) == name
+                     and r.id not in placement.nodes]  # a multi-node run's nodes start together where placed
               for name, st in up.items() if st.state == "running"}
     for name in idle:
         fits = {n: [r for r in q if may(r, name)] for n, q in queues.items()}

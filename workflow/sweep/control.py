@@ -31,6 +31,7 @@ from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tup
 
 from workflow.errors import InputError, TransitionRefused, WaitTimeout
 from workflow.sweep.csvfile import read_sweep_csv
+from workflow.sweep.multinode import as_node, check_fits
 from workflow.sweep.plan import RunPlan, plan_runs, select_rows
 from workflow.sweep.resume import Resume, decide, local_copy, push_local
 
@@ -224,7 +225,8 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
                 retry_failed: bool = False, warn: Optional[Callable[[str], None]] = None,
                 run_ids: Optional[Collection[str]] = None, check_state: bool = False,
                 launch_ids: Optional[Collection[str]] = None,
-                attempts: Optional[Mapping[str, int]] = None) -> SweepStart:
+                attempts: Optional[Mapping[str, int]] = None,
+                nodes: Mapping[str, Any] = {}, placing: bool = False) -> SweepStart:
     """Validate, probe, check the state, plan and start the sweep (see the module doc).
 
     ``run_ids``: only these of the selected rows (the ones a pool placed on this pod).
@@ -232,6 +234,9 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
     ``launch_ids``: launch only these (a pool moving runs here; the pod's other runs stay
     in its sweep as they are). ``attempts``: run id -> the attempt its launch is (a run
     moved from another pod goes on counting there: this is where it is relaunched).
+    ``nodes``: run id -> its ``multinode.Node`` on this pod (SPEC §9): that node's launch,
+    started or not as the whole run's last state says; a row on several nodes without
+    one is refused (exit 2) unless ``placing`` (a pool's first phase, before placement).
     Raises ``SweepCsvError``/``InputError`` (exit 2: bad CSV, configs missing on the pod,
     bad selection), ``TransitionRefused`` (exit 3), transport errors (exit 4)."""
     path = Path(cfg.local_path(csv or cfg.sweep.csv))
@@ -272,6 +277,11 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
     planned = []
     for p in plans:
         prev = (previous.get(p.run_id) or {}).get("state")
+        if p.nodes > 1 and not placing and (launch_ids is None or p.run_id in launch_ids):
+            node = nodes.get(p.run_id)
+            if node is None:
+                check_fits(p.run_id, p.nodes, 1)
+            p, prev = as_node(p, node, settings.remote_env), node.previous
         if prev == "success":
             planned.append(PlannedRun(p, False, "already ok", prev))
         elif launch_ids is not None and p.run_id not in launch_ids:
@@ -396,7 +406,7 @@ def describe_plan(start: SweepStart) -> List[str]:
     for pr in start.runs:
         p = pr.plan
         mark = "run" if pr.launch else f"skip ({pr.why})"
-        out.append(f"line {p.line}: {p.run_id}  [{mark}]")
+        out.append(f"line {p.line}: {p.run_id}  [{mark}]" + (f"  node {p.node_rank} of {p.nodes}" if p.nodes > 1 else ""))
         out.append(f"  cwd:  {p.workdir}")
         out.append(f"  argv: {shlex.join(pr.argv)}")
         cvd = f"<{p.gpus} of {','.join(start.gpus)}, assigned at launch>" if p.gpus else "''"

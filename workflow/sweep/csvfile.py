@@ -2,7 +2,7 @@
 
 RFC 4180 through the ``csv`` module, so quoted fields may hold commas, quotes and
 newlines. Header ``run_id,config,seed,overrides,notes`` plus the optional columns
-``gpus`` and ``timeout_secs``. Validation never stops at the first problem: every bad
+``gpus``, ``timeout_secs`` and ``nodes`` (SPEC §9). Validation never stops at the first problem: every bad
 row is reported with the physical line its record starts on, in one ``SweepCsvError``
 (an ``InputError``, exit 2).
 
@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from workflow.errors import InputError
 
 REQUIRED_COLUMNS: Tuple[str, ...] = ("run_id", "config", "seed", "overrides", "notes")
-OPTIONAL_COLUMNS: Tuple[str, ...] = ("gpus", "timeout_secs")
+OPTIONAL_COLUMNS: Tuple[str, ...] = ("gpus", "timeout_secs", "nodes")
 COLUMNS: Tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 #: SPEC §6; a run_id is a directory name and a tmux window name, never a path.
@@ -63,6 +63,8 @@ class SweepRow:
     """GPUs for this run (``gpus`` column); None: ``sweep.gpus_per_run``."""
     timeout_secs: Optional[int] = None
     """Wall-clock limit (``timeout_secs`` column); None: ``sweep.run_timeout_secs``."""
+    nodes: Optional[int] = None
+    """Pods the run spans at once (``nodes`` column, SPEC §9); None: ``sweep.nodes``."""
 
     def to_dict(self) -> dict:
         return {
@@ -74,6 +76,7 @@ class SweepRow:
             "notes": self.notes,
             "gpus": self.gpus,
             "timeout_secs": self.timeout_secs,
+            "nodes": self.nodes,
         }
 
 
@@ -242,10 +245,11 @@ def _parse_row(line: int, fields: List[str], index: Dict[str, int], width: int):
         bad(f"run {run_id or '?'}: cannot split overrides {get('overrides')!r}: {exc}")
     gpus = _positive(get("gpus"), "gpus", run_id, bad)
     timeout = _positive(get("timeout_secs"), "timeout_secs", run_id, bad)
+    nodes = _positive(get("nodes"), "nodes", run_id, bad)
     if problems:
         return None, problems
     return SweepRow(line=line, run_id=run_id, config=config, seed=seed, overrides=overrides,
-                    notes=get("notes"), gpus=gpus, timeout_secs=timeout), problems
+                    notes=get("notes"), gpus=gpus, timeout_secs=timeout, nodes=nodes), problems
 
 
 def _positive(text: str, name: str, run_id: str, bad) -> Optional[int]:

@@ -58,6 +58,10 @@ class RunPlan:
     """The row's line in the sweep CSV."""
     resume_argv: Tuple[str, ...] = ()
     """``sweep.resume_args``, filled: follow ``argv`` when the run resumes from earlier files."""
+    nodes: int = 1
+    """Pods the run spans at once (SPEC §9); this plan is one node's launch when > 1."""
+    node_rank: int = 0
+    """Which node of the run this plan launches (0: the node whose run dir is the run's)."""
 
     def __post_init__(self):
         object.__setattr__(self, "argv", tuple(str(a) for a in self.argv))
@@ -81,6 +85,8 @@ class RunPlan:
             "seed": self.seed,
             "line": self.line,
             "resume_argv": list(self.resume_argv),
+            "nodes": self.nodes,
+            "node_rank": self.node_rank,
         }
 
     def to_json(self) -> str:
@@ -189,6 +195,7 @@ def plan_runs(
     default_gpus = sweep.get("gpus_per_run")
     if default_gpus is not None:
         default_gpus = _positive_int(default_gpus, "sweep.gpus_per_run")
+    default_nodes = _positive_int(sweep.get("nodes") or 1, "sweep.nodes")
     default_timeout = sweep.get("run_timeout_secs")
     if default_timeout is not None:
         default_timeout = _positive_int(default_timeout, "sweep.run_timeout_secs")
@@ -205,7 +212,7 @@ def plan_runs(
     local_root = sweep.get("local_root") or posixpath.join(workdir, "out")
 
     wandb = sweep.get("wandb") or {}
-    too_big = []
+    too_big, python_many = [], []
     plans: List[RunPlan] = []
     for row in select_rows(rows, match=match, start_at=start_at, limit=limit):
         if gpu_count:
@@ -216,6 +223,9 @@ def plan_runs(
             nproc = gpus
         else:
             gpus, nproc = 0, cpu_nproc
+        nodes = row.nodes or default_nodes
+        if nodes > 1 and launcher != "torchrun":
+            python_many.append(f"line {row.line}: run {row.run_id} spans {nodes} nodes")
         out_dir = posixpath.join(outputs_dir, row.run_id)
         script_out_dir = posixpath.join(local_root, row.run_id) if local_sync else out_dir
         values = {
@@ -252,7 +262,11 @@ def plan_runs(
             seed=row.seed,
             line=row.line,
             resume_argv=tuple(fill_placeholders(a, values, what="sweep.resume_args") for a in resume_args),
+            nodes=nodes,
         ))
+    if python_many:
+        raise ConfigError("a run on several nodes needs sweep.launcher: torchrun (its c10d rendezvous joins them):\n  "
+                          + "\n  ".join(python_many), hint="set sweep.launcher: torchrun, or nodes: 1")
     if too_big:
         raise InputError("runs ask for more GPUs than the pod has:\n  " + "\n  ".join(too_big),
                          hint="lower the row's gpus column or sweep.gpus_per_run")

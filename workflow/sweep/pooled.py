@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from workflow.errors import InputError
 
@@ -43,41 +43,82 @@ class PodOffer:
 
 
 def place(rows: Sequence[tuple], pods: Sequence[PodOffer], recorded: Mapping[str, str] = {}) -> Dict[str, str]:
-    """run id -> pod name for ``rows`` (``(run_id, gpus)`` in CSV order) over ``pods``.
+    """run id -> pod name (node 0's for a multi-node run): ``place_nodes``' choice."""
+    return {run_id: chosen[0] for run_id, chosen in place_nodes(rows, pods, recorded).items()}
+
+
+def place_nodes(rows: Sequence[tuple], pods: Sequence[PodOffer], recorded: Mapping[str, str] = {},
+                recorded_nodes: Mapping[str, Sequence[str]] = {}) -> Dict[str, Tuple[str, ...]]:
+    """run id -> its pods (node 0 first; one pod for most runs) for ``rows`` (``(run_id,
+    gpus)`` or ``(run_id, gpus, nodes)`` in CSV order) over ``pods``.
 
     A run that ended ok on a pod stays there (and is not launched again); else a run goes
     back to the pod the last placement gave it, or to a pod where it ran; any other goes
-    to the pod whose GPUs have the least work so far (ties: the lower index).
+    to the pod whose GPUs have the least work so far (ties: the lower index). A run on n
+    nodes keeps the pods it had when they are all still in the pool, else takes the n
+    least loaded pods (in pool order); each of them gets its GPUs' share of the load.
     """
     load = {p.name: 0.0 for p in pods}
     slots = {p.name: float(max(1, p.gpus)) for p in pods}
-    placed: Dict[str, str] = {}
-    for run_id, gpus in rows:
+    order = [p.name for p in pods]
+    placed: Dict[str, Tuple[str, ...]] = {}
+    for row in rows:
+        run_id, gpus = row[0], row[1]
+        nodes = int((row[2] if len(row) > 2 else 1) or 1)
+        if nodes > 1:
+            before = tuple(recorded_nodes.get(run_id) or ())
+            if len(before) == nodes and all(name in load for name in before):
+                chosen = before
+            else:
+                least = sorted(order, key=lambda name: (load[name] / slots[name], order.index(name)))[:nodes]
+                chosen = tuple(sorted(least, key=order.index))
+            placed[run_id] = chosen
+            for name in chosen:
+                load[name] += max(1, int(gpus or 1))
+            continue
         ok = [p.name for p in pods if p.previous.get(run_id) == "success"]
         ran = [p.name for p in pods if p.previous.get(run_id) is not None]
-        before = [recorded[run_id]] if recorded.get(run_id) in load else []
-        chosen = (ok or before or ran or [min(pods, key=lambda p: load[p.name] / slots[p.name]).name])[0]
-        placed[run_id] = chosen
+        before1 = [recorded[run_id]] if recorded.get(run_id) in load else []
+        one = (ok or before1 or ran or [min(pods, key=lambda p: load[p.name] / slots[p.name]).name])[0]
+        placed[run_id] = (one,)
         if not ok:
-            load[chosen] += max(1, int(gpus or 1))
+            load[one] += max(1, int(gpus or 1))
     return placed
 
 
-def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) -> Dict[str, Optional[List[str]]]:
-    """pod name -> the run ids it gets (None: every selected row), for ``sweep-start`` on
-    the pods ``selected``. A run the placement record gives to a pod outside ``selected``
-    (``--pod``) is left alone.
+@dataclass(frozen=True)
+class PoolPlan:
+    """Where ``sweep-start`` puts the selected rows."""
 
-    One pod has nothing to choose: it gets the rows, read here (no round trip). Several
-    are first probed at once (a dry run that also asks the state machine, unless this is
-    a dry run): the CSV, the configs on each pod, each pod's GPUs and the runs it already
-    has. Any pod that fails this stops the whole start, before anything runs: a pod that
-    cannot answer may hold runs that must not run twice."""
+    runs: Mapping[str, Optional[List[str]]]
+    """pod name -> the run ids it gets (None: every selected row); a multi-node run is
+    listed under each of its pods."""
+    nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """pod name -> run id -> its ``multinode.Node`` there (multi-node runs only)."""
+
+    @property
+    def gangs(self) -> Dict[str, Any]:
+        """run id -> node 0's ``Node`` (it names every pod of the run)."""
+        return {run_id: node for mine in self.nodes.values() for run_id, node in mine.items() if node.rank == 0}
+
+
+def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) -> PoolPlan:
+    """Where each selected row goes, for ``sweep-start`` on the pods ``selected``. A run
+    the placement record gives to a pod outside ``selected`` (``--pod``) is left alone.
+
+    One pod has nothing to choose: it gets the rows, read here (no round trip); a row on
+    several nodes cannot run there (exit 2). Several are first probed at once (a dry run
+    that also asks the state machine, unless this is a dry run): the CSV, the configs on
+    each pod, each pod's GPUs and the runs it already has. Any pod that fails this stops
+    the whole start, before anything runs: a pod that cannot answer may hold runs that
+    must not run twice. Multi-node runs then get their rendezvous (``_rendezvous``)."""
     from workflow import pool, runtime
+    from workflow.sweep import multinode
     from workflow.sweep.control import start_sweep
 
     cfg = runtime.config()
-    recorded = load(cfg).runs
+    record = load(cfg)
+    recorded = record.runs
     names = {p.name for p in selected}
     if len(selected) == 1:
         from workflow.sweep.csvfile import read_sweep_csv
@@ -87,20 +128,70 @@ def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) ->
         rows = select_rows(read_sweep_csv(path), match=selection.get("match"), start_at=selection.get("start_at"),
                            limit=selection.get("limit"))
         mine = [r.run_id for r in rows if recorded.get(r.run_id, selected[0].name) in names]
+        for r in rows:
+            if r.run_id in mine:
+                multinode.check_fits(r.run_id, r.nodes or int(cfg.get("sweep.nodes", 1) or 1), 1)
         if rows and not mine:
-            return {}  # every selected run is held by another pod
-        return {selected[0].name: None if len(mine) == len(rows) else mine}
+            return PoolPlan({})  # every selected run is held by another pod
+        return PoolPlan({selected[0].name: None if len(mine) == len(rows) else mine})
     probed = pool.fan_out(selected, lambda pod: start_sweep(
-        runtime.config(), runtime.agent(), runtime.fsm(), dry_run=True, check_state=not dry_run, **selection))
+        runtime.config(), runtime.agent(), runtime.fsm(), dry_run=True, check_state=not dry_run, placing=True,
+        **selection))
     pool.raise_failures(probed)
     offers = [PodOffer(r.pod.name, len(r.value.gpus), {pr.plan.run_id: pr.previous_state for pr in r.value.runs})
               for r in probed]
-    rows = [(pr.plan.run_id, pr.plan.gpus) for pr in probed[0].value.runs
-            if recorded.get(pr.plan.run_id, next(iter(names))) in names]
+    planned = {pr.plan.run_id: pr for pr in probed[0].value.runs
+               if recorded.get(pr.plan.run_id, next(iter(names))) in names}
+    for pr in planned.values():
+        multinode.check_fits(pr.plan.run_id, pr.plan.nodes, len(selected))
+    rows = [(run_id, pr.plan.gpus, pr.plan.nodes) for run_id, pr in planned.items()]
     by_pod: Dict[str, Optional[List[str]]] = {}
-    for run_id, name in place(rows, offers, recorded).items():
-        by_pod.setdefault(name, []).append(run_id)
-    return by_pod
+    gangs: Dict[str, Tuple[str, ...]] = {}
+    for run_id, chosen in place_nodes(rows, offers, recorded, record.nodes).items():
+        for name in chosen:
+            by_pod.setdefault(name, []).append(run_id)
+        if len(chosen) > 1:
+            gangs[run_id] = chosen
+    nodes = _rendezvous(gangs, {r.pod.name: r for r in probed}, selected) if gangs else {}
+    return PoolPlan(by_pod, nodes)
+
+
+def _rendezvous(gangs: Mapping[str, Tuple[str, ...]], probed: Mapping[str, Any],
+                selected: Sequence[Any]) -> Dict[str, Dict[str, Any]]:
+    """Each node of each multi-node run: node 0's address and a port free there (one
+    ``net.facts`` call per pod, all at once), the interface holding each pod's address,
+    the rendezvous id from node 0's attempt, and whether the run starts at all
+    (its nodes' last states, ``multinode.combine``)."""
+    from workflow import pool, runtime
+    from workflow.sweep import multinode
+
+    involved = [p for p in selected if any(p.name in chosen for chosen in gangs.values())]
+    addrs = pool.values(pool.fan_out(involved, lambda pod: multinode.pod_addr(runtime.config(), pod)))
+    index = {p.name: p.index for p in selected}
+    # torch ranks a run's nodes by address: node 0 is the lowest (see multinode)
+    gangs = {run_id: tuple(sorted(chosen, key=lambda name: (addrs[name], index[name])))
+             for run_id, chosen in gangs.items()}
+    ports_wanted = {p.name: sum(1 for chosen in gangs.values() if chosen[0] == p.name) for p in involved}
+    net = pool.values(pool.fan_out(involved, lambda pod: runtime.agent().call(
+        "net.facts", timeout=60, addr=addrs[pod.name], ports=ports_wanted[pod.name])))
+    free = {name: list(doc["ports"]) for name, doc in net.items()}
+    out: Dict[str, Dict[str, Any]] = {}
+    for run_id, chosen in gangs.items():
+        first = chosen[0]
+        before = {pr.plan.run_id: pr for pr in probed[first].value.runs}.get(run_id)
+        attempt = before.resume.attempt if before is not None and before.resume else 1
+        endpoint = f"{net[first]['addr']}:{free[first].pop(0)}"
+        previous = [{"rank": i, "state": next((pr.previous_state for pr in probed[name].value.runs
+                                                if pr.plan.run_id == run_id), None)}
+                    for i, name in enumerate(chosen)]
+        states = [n["state"] for n in previous]
+        prev = None if all(s is None for s in states) else multinode.combine(
+            [dict(n, state=n["state"] or "pending") for n in previous])
+        for rank, name in enumerate(chosen):
+            out.setdefault(name, {})[run_id] = multinode.Node(
+                rank=rank, pods=tuple(chosen), endpoint=endpoint, rdzv_id=f"{run_id}-{attempt}",
+                addr=addrs[name], iface=net[name].get("iface"), previous=prev)
+    return out
 
 
 # ---------------------------------------------------------------- the record
@@ -112,6 +203,7 @@ class Placement:
     truth a stale copy of a run on another pod never overrides."""
 
     runs: Mapping[str, str] = field(default_factory=dict)
+    """run id -> the pod that holds it (node 0's for a multi-node run)."""
     sweep_id: Optional[str] = None
     attempts: Mapping[str, int] = field(default_factory=dict)
     """run id -> the attempt of its current placement (absent: 1); a run re-placed after
@@ -124,6 +216,8 @@ class Placement:
     left: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """run id -> the pods it was re-placed away from when they were down: a pod that comes
     back is not given it again (its copy there is stale)."""
+    nodes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """run id -> its pods, node 0 first (multi-node runs only)."""
 
     def pod_of(self, run_id: str, default: Optional[str] = None) -> Optional[str]:
         return self.runs.get(run_id, default)
@@ -135,7 +229,8 @@ class Placement:
         return [run_id for run_id, name in self.runs.items() if name == pod]
 
     def holders(self) -> List[str]:
-        return sorted(set(self.runs.values()), key=lambda name: int(name[1:]) if name[1:].isdigit() else 0)
+        held = set(self.runs.values()).union(*[set(pods) for pods in self.nodes.values()])
+        return sorted(held, key=lambda name: int(name[1:]) if name[1:].isdigit() else 0)
 
 
 def record_path(config) -> Path:
@@ -152,14 +247,17 @@ def load(config) -> Placement:
         raise InputError(f"{p}: unreadable ({exc})", hint="remove it: the next sweep-start writes it again") from None
     return Placement(runs=dict(doc.get("runs") or {}), sweep_id=doc.get("sweep_id"),
                      attempts=dict(doc.get("attempts") or {}), ended=dict(doc.get("ended") or {}), csv=doc.get("csv"),
-                     left={k: list(v) for k, v in (doc.get("left") or {}).items()})
+                     left={k: list(v) for k, v in (doc.get("left") or {}).items()},
+                     nodes={k: list(v) for k, v in (doc.get("nodes") or {}).items()})
 
 
 def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
          attempts: Optional[Mapping[str, int]] = None, ended: Optional[Mapping[str, str]] = None,
-         csv: Optional[str] = None, left: Optional[Mapping[str, str]] = None) -> Placement:
-    """Record ``placed``, ``attempts``, ``ended`` and the pods runs ``left`` (merged over
-    what was recorded; a run placed anew forgets its old end), atomically."""
+         csv: Optional[str] = None, left: Optional[Mapping[str, str]] = None,
+         nodes: Optional[Mapping[str, Sequence[str]]] = None) -> Placement:
+    """Record ``placed``, ``attempts``, ``ended``, the pods runs ``left`` and the pods of
+    multi-node runs ``nodes`` (merged over what was recorded; a run placed anew forgets
+    its old end; a run placed on one pod again is no longer multi-node), atomically."""
     before = load(config)
     runs, tries, done = dict(before.runs), dict(before.attempts), dict(before.ended)
     gone = {k: list(v) for k, v in before.left.items()}
@@ -173,8 +271,10 @@ def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
             done.pop(run_id, None)
     tries.update(attempts or {})
     done.update(ended or {})
+    gangs = {k: list(v) for k, v in before.nodes.items() if k not in placed}
+    gangs.update({k: list(v) for k, v in (nodes or {}).items()})
     doc = {"sweep_id": sweep_id or before.sweep_id, "at": time.time(), "runs": runs, "attempts": tries,
-           "ended": done, "csv": csv or before.csv, "left": gone}
+           "ended": done, "csv": csv or before.csv, "left": gone, "nodes": gangs}
     p = record_path(config)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".pool-sweep.", suffix=".tmp")
@@ -187,7 +287,8 @@ def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return Placement(runs=runs, sweep_id=doc["sweep_id"], attempts=tries, ended=done, csv=doc["csv"], left=gone)
+    return Placement(runs=runs, sweep_id=doc["sweep_id"], attempts=tries, ended=done, csv=doc["csv"], left=gone,
+                     nodes=gangs)
 
 
 # ---------------------------------------------------------------- one status of many pods
@@ -204,12 +305,16 @@ def merge(read: Sequence[Any], placement: Placement) -> Dict[str, Any]:
     """One ``sweep-status --json`` document from the pods' results (``pool.PodResult`` of
     ``SweepStatus``), in pod order. A run is taken from the pod the placement names (a copy
     elsewhere is stale); a pod that could not be read is ``down`` and the runs it holds
-    are ``unknown`` (or the end last read from it, ``Placement.ended``)."""
+    are ``unknown`` (or the end last read from it, ``Placement.ended``). A multi-node run
+    is shown once: node 0's entry, its state combined over its nodes
+    (``multinode.combine``), and ``nodes``: each node's pod and state."""
     from workflow.fsm import order
+    from workflow.sweep import multinode
 
     runs: List[Dict[str, Any]] = []
     seen = set()
     pods: List[Dict[str, Any]] = []
+    node_docs: Dict[str, Dict[str, Dict[str, Any]]] = {}  # run id -> pod -> its node's entry
     for r in read:
         name = r.pod.name
         if not r.ok:
@@ -222,6 +327,9 @@ def merge(read: Sequence[Any], placement: Placement) -> Dict[str, Any]:
                          "error": getattr(r.error, "message", str(r.error))})
             continue
         doc = r.value.to_json()
+        for run, state in zip(doc["runs"], r.value.runs):
+            if name in placement.nodes.get(run["id"], ()):
+                node_docs.setdefault(run["id"], {})[name] = dict(run, finished_at=state.finished_at)
         mine = [dict(run, pod=name, line=getattr(state, "line", None))
                 for run, state in zip(doc["runs"], r.value.runs)
                 if placement.pod_of(run["id"], name) == name and run["id"] not in seen]
@@ -231,15 +339,37 @@ def merge(read: Sequence[Any], placement: Placement) -> Dict[str, Any]:
         for run in mine:
             counts[run["state"]] = counts.get(run["state"], 0) + 1
         pods.append({"name": name, "state": "up", "counts": counts, "sweep_id": doc.get("sweep_id"),
-                     "sweep_state": doc.get("state"), "fsm_state": doc.get("fsm_state")})
+                     "sweep_state": doc.get("state"), "fsm_state": doc.get("fsm_state"),
+                     "holds_nodes": any(name in gang[1:] for gang in placement.nodes.values())})
+    down = {p["name"] for p in pods if p["state"] == "down"}
+    for run in runs:
+        gang = placement.nodes.get(run["id"])
+        if not gang:
+            continue
+        entries = node_docs.get(run["id"], {})
+        run["nodes"] = [{"rank": i, "pod": name,
+                         "state": "unknown" if name in down else entries.get(name, {}).get("state", "pending"),
+                         "exit_code": entries.get(name, {}).get("exit_code"),
+                         "finished_at": entries.get(name, {}).get("finished_at")} for i, name in enumerate(gang)]
+        run["state"] = multinode.combine(run["nodes"])
+        if run["state"] != "success" and run.get("exit_code") == 0:
+            run["exit_code"] = next((n["exit_code"] for n in run["nodes"] if n["exit_code"]), run["exit_code"])
     runs.sort(key=lambda run: (run.get("line") is None, run.get("line") or 0))
     for run in runs:
         run.pop("line", None)
+    for p in pods:
+        if p["state"] == "up":
+            p["counts"] = {}
+            for run in runs:
+                if run.get("pod") == p["name"]:
+                    p["counts"][run["state"]] = p["counts"].get(run["state"], 0) + 1
     counts = {}
     for run in runs:
         counts[run["state"]] = counts.get(run["state"], 0) + 1
     done = sum(n for s, n in counts.items() if s in TERMINAL)
-    holding = [p for p in pods if p["state"] == "up" and p["counts"]]
+    holding = [p for p in pods if p["state"] == "up" and (p["counts"] or p.pop("holds_nodes", False))]
+    for p in pods:
+        p.pop("holds_nodes", None)
     fsm_states = [p["fsm_state"] for p in pods if p.get("fsm_state")]
     return {
         "state": _sweep_state([p["sweep_state"] for p in holding]),

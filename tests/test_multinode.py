@@ -1,0 +1,216 @@
+"""Multi-node runs (SPEC §9): one run over several pods, joined by torchrun's c10d
+rendezvous (gloo on the CPU here).
+
+The pods are real: ``local`` pods (each its own directories and its own loopback
+address) driven by ``wf`` as a user would; the training is ``examples/train.py``
+unchanged, under real torchrun. Runs are a few steps long.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from workflow.sweep import multinode
+from workflow.sweep.plan import RunPlan
+from workflow.sweep.pooled import PodOffer, place_nodes
+
+
+# ---------------------------------------------------------------- the launch, placement, the run's state
+
+
+def _plan(**kw):
+    base = dict(run_id="mn", argv=("torchrun", "--standalone", "--nproc_per_node=2", "train.py", "c.json", "lr=1"),
+                env={"WF_RUN_ID": "mn"}, workdir="/w", gpus=0, timeout_secs=None, out_dir="/o/mn",
+                config_path="/w/c.json", nodes=2)
+    base.update(kw)
+    return RunPlan(**base)
+
+
+def test_node_i_is_launched_as_spec_9_says():
+    node = multinode.Node(rank=1, pods=("p0", "p1"), endpoint="10.0.0.1:29511", rdzv_id="mn-3", addr="10.0.0.2",
+                          iface="ens1")
+    p = multinode.as_node(_plan(), node, remote_env={"GLOO_SOCKET_IFNAME": "eth9"})
+    assert p.argv == ("torchrun", "--nnodes=2", "--node_rank=1", "--nproc_per_node=2", "--rdzv_backend=c10d",
+                      "--rdzv_endpoint=10.0.0.1:29511", "--rdzv_id=mn-3", "--local_addr=10.0.0.2",
+                      f"--rdzv_conf=is_host=0,read_timeout={multinode.WAIT_SECS},join_timeout={multinode.WAIT_SECS}",
+                      "train.py", "c.json", "lr=1")
+    # remote.env's own interface wins; the other variable gets the interface holding the address
+    assert dict(p.env) == {"WF_RUN_ID": "mn", "WF_NODE_RANK": "1", "WF_NNODES": "2", "NCCL_SOCKET_IFNAME": "ens1"}
+    assert (p.node_rank, p.nodes) == (1, 2)
+    host = multinode.as_node(_plan(), multinode.Node(0, ("p0", "p1"), "10.0.0.1:29511", "mn-3"), {})
+    assert "--rdzv_conf=is_host=1," in " ".join(host.argv) and "NCCL_SOCKET_IFNAME" not in host.env
+
+
+def test_a_multi_node_run_takes_n_pods_and_single_runs_fill_around_it():
+    pods = [PodOffer(f"p{i}", 1, {}) for i in range(3)]
+    rows = [("a", 1, 1), ("mn", 1, 2), ("b", 1, 1), ("c", 1, 1), ("mn3", 1, 3)]
+    placed = place_nodes(rows, pods)
+    assert placed["a"] == ("p0",) and placed["mn"] == ("p1", "p2")  # the two least loaded
+    assert placed["b"] == ("p0",) and placed["c"] == ("p1",)
+    assert placed["mn3"] == ("p0", "p1", "p2")
+    again = place_nodes([("mn", 1, 2)], pods, recorded_nodes={"mn": ["p2", "p0"]})
+    assert again["mn"] == ("p2", "p0")  # a run keeps the pods it had
+
+
+@pytest.mark.parametrize("states, want", [
+    (["success", "success"], "success"),
+    (["success", "failed"], "failed"),
+    (["running", "failed"], "failed"),
+    (["running", "pending"], "running"),
+    (["timed_out", "failed"], "timed_out"),  # the node that ended first (at 10:00) ended it
+    (["failed", "lost"], "lost"),  # a lost node has no end time: it is taken for the cause
+])
+def test_a_runs_state_comes_from_all_its_nodes(states, want):
+    nodes = [{"rank": i, "state": s, "finished_at": None if s == "lost" else f"2026-01-01T10:0{i}:00Z"}
+             for i, s in enumerate(states)]
+    assert multinode.combine(nodes) == want
+
+
+# ---------------------------------------------------------------- two pods, for real
+
+
+@pytest.fixture
+def two_pods(project):
+    """Two ``local`` pods with examples/ checked out (``.venv`` -> the CPU torch venv)."""
+    from test_sweep_run_helpers import TORCH_VENV, SweepProject
+
+    if not (TORCH_VENV / "bin" / "python").exists():
+        pytest.skip("needs .venv-torch (bash scripts/setup)")
+    sp = SweepProject(project, {"pod": {"provider": "local", "count": 2},
+                                "sweep": {"launcher": "torchrun", "entrypoint": "train.py", "nproc_per_node": 2,
+                                          "args": ["{config}", "--seed={seed}", "--out_dir={out_dir}"]}},
+                      "run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,steps=4 log_every=1,,2\n")
+    shutil.copytree(sp.repo, sp.pod / "repo-p1", symlinks=True)
+    sp.outputs_of = [sp.pod / "outputs", sp.pod / "outputs-p1"]
+    return sp
+
+
+def test_two_nodes_train_with_world_size_4_and_the_run_is_shown_once(two_pods):
+    sp = two_pods
+    dry = sp.wf("sweep-start", "--dry-run", check=0).stdout
+    for i in (0, 1):
+        assert f"p{i}: line 2: mn  [run]  node {i} of 2" in dry, dry
+        assert f"--nnodes=2 --node_rank={i} --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:" in dry
+        assert f"WF_NNODES=2 WF_NODE_RANK={i}" in dry and "GLOO_SOCKET_IFNAME=lo" in dry
+    assert not (sp.outputs_of[0] / "mn").exists()
+
+    sp.wf("sweep-start", check=0)
+    sp.wf("sweep-wait", "--timeout-secs", "150", check=0)
+    doc = sp.status()
+    [run] = doc["runs"]
+    assert (run["id"], run["state"], run["pod"]) == ("mn", "success", "p0")
+    assert [(n["rank"], n["pod"], n["state"]) for n in run["nodes"]] == [(0, "p0", "success"), (1, "p1", "success")]
+    first = json.loads((sp.outputs_of[0] / "mn" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["world_size"] == 4 and first["backend"] == "gloo"  # torch's rank 0 ran on node 0
+    for i, out in enumerate(sp.outputs_of):
+        status = json.loads((out / "mn" / "status.json").read_text())
+        assert status["state"] == "success" and f"--node_rank={i}" in " ".join(status["argv"])
+
+    got = json.loads(sp.wf("fetch-run", "mn", "--json", check=0).stdout)
+    assert got["run_id"] == "mn"
+    art = sp.root / "artifacts" / "mn"
+    assert (art / "metrics.jsonl").exists() and (art / "stdout.node1.log").exists()
+
+
+#: A multi-node job: all ranks all-reduce ``steps`` times (default 600: ~2 minutes) unless
+#: a node leaves; ``fail_node=i`` makes node i exit 3 after a few steps.
+MNJOB = '''\
+import os, sys, time
+import torch
+import torch.distributed as dist
+kv = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("--"))
+dist.init_process_group("gloo")
+print("world_size", dist.get_world_size(), "node", os.environ.get("WF_NODE_RANK", "-"), flush=True)
+t = torch.ones(1)
+for step in range(int(kv.get("steps", 600))):
+    dist.all_reduce(t)
+    if step == 3 and kv.get("fail_node") == os.environ.get("WF_NODE_RANK", "-"):
+        print("node", os.environ.get("WF_NODE_RANK", "-"), "failing on purpose", flush=True)
+        sys.exit(3)
+    time.sleep(0.2)
+'''
+
+
+def _mnjob(sp, csv, pods=2):
+    for i in range(pods):
+        repo = sp.pod / ("repo" if i == 0 else f"repo-p{i}")
+        if not repo.exists():
+            shutil.copytree(sp.repo, repo, symlinks=True)
+        (repo / "examples" / "mnjob.py").write_text(MNJOB)
+    sp.outputs_of = [sp.pod / "outputs"] + [sp.pod / f"outputs-p{i}" for i in range(1, pods)]
+    sp.write_config({"pod": {"provider": "local", "count": pods},
+                     "sweep": {"launcher": "torchrun", "entrypoint": "mnjob.py", "nproc_per_node": 1,
+                               "args": ["{config}"]}})
+    sp.write_csv(csv)
+    for i in range(2, pods):  # a pod the fixture did not have: checked out by hand too
+        sp.wf("fsm-reset", "CHECKED_OUT", "--pod", f"p{i}", "--reason", "checkout made by hand (test)", check=0)
+
+
+def test_a_failing_node_ends_the_other_and_the_run_fails(two_pods):
+    sp = two_pods
+    _mnjob(sp, "run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,fail_node=1,,2\n")
+    sp.wf("sweep-start", check=0)
+    # the job would all-reduce for 2 minutes: only node 1's failure ends node 0 this soon
+    res = sp.wf("sweep-wait", "--timeout-secs", "90")
+    assert res.returncode == 1, res.stdout + res.stderr
+    [run] = sp.status()["runs"]
+    assert run["state"] == "failed" and [n["state"] for n in run["nodes"]] == ["failed", "failed"]
+    assert [n["exit_code"] for n in run["nodes"]][1] == 1
+    log1 = (sp.outputs_of[1] / "mn" / "stdout.log").read_text()
+    assert "node 1 failing on purpose" in log1
+
+
+def test_a_killed_node_makes_the_run_lost_and_nothing_is_left_running(two_pods):
+    import os
+    import signal
+
+    from test_sweep_run_helpers import marked_pids
+
+    sp = two_pods
+    _mnjob(sp, "run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,,,2\n")
+    sp.wf("sweep-start", check=0)
+    status1 = sp.outputs_of[1] / "mn" / "status.json"
+    end = time.monotonic() + 90
+    while time.monotonic() < end and "world_size 2" not in _read(sp.outputs_of[1] / "mn" / "stdout.log"):
+        time.sleep(0.2)
+    nonces = [json.loads((out / "mn" / "status.json").read_text())["nonce"] for out in sp.outputs_of]
+    runner1 = json.loads((sp.outputs_of[1] / "_control" / "sweep" / "runner" / "status.json").read_text())
+    for pid in [runner1["wrapper_pid"], runner1["pid"]] + marked_pids([nonces[1]]):  # p1's processes die
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    res = sp.wf("sweep-wait", "--timeout-secs", "90")
+    assert res.returncode == 1, res.stdout + res.stderr
+    [run] = sp.status()["runs"]
+    assert run["state"] == "lost", run
+    assert [n["state"] for n in run["nodes"]][1] == "lost" and json.loads(status1.read_text())["state"] == "lost"
+    end = time.monotonic() + 30
+    while marked_pids(nonces) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not marked_pids(nonces), "a node's processes were left running"
+
+
+def _read(path):
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def test_multi_node_runs_queued_with_single_runs_on_3_pods_never_deadlock(two_pods):
+    sp = two_pods
+    rows = [("s1", 1), ("mn", 2), ("s2", 1), ("s3", 1), ("mn2", 2), ("s4", 1)]
+    _mnjob(sp, "run_id,config,seed,overrides,notes,nodes\n"
+           + "".join(f"{r},configs/tiny.json,0,steps=5,,{n}\n" for r, n in rows), pods=3)
+    sp.wf("sweep-start", check=0)
+    placed = json.loads((sp.root / ".podflow" / "pool-sweep.json").read_text())
+    assert placed["nodes"] == {"mn": ["p1", "p2"], "mn2": ["p0", "p2"]}  # each pod's queue: single runs around them
+    sp.wf("sweep-wait", "--timeout-secs", "240", check=0)
+    doc = sp.status()
+    assert [(r["id"], r["state"]) for r in doc["runs"]] == [(r, "success") for r, _ in rows]
+    assert doc["counts"] == {"success": 6} and doc["state"] == "completed"
