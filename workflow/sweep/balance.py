@@ -296,7 +296,8 @@ def cancel_stale(cfg, up: Mapping[str, object], placement: pooled.Placement, say
     pods = _by_name(cfg)
     for name, st in up.items():
         stale = [r.id for r in st.runs if r.state in ("pending", "running")
-                 and placement.pod_of(r.id, name) != name]
+                 and placement.pod_of(r.id, name) != name
+                 and name not in placement.nodes.get(r.id, ())]  # a node of a multi-node run is no copy
         if not stale:
             continue
         done = withdraw(pods[name], stale, cancel=True)
@@ -308,7 +309,8 @@ def cancel_stale(cfg, up: Mapping[str, object], placement: pooled.Placement, say
 def record_ends(cfg, up: Mapping[str, object], placement: pooled.Placement) -> pooled.Placement:
     """Keep in the record how each run ended on its pod (what is known if the pod dies)."""
     ended = {r.id: r.state for name, st in up.items() for r in st.runs
-             if r.state in pooled.TERMINAL and placement.pod_of(r.id) == name and placement.ended.get(r.id) != r.state}
+             if r.state in pooled.TERMINAL and placement.pod_of(r.id) == name and placement.ended.get(r.id) != r.state
+             and r.id not in placement.nodes}  # node 0's end is not a multi-node run's
     if not ended:
         return placement
     with turn(cfg):
