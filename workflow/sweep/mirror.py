@@ -2,9 +2,9 @@
 ``<local.artifacts_dir>/<run_id>/`` incrementally, so a run whose pod dies can resume
 elsewhere from its latest checkpoint.
 
-One rsync for all the running runs (``-a --whole-file --modify-window=-1``: only changed files; the
-engine's lock, fifo and wrapper log left out as ``fetch`` does; no ``--partial``: a cut
-transfer leaves no half file). It runs in a background thread, so the wait never waits
+One rsync for all the running runs (``-a --whole-file --modify-window=-1``: only changed
+files; the engine's lock, fifo and wrapper log left out as ``fetch`` does; no
+``--partial``: a cut transfer leaves no half file). It runs in a background thread, so the wait never waits
 on it: a tick starts one only when the interval has passed and the previous one is done.
 Its errors are logged (``on_error``) and it simply tries again at the next tick. It is
 not a fetch: nothing is verified or marked fetched (``fetch-all`` does that at the end);
@@ -34,7 +34,7 @@ class Mirror:
         self.interval = max(0.0, float(interval or 0))
         self.on_error = on_error or (lambda text: None)
         self._thread: Optional[threading.Thread] = None
-        self._last = 0.0
+        self._last: Optional[float] = None
         self.done = 0
         """How many mirrors finished without an error."""
         self.errors = 0
@@ -49,7 +49,7 @@ class Mirror:
         running = [r for r in status.runs if r.state == "running" and r.dir]
         if not self.enabled or not running or (self._thread is not None and self._thread.is_alive()):
             return False
-        if time.monotonic() - self._last < self.interval:
+        if self._last is not None and time.monotonic() - self._last < self.interval:
             return False
         self._last = time.monotonic()
         outputs = posixpath.dirname(running[0].dir.rstrip("/"))
