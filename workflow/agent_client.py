@@ -170,7 +170,8 @@ class AgentClient:
             request.setdefault("state_file", self.state_file)
         payload = json.dumps(request).encode()
         # Streaming ops run one-shot, so that their output flows as it comes.
-        res = self._served(op, payload, timeout) if on_stdout is None else None
+        served = on_stdout is None and op not in serve.ONE_SHOT_OPS
+        res = self._served(op, payload, timeout) if served else None
         if res is None:
             res = self._one_shot(op, payload, timeout, on_stdout)
         try:

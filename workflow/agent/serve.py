@@ -28,6 +28,9 @@ COMMAND = "serve"
 #: Printed before the first frame: whatever a login shell prints before it is skipped.
 READY = b"<<<PODFLOW-SERVE>>>\n"
 IDLE_SECS = 900.0
+#: Ops that always run in a python of their own: ``autostop.start`` forks the watchdog,
+#: which is then known by that python's command line (``autostop._owner_pid``).
+ONE_SHOT_OPS = ("autostop.start",)
 _channel = []  # the fd requests come on, while serving
 
 
