@@ -82,7 +82,7 @@ def test_idle_pod_is_stopped_with_the_pod_scoped_credential(cloud, kind):
     assert r.returncode == 0, r.stderr
     assert "watchdog on the pod" in r.stderr
     pod = the_pod(cp)
-    pid = int((cp.remote / "outputs" / "_control" / "autostop.pid").read_text())
+    pid = int((cp.remote / "outputs" / "_control" / "autostop.pid").read_text().split()[0])
 
     # the account key is nowhere on the pod: not in its files, its processes' env or command lines
     secret = SECRET[kind].encode()
@@ -199,7 +199,7 @@ def test_the_pools_budget_ends_every_pod_of_the_pool(project):
             pid_file = out / "_control" / "autostop.pid"
             if pid_file.exists():
                 try:
-                    os.kill(int(pid_file.read_text()), signal.SIGTERM)
+                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
                 except (OSError, ValueError):
                     pass
 
@@ -259,7 +259,7 @@ def test_a_running_sweep_keeps_the_local_pod_alive(project):
         pid_file = sp.outputs / "_control" / "autostop.pid"
         if pid_file.exists():
             try:
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
             except (OSError, ValueError):
                 pass
 

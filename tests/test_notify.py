@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -186,3 +187,31 @@ def test_attempts_are_bounded_and_the_url_is_never_logged(tmp_path, silent):
     # not an Apprise URL: no retry
     log = deliver(tmp_path, "nosuchscheme://x")
     assert log.count("not an Apprise URL") == 1
+
+
+@pytest.mark.ssh
+def test_bootstrap_installs_apprise_for_the_watchdog(ssh_pod, project, hook):
+    """The pod's python has no Apprise: ``bootstrap`` installs podflow's notify extra's
+    into ``_control/notify-venv``, and the watchdog's notification goes out through it."""
+    from test_pod_tasks import wf
+
+    port, got = hook
+    env = {"WF_NOTIFY_URLS": f"json://127.0.0.1:{port}/hook"}
+    ssh_pod.write_config(project, checkout={"require_cuda": False})
+    assert wf(project, "remote-exec", "python3 -c 'import apprise'").returncode != 0  # nothing installed by hand
+    assert wf(project, "pod-up", env=env).returncode == 0
+    r = wf(project, "bootstrap", env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    venv_python = ssh_pod.remote_dir / "outputs" / "_control" / "notify-venv" / "bin" / "python"
+    assert subprocess.run(["runuser", "-u", "wftest", "--", str(venv_python), "-c", "import apprise"]).returncode == 0
+
+    marker = ssh_pod.remote_dir / "autostop-ran"
+    ssh_pod.write_config(project, checkout={"require_cuda": False},
+                         autostop={"idle_minutes": 0.01, "action": "command", "command": f"touch {marker}"})
+    r = wf(project, "bootstrap", env=env, timeout=120)  # checks only, and restarts the watchdog
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: marker.exists() and got, 60, "the autostop notification")
+    [(path, doc)] = got
+    assert path == "/hook" and "autostop: command" in doc["title"] and doc["message"].startswith("idle")
+    log = (ssh_pod.remote_dir / "outputs" / "_control" / "notify.log").read_text()
+    assert "autostop: url #1: delivered" in log

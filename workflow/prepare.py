@@ -71,6 +71,8 @@ def _common(cfg) -> Dict[str, Any]:
 
 def bootstrap_spec(cfg) -> Dict[str, Any]:
     """The non-secret spec of ``bootstrap`` from the config."""
+    from workflow.money import watchdog
+
     spec = _common(cfg)
     pkgs = cfg.get("bootstrap.apt_packages", None) or []
     spec.update(
@@ -79,8 +81,25 @@ def bootstrap_spec(cfg) -> Dict[str, Any]:
         script=cfg.get("bootstrap.script", None) or None,
         wandb_setup_script=cfg.get("bootstrap.wandb_setup_script", None) or None,
         wandb_enabled=bool(cfg.get("sweep.wandb.enabled", False)),
+        notify_requirement=notify_requirement() if watchdog.notify_urls(cfg) else None,
     )
     return spec
+
+
+def notify_requirement() -> str:
+    """What the watchdog needs to send notifications: podflow's ``notify`` extra's Apprise
+    requirement, as the installed package declares it (``apprise>=1.9``)."""
+    from importlib import metadata
+
+    try:
+        declared = metadata.requires("podflow") or []
+    except metadata.PackageNotFoundError:
+        declared = []
+    for req in declared:
+        name, _, marker = req.partition(";")
+        if name.strip().lower().startswith("apprise") and "notify" in marker:
+            return name.strip()
+    return "apprise"
 
 
 def _cuda(cfg):

@@ -33,7 +33,7 @@ import time
 
 from . import procs
 from .fsutil import expand, locked, read_json, utcnow, write_json_atomic
-from .notify import Notifier
+from .notify import NOTIFY_VENV, Notifier
 from .protocol import AgentError
 
 DECISION = "autostop.json"
@@ -246,7 +246,8 @@ class Watchdog(object):
         self.last_state = None
         self.last_written = None
         self.notifier = Notifier(self.ctl, cfg.get("notify_urls"), cfg.get("notify_on"),
-                                 [sys.executable] + list(cfg.get("notify_pythons") or []))
+                                 [sys.executable, os.path.join(self.ctl, NOTIFY_VENV, "bin", "python")]
+                                 + list(cfg.get("notify_pythons") or []))
 
     def credential(self):
         found = pod_credential(self.cfg.get("provider"))
@@ -408,15 +409,27 @@ class Watchdog(object):
 # ---------------------------------------------------------------- ops
 
 
+def _start_time(pid):
+    """When the process started (clock ticks since boot, /proc/PID/stat field 22), or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as fh:
+            raw = fh.read().decode("ascii", "replace")
+        return raw[raw.rfind(")") + 2:].split()[19]
+    except (IOError, OSError, IndexError):
+        return None
+
+
 def _owner_pid(ctl):
-    """The pid of the live watchdog of these outputs, or None."""
+    """The pid of the live watchdog of these outputs, or None. The pid file holds the
+    watchdog's pid and start time: a reused pid is not taken for it (its command line
+    proves nothing: a long-lived agent forks it)."""
     try:
         with open(os.path.join(ctl, PIDFILE)) as fh:
-            pid = int(fh.read().strip() or 0)
+            pid, started = (fh.read().split() + [None])[:2]
+        pid = int(pid)
     except (IOError, OSError, ValueError):
         return None
-    cmdline = procs.proc_cmdline(pid) or b""
-    return pid if pid and OP.encode() in cmdline else None
+    return pid if pid and started and _start_time(pid) == started else None
 
 
 def _daemon(cfg, ctl):
@@ -445,7 +458,7 @@ def _daemon(cfg, ctl):
     write_json_atomic(os.path.join(ctl, STATE), {"pid": os.getpid(), "started_at": time.time(), "updated_at": utcnow(),
                                                  "action": cfg.get("action"), "starting": True})
     with open(os.path.join(ctl, PIDFILE) + ".tmp", "w") as fh:
-        fh.write(str(os.getpid()))
+        fh.write("%d %s" % (os.getpid(), _start_time(os.getpid())))
     os.replace(os.path.join(ctl, PIDFILE) + ".tmp", os.path.join(ctl, PIDFILE))
     log("autostop: watchdog %d started (action %s)" % (os.getpid(), cfg.get("action")))
     Watchdog(cfg).run()

@@ -3,7 +3,9 @@
 Checks git, tmux, rsync and a python whose ``venv`` works (installing what is missing
 with apt when ``bootstrap.install_prereqs`` allows it), runs ``bootstrap.script`` and
 the W&B setup script once per content (path + SHA-256 remembered in
-``_control/bootstrap.json``), and writes ``_control/setup.log`` describing the pod.
+``_control/bootstrap.json``), makes sure the watchdog can send notifications (Apprise in
+``_control/notify-venv`` when ``WF_NOTIFY_URLS`` is set and the pod's python lacks it),
+and writes ``_control/setup.log`` describing the pod.
 """
 
 import collections
@@ -20,6 +22,7 @@ import tempfile
 from .checkout_venv import python_path
 from .fsutil import expand, makedirs, read_json, utcnow, write_atomic, write_json_atomic
 from .job_status import user_home
+from .notify import NOTIFY_VENV, can_import_apprise
 from .step_runner import TAIL_LINES, StepFailed, control_dir, run_main
 
 BOOTSTRAP_MARKER = "bootstrap.json"
@@ -208,6 +211,26 @@ def _write_setup_log(r, spec, python):
     return path
 
 
+def _notify_apprise(r, control, requirement):
+    """Apprise where the watchdog finds it: its own python, else ``_control/notify-venv``,
+    made here and given podflow's ``notify`` extra's ``requirement`` with pip."""
+    venv = os.path.join(control, NOTIFY_VENV)
+    vpy = os.path.join(venv, "bin", "python")
+    for python in (sys.executable, vpy):
+        if can_import_apprise(python):
+            r.say("apprise is importable by %s" % python)
+            return
+    hint = ("the pod's pip needs an index (PyPI or PIP_INDEX_URL); or install apprise for %s yourself, "
+            "or unset WF_NOTIFY_URLS" % sys.executable)
+    if not os.path.isfile(vpy):
+        r.run([sys.executable, "-m", "venv", venv], what="python -m venv %s" % venv, hint=hint)
+    r.run([vpy, "-m", "pip", "install", "--disable-pip-version-check", "-q", requirement],
+          what="pip install %s" % requirement, hint=hint)
+    if not can_import_apprise(vpy):
+        raise StepFailed("apprise was installed into %s but does not import" % venv, hint=hint)
+    r.say("apprise installed into %s" % venv)
+
+
 def do_bootstrap(r, result):
     spec = r.spec
     control = control_dir(spec)
@@ -249,6 +272,10 @@ def do_bootstrap(r, result):
             r.say("sweep.wandb.enabled but no bootstrap.wandb_setup_script: runs need WANDB_API_KEY or ~/.netrc")
     elif wandb:
         r.say("not running bootstrap.wandb_setup_script: sweep.wandb.enabled is false")
+    requirement = spec.get("notify_requirement")
+    if requirement:
+        with r.step("notify", "Apprise for the watchdog's notifications"):
+            _notify_apprise(r, control, requirement)
     python = python_path(spec.get("python") or "python3")
     setup_log = os.path.join(control, SETUP_LOG)
     already = bool(prev) and not installed and not ran and os.path.isfile(setup_log)

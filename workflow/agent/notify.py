@@ -1,8 +1,8 @@
 """Notifications sent from the pod by the watchdog (SPEC §10), through Apprise.
 
 The watchdog stays stdlib-only: each delivery runs Apprise in a child Python (the first
-of the candidates that can ``import apprise``: the watchdog's own interpreter, the
-checkout's venv), given the URL and the message on stdin, so a URL (a secret) is never
+of the candidates that can ``import apprise``: the watchdog's own interpreter,
+``_control/notify-venv`` where ``bootstrap`` installs it, the checkout's venv), given the URL and the message on stdin, so a URL (a secret) is never
 on a command line, in a file or in the log. Deliveries happen on a thread of their own:
 the watchdog's polling, and the runs, never wait for one. Each URL gets a bounded
 number of attempts; every outcome is a line in ``_control/notify.log`` that names the
@@ -19,6 +19,8 @@ import time
 from .fsutil import utcnow
 
 LOG = "notify.log"
+NOTIFY_VENV = "notify-venv"
+"""``_control/notify-venv``: where ``bootstrap`` installs Apprise when the pod's python lacks it"""
 ATTEMPTS = 3
 SEND_TIMEOUT_SECS = 30
 SENDER = (
@@ -30,6 +32,15 @@ SENDER = (
     "    sys.exit(3)\n"
     "sys.exit(0 if a.notify(title=doc['title'], body=doc['body']) else 1)\n"
 )
+
+
+def can_import_apprise(python):
+    """Whether ``python`` (a path) can ``import apprise``."""
+    try:
+        return subprocess.call([python, "-c", "import apprise"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=60) == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 class Notifier(object):
@@ -69,17 +80,10 @@ class Notifier(object):
             fh.write("%s %s\n" % (utcnow(), text))
 
     def python(self):
-        if self._python is None:
-            self._python = ""
-            for exe in self.pythons:
-                try:
-                    ok = subprocess.call([exe, "-c", "import apprise"], stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, timeout=60) == 0
-                except (OSError, subprocess.SubprocessError):
-                    ok = False
-                if ok:
-                    self._python = exe
-                    break
+        """The first candidate that imports Apprise (looked for again while none does:
+        ``bootstrap`` may install it meanwhile)."""
+        if not self._python:
+            self._python = next((exe for exe in self.pythons if can_import_apprise(exe)), None)
         return self._python
 
     def _work(self):
@@ -95,8 +99,8 @@ class Notifier(object):
     def _deliver(self, event, title, body):
         exe = self.python()
         if not exe:
-            self.log("%s: not sent: apprise is not installed for the pod's python "
-                     "(pip install apprise, e.g. in checkout.install)" % event)
+            self.log("%s: not sent: apprise is not installed for the pod's python (wf bootstrap installs it "
+                     "into _control/%s)" % (event, NOTIFY_VENV))
             return
         payload_base = {"title": title, "body": body}
         for i, url in enumerate(self.urls, 1):

@@ -17,8 +17,10 @@ def bootstrap(c, progress=None, detach=False, pod=None):
     (as root or with sudo -n); otherwise bootstrap fails naming them. Writes
     <outputs_dir>/_control/setup.log (versions, pip freeze, nvidia-smi). Runs
     bootstrap.wandb_setup_script only when sweep.wandb.enabled. A second run only
-    checks. (Re)starts the watchdog on the pod (autostop.*, pod.ttl, pod.max_cost_usd).
-    Starts from POD_READY, BOOTSTRAPPED, CHECKED_OUT or SWEEP_COMPLETED.
+    checks. (Re)starts the watchdog on the pod (autostop.*, pod.ttl, pod.max_cost_usd);
+    with WF_NOTIFY_URLS set, makes sure it can send them: Apprise (podflow's notify
+    extra) is installed with pip into <outputs_dir>/_control/notify-venv unless the
+    pod's python has it. Starts from POD_READY, BOOTSTRAPPED, CHECKED_OUT or SWEEP_COMPLETED.
     """
     from workflow import prepare, runtime
     from workflow.money.watchdog import launch_current
