@@ -154,6 +154,30 @@ def test_any_command_that_cannot_reach_a_destroyed_pod_closes_it(cloud):
 
 
 @pytest.mark.ssh
+def test_a_pool_pod_the_provider_calls_gone_is_closed_when_sweep_wait_asks(cloud, monkeypatch):
+    """sweep-wait asks the provider whether a pod that stopped answering is down
+    (``balance.provider_says``): the ledger closes it from that answer too."""
+    from workflow import pool, runtime
+    from workflow.sweep.balance import provider_says
+
+    cp = cloud("vastai", price=36.0)
+    pod_id = ok_json(cp.wf("pod-up", "--json"))["pod"]["id"]
+    cp.wf("disconnect")
+    cp.api.pods[pod_id].fake.destroy()  # destroyed in the console
+    for name, value in cp.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(cp.root)
+    runtime.reset()
+    try:
+        said = provider_says(pool.pods(runtime.config())[0])
+        assert said in ("the provider says it is gone", "the provider says it is terminated"), said
+    finally:
+        runtime.reset()
+    docs = [json.loads(line) for line in (cp.root / ".podflow" / "ledger.jsonl").read_text().splitlines()]
+    assert [d["event"] for d in docs] == ["rent", "gone"]
+
+
+@pytest.mark.ssh
 def test_a_stopped_pod_stops_costing(cloud):
     cp = cloud("vastai", price=36.0)
     ok_json(cp.wf("pod-up", "--json"))

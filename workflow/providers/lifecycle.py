@@ -251,14 +251,15 @@ def _spec_text(spec) -> str:
     return " ".join(parts) or "any offer"
 
 
-def _destroy_quietly(provider: Provider, pod_id: str, say: Say, config=None) -> None:
+def _destroy_quietly(provider: Provider, pod_id: str, say: Say, config=None,
+                     reason: str = "never became usable") -> None:
     try:
         provider.destroy(pod_id)
     except PodflowError as exc:
         say(f"  warning: could not destroy pod {pod_id}: {exc}; remove it in the {provider.name} console")
         return
     if config is not None:
-        spend.note(config, "destroy", provider.name, pod_id, reason="never became usable")
+        spend.note(config, "destroy", provider.name, pod_id, reason=reason)
 
 
 def _existing_pod(config, provider: Provider, say: Say):

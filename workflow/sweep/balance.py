@@ -92,6 +92,7 @@ def provider_says(pod: pool.Pod) -> Optional[str]:
     """Why the provider says ``pod`` is dead (stopped, exited, terminated, broken, gone), or
     None (alive, unknown, or a provider that keeps no pods: ssh, local)."""
     from workflow import session
+    from workflow.money import spend
     from workflow.providers import get_provider
     from workflow.providers.base import PodGone, PodState
 
@@ -105,9 +106,11 @@ def provider_says(pod: pool.Pod) -> Optional[str]:
         try:
             info = get_provider(cfg).get(rec.pod_id)
         except PodGone:
+            spend.observe(cfg, cfg.pod.provider, rec.pod_id, gone=True)  # the ledger closes it (SPEC §10)
             return "the provider says it is gone"
         except PodflowError:
             return None  # the API itself cannot be read: that says nothing of the pod
+        spend.observe(cfg, cfg.pod.provider, rec.pod_id, info)
     if info.state in (PodState.STOPPED, PodState.ERROR, PodState.TERMINATED):
         return f"the provider says it is {info.state.value}"
     return None
@@ -128,7 +131,7 @@ def replace_pod(pod: pool.Pod, sha: Optional[str], say: Say) -> None:
         old = session.load(cfg)
         if old is not None and old.pod_id:
             say(f"{pod.name}: destroying the down pod {old.pod_id} and renting a replacement")
-            lifecycle._destroy_quietly(get_provider(cfg), old.pod_id, say)
+            lifecycle._destroy_quietly(get_provider(cfg), old.pod_id, say, cfg, reason="down: replaced")
         session.clear(cfg)
         runtime.forget_pod(pod)
         lifecycle.pod_up(cfg)
