@@ -24,25 +24,39 @@ pytestmark = pytest.mark.skipif(not (TORCH_VENV / "bin").exists(), reason="needs
 
 
 @pytest.fixture
-def hook():
-    got = []
+def endpoint():
+    """``endpoint(codes)``: a local HTTP server recording each POST as (path, JSON body)
+    and answering the next of ``codes`` (then 200); returns (port, the records)."""
+    servers = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            got.append((self.path, json.loads(body)))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    def make(codes=()):
+        got, left = [], list(codes)
 
-        def log_message(self, *a):
-            pass
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                got.append((self.path, json.loads(body)))
+                self.send_response(left.pop(0) if left else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1], got
-    server.shutdown()
-    server.server_close()
+            def log_message(self, *a):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.server_address[1], got
+
+    yield make
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def hook(endpoint):
+    return endpoint()
 
 
 def start_watchdog(sp):
@@ -146,31 +160,10 @@ def deliver(tmp_path, url, **kw):
     return (tmp_path / "notify.log").read_text()
 
 
-def test_a_failed_attempt_is_retried_until_delivered(tmp_path):
-    got = []
-    fail = {"left": 1}
-
-    class Flaky(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            code = 500 if fail["left"] else 200
-            fail["left"] -= 1
-            got.append(code)
-            self.send_response(code)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        log = deliver(tmp_path, f"json://127.0.0.1:{server.server_address[1]}/x")
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert got == [500, 200]
+def test_a_failed_attempt_is_retried_until_delivered(tmp_path, endpoint):
+    port, got = endpoint([500])  # the first attempt gets an error status
+    log = deliver(tmp_path, f"json://127.0.0.1:{port}/x")
+    assert len(got) == 2
     assert "run_failed: url #1: failed (attempt 1/3, exit 1)" in log and "delivered (attempt 2)" in log
 
 

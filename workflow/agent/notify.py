@@ -2,8 +2,9 @@
 
 The watchdog stays stdlib-only: each delivery runs Apprise in a child Python (the first
 of the candidates that can ``import apprise``: the watchdog's own interpreter,
-``_control/notify-venv`` where ``bootstrap`` installs it, the checkout's venv), given the URL and the message on stdin, so a URL (a secret) is never
-on a command line, in a file or in the log. Deliveries happen on a thread of their own:
+``_control/notify-venv`` where ``bootstrap`` installs it, the checkout's venv), given
+the URL and the message on stdin, so a URL (a secret) is never on a command line, in a
+file or in the log. Deliveries happen on a thread of their own:
 the watchdog's polling, and the runs, never wait for one. Each URL gets a bounded
 number of attempts; every outcome is a line in ``_control/notify.log`` that names the
 event and the URL's position in ``WF_NOTIFY_URLS``, never the URL.
