@@ -429,7 +429,9 @@ def _owner_pid(ctl):
         pid = int(pid)
     except (IOError, OSError, ValueError):
         return None
-    return pid if pid and started and _start_time(pid) == started else None
+    if started is None:  # written by an earlier podflow: its watchdog was a one-shot agent's fork
+        return pid if pid and OP.encode() in (procs.proc_cmdline(pid) or b"") else None
+    return pid if pid and _start_time(pid) == started else None
 
 
 def _daemon(cfg, ctl):
