@@ -12,8 +12,9 @@ have printed (the marked document). One op at a time; concurrent ops use more ch
 Nothing is kept between ops: each reads the pod's files afresh, as a one-shot call does.
 
 It ends on EOF (the channel closed) and after IDLE_SECS with no request; an op that
-blocks (``task.wait``) ends early when its caller closes the channel (``caller_gone``). The channel's pipes are moved off fds 0-2 (now ``/dev/null``), so nothing an
-op starts inherits them, and a forked child (the autostop daemon) closes its copies.
+blocks (``task.wait``) ends early when its caller closes the channel (``caller_gone``).
+The channel's pipes are moved off fds 0-2 (now ``/dev/null``), so nothing an op starts
+inherits them, and a forked child closes its copies.
 """
 
 import io
