@@ -70,6 +70,32 @@ def test_a_runs_state_comes_from_all_its_nodes(states, want):
     assert multinode.combine(nodes) == want
 
 
+def test_a_private_network_podflow_cannot_rent_is_refused_with_exit_2(project):
+    from workflow import pool
+    from workflow.config import load_config
+    from workflow.errors import ConfigError
+
+    for provider in ("runpod", "vastai", "lium", "local"):
+        (project / "configs" / "workflow.yaml").write_text(
+            f"pod: {{provider: {provider}, count: 2, network: cluster}}\n")
+        with pytest.raises(ConfigError, match=f"cannot rent '{provider}' pods on one private network") as err:
+            pool.pods(load_config())
+        assert err.value.exit_code == 2
+
+
+def test_a_pods_private_address_and_the_interface_holding_it(monkeypatch):
+    from workflow.agent import net
+
+    monkeypatch.setenv("NODE_ADDR", "10.65.0.3")  # RunPod instant clusters set it in the container
+    assert net.private_addr({}) == {"addr": "10.65.0.3", "source": "NODE_ADDR"}
+    monkeypatch.delenv("NODE_ADDR")
+    if net._container_env("NODE_ADDR") is None:  # PID 1 of this machine has none either
+        assert net.private_addr({"network": "cluster", "iface": "lo"})["addr"] == "127.0.0.1"
+        assert net.private_addr({})["addr"] is None
+    assert net.iface_of("127.0.0.1") == net.iface_of("127.0.0.2") == net.iface_of("localhost") == "lo"
+    assert net.iface_of("10.255.255.254") is None  # no interface here holds it: the variables stay unset
+
+
 # ---------------------------------------------------------------- two pods, for real
 
 
@@ -95,7 +121,8 @@ def test_two_nodes_train_with_world_size_4_and_the_run_is_shown_once(two_pods):
     for i in (0, 1):
         assert f"p{i}: line 2: mn  [run]  node {i} of 2" in dry, dry
         assert f"--nnodes=2 --node_rank={i} --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:" in dry
-        assert f"WF_NNODES=2 WF_NODE_RANK={i}" in dry and "GLOO_SOCKET_IFNAME=lo" in dry
+        assert f"GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo PATH=" in dry.split(f"p{i}: line 2")[1]
+        assert f"WF_NNODES=2 WF_NODE_RANK={i}" in dry
     assert not (sp.outputs_of[0] / "mn").exists()
 
     sp.wf("sweep-start", check=0)

@@ -55,6 +55,10 @@ def pods(config) -> Tuple[Pod, ...]:
     count = int(config.get("pod.count", 1) or 1)
     provider = config.get("pod.provider", "local")
     count_set = (config.sources or {}).get("pod.count", "default") != "default"
+    if config.get("pod.network", None) == "cluster":
+        raise ConfigError(f"pod.network: cluster: podflow cannot rent {provider!r} pods on one private network yet",
+                          hint="RunPod instant clusters and Vast overlay networks can: rent them there, then list "
+                               "them in pod.hosts with their private addr (provider: ssh); or remove pod.network")
     if hosts:
         if provider != "ssh":
             raise ConfigError(f"pod.hosts is for provider 'ssh', not {provider!r}",

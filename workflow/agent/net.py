@@ -34,6 +34,8 @@ def iface_of(addr):
         wanted = socket.gethostbyname(addr)
     except (OSError, UnicodeError):
         return None
+    if wanted.startswith("127."):
+        wanted = "127.0.0.1"  # the loopback interface holds all of 127.0.0.0/8
     for _index, name in socket.if_nameindex():
         if iface_addr(name) == wanted:
             return name
