@@ -65,10 +65,6 @@ class Node:
     def nnodes(self) -> int:
         return len(self.pods)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {"rank": self.rank, "pods": list(self.pods), "endpoint": self.endpoint, "rdzv_id": self.rdzv_id,
-                "addr": self.addr, "iface": self.iface, "previous": self.previous}
-
 
 def node_argv(plan: RunPlan, node: Node) -> Tuple[str, ...]:
     """``plan``'s torchrun argv launched as ``node``: ``--standalone`` gives way to the
@@ -83,8 +79,7 @@ def node_argv(plan: RunPlan, node: Node) -> Tuple[str, ...]:
     flags += ["--rdzv_backend=c10d", f"--rdzv_endpoint={node.endpoint}", f"--rdzv_id={node.rdzv_id}"]
     if node.addr:
         flags.append(f"--local_addr={node.addr}")
-    flags += [
-              f"--rdzv_conf=is_host={1 if node.rank == 0 else 0},read_timeout={WAIT_SECS},join_timeout={WAIT_SECS}"]
+    flags.append(f"--rdzv_conf=is_host={1 if node.rank == 0 else 0},read_timeout={WAIT_SECS},join_timeout={WAIT_SECS}")
     return tuple(["torchrun"] + flags + rest)
 
 
