@@ -34,7 +34,7 @@ from typing import Iterator
 
 import pytest
 
-from sshd import SSHD, SshPod
+from sshd import SSHD, TEST_USER, SshPod
 
 _LOCK = "/tmp/.podflow-netns.lock"
 
@@ -67,11 +67,11 @@ class NetnsPod(SshPod):
     #: The namespace is ``<ns_prefix>-<random>``: a suite that makes its own pods names them.
     ns_prefix = "wfrel"
 
-    def __init__(self, keys, base):
+    def __init__(self, keys, base, user: str = TEST_USER):
         self.ns = None
         self._setup_namespace()
         try:
-            super().__init__(keys, base)
+            super().__init__(keys, base, user=user)
         except BaseException:
             self._delete_namespace()
             raise

@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 from netns import NetnsPod, _ip, netns_available
-from sshd import SshPod
 
 REPO = Path(__file__).resolve().parents[2]
 TORCH_VENV = (REPO / ".venv-torch").resolve()
@@ -30,15 +29,6 @@ class MnPod(NetnsPod):
     """A ``NetnsPod`` logging in its own user (two pods share the file system)."""
 
     ns_prefix = "mn"
-
-    def __init__(self, keys, base, user):
-        self.ns = None
-        self._setup_namespace()
-        try:
-            SshPod.__init__(self, keys, base, user=user)
-        except BaseException:
-            self._delete_namespace()
-            raise
 
 
 def _usable_by(user: str) -> bool:

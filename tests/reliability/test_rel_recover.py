@@ -23,15 +23,6 @@ class RecoverNetnsPod(NetnsPod):
 
     ns_prefix = "wfrecover"
 
-    def __init__(self, keys, base, user):
-        self.ns = None
-        self._setup_namespace()
-        try:
-            SshPod.__init__(self, keys, base, user=user)
-        except BaseException:
-            self._delete_namespace()
-            raise
-
 
 def wait_until(pred, what: str, timeout: float = 90.0):
     end = time.monotonic() + timeout
