@@ -180,6 +180,9 @@ def _mnjob(sp, csv, pods=2):
 def test_a_failing_node_ends_the_other_and_the_run_fails(two_pods):
     sp = two_pods
     _mnjob(sp, "run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,fail_node=1,,2\n")
+    sp.write_config({"pod": {"provider": "local", "count": 2},  # a node alone is never retried
+                     "sweep": {"launcher": "torchrun", "entrypoint": "mnjob.py", "nproc_per_node": 1,
+                               "args": ["{config}"], "max_retries": 1}})
     sp.wf("sweep-start", check=0)
     # the job would all-reduce for 2 minutes: only node 1's failure ends node 0 this soon
     res = sp.wf("sweep-wait", "--timeout-secs", "90")
@@ -189,6 +192,7 @@ def test_a_failing_node_ends_the_other_and_the_run_fails(two_pods):
     assert [n["exit_code"] for n in run["nodes"]][1] == 1
     log1 = (sp.outputs_of[1] / "mn" / "stdout.log").read_text()
     assert "node 1 failing on purpose" in log1
+    assert [json.loads((out / "mn" / "status.json").read_text())["attempt"] for out in sp.outputs_of] == [1, 1]
 
 
 def test_a_killed_node_makes_the_run_lost_and_nothing_is_left_running(two_pods):

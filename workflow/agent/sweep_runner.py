@@ -353,7 +353,9 @@ class Runner(object):
         st = doc.get("state")
         self.results[r["run_id"]] = st
         if st in (procs.FAILED, procs.TIMED_OUT) and not self.stopping and not self._stop_flag():
-            if self.tries.get(r["run_id"], 0) <= self.max_retries:
+            # a node of a multi-node run is not retried alone: its other nodes have ended
+            # (sweep-start --retry-failed starts them all again, together)
+            if self.tries.get(r["run_id"], 0) <= self.max_retries and int(r.get("nodes") or 1) == 1:
                 _log("run %s: %s; retry %d of %d" % (r["run_id"], st, self.tries[r["run_id"]], self.max_retries))
                 self.queue.insert(0, r)
                 return True
