@@ -293,7 +293,7 @@ def test_a_preempted_cloud_pod_is_replaced_and_the_replacement_finishes_its_runs
         cp.write_config()
         (cp.root / "sweeps").mkdir()
         (cp.root / "sweeps" / "sweep.csv").write_text("run_id,config,seed,overrides,notes\n" + "".join(
-            f"c{i},configs/tiny.json,{i},steps=3 sleep=1,\n" for i in range(4)))
+            f"c{i},configs/tiny.json,{i},steps=3 sleep=1,\n" for i in range(6)))
 
         def ok(*args, timeout=180):
             r = cp.wf(*args, timeout=timeout)
@@ -308,10 +308,12 @@ def test_a_preempted_cloud_pod_is_replaced_and_the_replacement_finishes_its_runs
         end = time.monotonic() + 90
         while True:
             doc = json.loads(ok("sweep-status", "--json").stdout)
-            if any(r["pod"] == "p1" and r["state"] == "running" for r in doc["runs"]):
+            mine = [r["state"] for r in doc["runs"] if r["pod"] == "p1"]
+            if "success" in mine and "running" in mine:  # one ended ok there (its files go with the pod)
                 break
             assert time.monotonic() < end, doc
             time.sleep(0.3)
+        ok_before = [r["id"] for r in doc["runs"] if r["pod"] == "p1" and r["state"] == "success"]
         old = json.loads((cp.root / ".podflow" / "session-p1.json").read_text())["pod_id"]
         fake = cp.api.pods[str(old)].fake
         fake.stop()  # preempted: the API says exited, its sshd is gone, and so are its processes
@@ -330,6 +332,8 @@ def test_a_preempted_cloud_pod_is_replaced_and_the_replacement_finishes_its_runs
         moved = [r for r, a in final["attempts"].items() if a == 2]
         assert moved and all(placed[r] == "p1" for r in moved), (placed, final)
         doc = json.loads(ok("sweep-status", "--json").stdout)
-        assert doc["counts"] == {"success": 4}, doc
+        assert doc["counts"] == {"success": 6}, doc  # the run that ended ok on the old p1 too
         runs = {r["id"]: r for r in doc["runs"]}
         assert all(runs[r]["attempt"] == 2 for r in moved)
+        for r in ok_before:  # ended ok on the old p1: not run again, still success
+            assert r not in moved and (runs[r]["state"], runs[r]["pod"]) == ("success", "p1")

@@ -92,7 +92,6 @@ def provider_says(pod: pool.Pod) -> Optional[str]:
     """Why the provider says ``pod`` is dead (stopped, exited, terminated, broken, gone), or
     None (alive, unknown, or a provider that keeps no pods: ssh, local)."""
     from workflow import session
-    from workflow.money import spend
     from workflow.providers import get_provider
     from workflow.providers.base import PodGone, PodState
 
@@ -255,10 +254,11 @@ def relaunch(pod: pool.Pod, keep: Sequence[str], runs: Sequence[str], attempts: 
                     launch_ids=set(runs), attempts=attempts)
 
 
-def execute(cfg, move: Move, seen: pooled.Placement, say: Say) -> List[str]:
+def execute(cfg, move: Move, seen: pooled.Placement, say: Say, present: Sequence[str] = ()) -> List[str]:
     """Do one move (withdraw, start, record); the runs it moved. A run another client moved
     since ``seen`` was read is left alone; a start that fails leaves its runs to a later
-    round (withdrawn ones are then ``stranded``), and says why."""
+    round (withdrawn ones are then ``stranded``), and says why. ``present``: the runs the
+    target pod's sweep lists now (they stay in its new sweep as they are)."""
     pods = _by_name(cfg)
     with turn(cfg):
         now = pooled.load(cfg)
@@ -278,7 +278,7 @@ def execute(cfg, move: Move, seen: pooled.Placement, say: Say) -> List[str]:
             if why:
                 say(f"{move.source}: the earlier files of {', '.join(runs)} were not brought ({why})")
         attempts = {r: now.attempt_of(r) + (1 if move.why == "recover" else 0) for r in runs}
-        keep = [r for r in now.held_by(move.to) if r not in runs]
+        keep = [r for r in now.held_by(move.to) if r not in runs and r in present]
         try:
             relaunch(pods[move.to], keep, runs, attempts, now.csv)
         except PodflowError as exc:
@@ -369,14 +369,18 @@ class Keeper:
         up = {r.pod.name: r.value[0] for r in results if r.ok}
         placement = record_ends(self.cfg, up, pooled.load(self.cfg))
         moved: List[str] = []
+        failed = False
         if balance:
             cancel_stale(self.cfg, up, placement, self.say)
             gone = [name for name in down if name not in up] + list(self.replaced)
             moves = plan_moves(up, gone, placement, self.recover)
             for move in moves:
-                moved += execute(self.cfg, move, placement, self.say)
-            if any(m.why == "recover" for m in moves):
-                self.replaced.clear()
+                done = execute(self.cfg, move, placement, self.say, [r.id for r in up[move.to].runs])
+                moved += done
+                if move.why == "recover" and len(done) < len(move.runs):
+                    failed = True
+            if moves and not failed:
+                self.replaced.clear()  # a replaced pod's old runs have all found a pod
         return Round(results, moved, down)
 
     def _replace(self, results: List[pool.PodResult], down: Mapping[str, str]) -> List[pool.PodResult]:

@@ -334,6 +334,12 @@ def merge(read: Sequence[Any], placement: Placement) -> Dict[str, Any]:
                 for run, state in zip(doc["runs"], r.value.runs)
                 if placement.pod_of(run["id"], name) == name and run["id"] not in seen]
         seen.update(run["id"] for run in mine)
+        # runs it holds that ended but that its sweep no longer lists (a replaced pod's)
+        gone = [{"id": run_id, "state": placement.ended[run_id], "exit_code": None, "duration_secs": None,
+                 "metrics": {}, "log_tail": None, "pod": name} for run_id in placement.held_by(name)
+                if run_id not in seen and run_id in placement.ended]
+        seen.update(run["id"] for run in gone)
+        mine += gone
         runs += mine
         counts: Dict[str, int] = {}
         for run in mine:
