@@ -24,13 +24,13 @@ class RecoverNetnsPod(NetnsPod):
     ns_prefix = "wfrecover"
 
 
-def wait_until(pred, what: str, timeout: float = 90.0):
+def wait_until(pred, what: str, log=None, timeout: float = 90.0):
     end = time.monotonic() + timeout
     while True:
         got = pred()
         if got:
             return got
-        assert time.monotonic() < end, f"timed out waiting for {what}"
+        assert time.monotonic() < end, f"timed out waiting for {what}" + (f":\n{log.read_text()}" if log else "")
         time.sleep(0.3)
 
 
@@ -70,7 +70,7 @@ def test_a_short_cut_moves_nothing_a_long_one_moves_runs_and_stale_copies_never_
 
             p1.cut()  # longer: p1 is down, its unfinished runs go to p0 once p0's own run ended
             moved = wait_until(lambda: [r for r, a in record_of(project).get("attempts", {}).items() if a == 2],
-                               "p1's runs re-placed")
+                               "p1's runs re-placed", log)
             time.sleep(1)
             p1.restore()
             assert waiter.wait(timeout=240) == 0, log.read_text()
@@ -84,7 +84,7 @@ def test_a_short_cut_moves_nothing_a_long_one_moves_runs_and_stale_copies_never_
         assert all(final["left"][r] == ["p1"] for r in moved)  # back, p1 is not given them again
         doc = json.loads(wf(project, "sweep-status", "--json", check=0).stdout)
         runs = {r["id"]: r for r in doc["runs"]}
-        assert doc["counts"] == {"success": 4}, doc
+        assert doc["counts"] == {"success": 4}, text
         for r in moved:  # the record's copy (p0, attempt 2) is the run; p1's stale copy is not
             assert (runs[r]["pod"], runs[r]["attempt"]) == ("p0", 2)
         wait_until(lambda: all(json.loads((p1.home / "wft" / "outputs" / r / "status.json").read_text())["state"]

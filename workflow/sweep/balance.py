@@ -254,11 +254,12 @@ def relaunch(pod: pool.Pod, keep: Sequence[str], runs: Sequence[str], attempts: 
                     launch_ids=set(runs), attempts=attempts)
 
 
-def execute(cfg, move: Move, seen: pooled.Placement, say: Say, present: Sequence[str] = ()) -> List[str]:
+def execute(cfg, move: Move, seen: pooled.Placement, say: Say,
+            present: Optional[Sequence[str]] = None) -> List[str]:
     """Do one move (withdraw, start, record); the runs it moved. A run another client moved
     since ``seen`` was read is left alone; a start that fails leaves its runs to a later
-    round (withdrawn ones are then ``stranded``), and says why. ``present``: the runs the
-    target pod's sweep lists now (they stay in its new sweep as they are)."""
+    round (withdrawn ones are then ``stranded``), and says why. ``present``: for a target
+    that replaced a down pod, the runs its sweep lists (the old pod's are not there)."""
     pods = _by_name(cfg)
     with turn(cfg):
         now = pooled.load(cfg)
@@ -278,7 +279,7 @@ def execute(cfg, move: Move, seen: pooled.Placement, say: Say, present: Sequence
             if why:
                 say(f"{move.source}: the earlier files of {', '.join(runs)} were not brought ({why})")
         attempts = {r: now.attempt_of(r) + (1 if move.why == "recover" else 0) for r in runs}
-        keep = [r for r in now.held_by(move.to) if r not in runs and r in present]
+        keep = [r for r in now.held_by(move.to) if r not in runs and (present is None or r in present)]
         try:
             relaunch(pods[move.to], keep, runs, attempts, now.csv)
         except PodflowError as exc:
@@ -375,7 +376,8 @@ class Keeper:
             gone = [name for name in down if name not in up] + list(self.replaced)
             moves = plan_moves(up, gone, placement, self.recover)
             for move in moves:
-                done = execute(self.cfg, move, placement, self.say, [r.id for r in up[move.to].runs])
+                done = execute(self.cfg, move, placement, self.say,
+                               [r.id for r in up[move.to].runs] if move.to in self.replaced else None)
                 moved += done
                 if move.why == "recover" and len(done) < len(move.runs):
                     failed = True
