@@ -92,6 +92,7 @@ def provider_says(pod: pool.Pod) -> Optional[str]:
     """Why the provider says ``pod`` is dead (stopped, exited, terminated, broken, gone), or
     None (alive, unknown, or a provider that keeps no pods: ssh, local)."""
     from workflow import session
+    from workflow.money import spend
     from workflow.providers import get_provider
     from workflow.providers.base import PodGone, PodState
 
