@@ -32,17 +32,19 @@ def _plan(**kw):
 
 def test_node_i_is_launched_as_spec_9_says():
     node = multinode.Node(rank=1, pods=("p0", "p1"), endpoint="10.0.0.1:29511", rdzv_id="mn-3", addr="10.0.0.2",
-                          iface="ens1")
-    p = multinode.as_node(_plan(), node, remote_env={"GLOO_SOCKET_IFNAME": "eth9"})
+                          iface="ens1", watch="10.0.0.1:29512")
+    p = multinode.as_node(_plan(timeout_secs=60), node, remote_env={"GLOO_SOCKET_IFNAME": "eth9"})
     assert p.argv == ("torchrun", "--nnodes=2", "--node_rank=1", "--nproc_per_node=2", "--rdzv_backend=c10d",
                       "--rdzv_endpoint=10.0.0.1:29511", "--rdzv_id=mn-3", "--local_addr=10.0.0.2",
                       f"--rdzv_conf=is_host=0,read_timeout={multinode.WAIT_SECS},join_timeout={multinode.WAIT_SECS}",
                       "train.py", "c.json", "lr=1")
     # remote.env's own interface wins; the other variable gets the interface holding the address
-    assert dict(p.env) == {"WF_RUN_ID": "mn", "WF_NODE_RANK": "1", "WF_NNODES": "2", "NCCL_SOCKET_IFNAME": "ens1"}
-    assert (p.node_rank, p.nodes) == (1, 2)
-    host = multinode.as_node(_plan(), multinode.Node(0, ("p0", "p1"), "10.0.0.1:29511", "mn-3"), {})
+    assert dict(p.env) == {"WF_RUN_ID": "mn", "WF_NODE_RANK": "1", "WF_NNODES": "2", "NCCL_SOCKET_IFNAME": "ens1",
+                           "WF_NODE_WATCH": "10.0.0.1:29512"}
+    assert (p.node_rank, p.nodes, p.timeout_secs) == (1, 2, None)  # node 0's clock is the run's
+    host = multinode.as_node(_plan(timeout_secs=60), multinode.Node(0, ("p0", "p1"), "10.0.0.1:29511", "mn-3"), {})
     assert "--rdzv_conf=is_host=1," in " ".join(host.argv) and "NCCL_SOCKET_IFNAME" not in host.env
+    assert host.timeout_secs == 60
 
 
 def test_a_multi_node_run_takes_n_pods_and_single_runs_fill_around_it():
@@ -122,7 +124,7 @@ def test_two_nodes_train_with_world_size_4_and_the_run_is_shown_once(two_pods):
         assert f"p{i}: line 2: mn  [run]  node {i} of 2" in dry, dry
         assert f"--nnodes=2 --node_rank={i} --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:" in dry
         assert f"GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo PATH=" in dry.split(f"p{i}: line 2")[1]
-        assert f"WF_NNODES=2 WF_NODE_RANK={i}" in dry
+        assert f"WF_NNODES=2 WF_NODE_RANK={i} WF_NODE_WATCH=127.0.0.1:" in dry
     assert not (sp.outputs_of[0] / "mn").exists()
 
     sp.wf("sweep-start", check=0)
@@ -245,3 +247,75 @@ def test_multi_node_runs_queued_with_single_runs_on_3_pods_never_deadlock(two_po
     doc = sp.status()
     assert [(r["id"], r["state"]) for r in doc["runs"]] == [(r, "success") for r, _ in rows]
     assert doc["counts"] == {"success": 6} and doc["state"] == "completed"
+
+
+# ---------------------------------------------------------------- the nodes' watchdogs, on the pod
+
+
+def _node_jobs(tmp_path, commands, timeout_secs=None):
+    """Each command as node i of one run (its own job dir, launched as the sweep runner
+    launches a run: the wrapper with the node's environment); returns the dirs."""
+    import socket
+
+    from workflow.agent import procs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dirs = []
+    for rank, command in enumerate(commands):
+        d = tmp_path / f"node{rank}"
+        d.mkdir()
+        procs.prepare(str(d), "mn", command, timeout_secs=timeout_secs if rank == 0 else None)
+        env = procs.job_env({"WF_NODE_RANK": str(rank), "WF_NNODES": str(len(commands)),
+                             "WF_NODE_WATCH": f"127.0.0.1:{port}"})
+        procs.launch(str(d), env=env)
+        dirs.append(d)
+    return dirs
+
+
+def _ended(dirs, secs=60.0):
+    from test_tasks_helpers import wait_until
+    from workflow.agent import procs
+
+    docs = wait_until(lambda: all(procs.is_terminal((procs.refresh_status(str(d)) or {}).get("state")) for d in dirs)
+                      and [procs.read_status(str(d)) for d in dirs], secs=secs, step=0.2)
+    assert docs, [procs.read_status(str(d)) for d in dirs]
+    return docs
+
+
+def test_the_runs_timeout_is_node_0s_and_every_node_ends_timed_out(tmp_path):
+    # node 1 has no deadline of its own: only node 0's clock (2 s) ends it, within seconds
+    docs = _ended(_node_jobs(tmp_path, ["sleep 120", "sleep 120"], timeout_secs=2), secs=45)
+    assert [d["state"] for d in docs] == ["timed_out", "timed_out"], docs
+    assert docs[1]["timeout_secs"] is None and "node 0 ended timed_out" in docs[1]["error"]
+
+
+def test_a_node_that_fails_ends_the_others_on_the_pods_themselves(tmp_path):
+    # node 2 fails at once (as a node whose start failed); nobody watches from a laptop
+    docs = _ended(_node_jobs(tmp_path, ["sleep 120", "sleep 120", "sleep 1; exit 3"]), secs=45)
+    assert [d["state"] for d in docs] == ["failed", "failed", "failed"], docs
+    assert docs[0]["error"] == "node 2 ended failed" and "node 0 ended failed: node 2" in docs[1]["error"]
+
+
+def test_a_frozen_node_is_lost_and_ends_the_others(tmp_path):
+    import os
+    import signal
+
+    from test_sweep_run_helpers import marked_pids
+    from test_tasks_helpers import wait_until
+
+    dirs = _node_jobs(tmp_path, ["sleep 120", "sleep 120", "sleep 120"])
+    assert wait_until(lambda: _read(dirs[0] / "wrapper.log").count("joined") == 2, secs=30), _read(dirs[0] / "wrapper.log")
+    frozen = [json.loads((dirs[2] / "status.json").read_text())[k] for k in ("wrapper_pid", "pid")]
+    for pid in frozen:  # its pod cut off: nothing answers, nothing closes its connections
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        docs = _ended(dirs[:2], secs=60)
+    finally:
+        nonce = json.loads((dirs[2] / "status.json").read_text())["nonce"]
+        for pid in set(frozen + marked_pids([nonce])):
+            os.kill(pid, signal.SIGKILL)
+    assert [d["state"] for d in docs] == ["lost", "lost"], docs
+    assert docs[0]["error"].startswith("node 2 was lost: silent for 15s")
+    assert "node 0 ended lost: node 2 was lost" in docs[1]["error"]

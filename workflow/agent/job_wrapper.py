@@ -4,8 +4,10 @@ It runs the command in a new process group (setsid) with stdout+stderr to
 ``stdout.log``, refreshes ``heartbeat_at``, enforces the timeout (TERM to the whole
 group, KILL after a grace period), and writes the final state with exit code and times.
 Exit codes follow the shell: a command killed by signal N has ``exit_code`` 128+N, and
-``signal`` N with ``signal_name`` (e.g. ``SIGABRT``) beside it. Imports only the job
-modules, so every task starts fast.
+``signal`` N with ``signal_name`` (e.g. ``SIGABRT``) beside it. A node of a multi-node run
+also runs its ``node_watch`` thread: another node's end or loss ends this one (with
+that state; ``error`` says which node and why). Imports only the job modules
+(and that small one), so every task starts fast.
 """
 
 import errno
@@ -23,6 +25,7 @@ from .job_status import (CANCELLED, COMMAND_FILE, FAILED, FIFO_FILE, FINAL_WRITE
                          LOCK_FILE, LOG_FILE, LOST, MARK_VAR, PENDING, RUNNING, START_TIMEOUT_SECS, SUCCESS,
                          TIMED_OUT, WRAPPER_LOG, boot_id, finish_fields, read_status, signal_name, status_path,
                          update_status, user_home)
+from .node_watch import from_env as node_watch
 
 
 def _exit_code(returncode):
@@ -130,6 +133,9 @@ def wrap_main(argv):
         _stop_group(child, pgid, nonce, 0.0)
         return 0
 
+    watch = node_watch(env, wake=lambda: os.kill(os.getpid(), signal.SIGCHLD))
+    if watch is not None:
+        watch.start()
     timeout = doc.get("timeout_secs")
     t0 = time.monotonic()
     deadline = t0 + float(timeout) if timeout else None
@@ -137,6 +143,9 @@ def wrap_main(argv):
     reason = None  # why we stop it: (state, message)
     while True:
         if child.poll() is not None:
+            break
+        if watch is not None and watch.reason is not None:
+            reason = watch.reason
             break
         now_m = time.monotonic()
         if deadline is not None and now_m >= deadline:
@@ -162,6 +171,8 @@ def wrap_main(argv):
             reason = (CANCELLED, "cancelled (SIG%s)" % ("TERM" if info.si_signo == signal.SIGTERM else "INT"))
         break
 
+    if watch is not None and reason is not None:
+        watch.ending(reason[0], reason[1])  # the other nodes end now, not after our grace
     if reason is not None:
         log_note(d, "%s: sending TERM to the process group, KILL after %ss" % (reason[1], grace))
         _stop_group(child, pgid, nonce, grace)
@@ -176,6 +187,8 @@ def wrap_main(argv):
             FAILED, "killed by %s" % signal_name(sig) if sig else "exit code %s" % code)
     else:
         state, msg = reason
+    if watch is not None:
+        watch.ending(state, msg)
     # The end state must land: on a full disk keep trying (a reader meanwhile sees the
     # wrapper alive, so the job is not taken for lost).
     give_up = time.monotonic() + FINAL_WRITE_SECS

@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 
-from . import gpulease, procs, resume, state, torchrun_report
+from . import gpulease, node_watch, procs, resume, state, torchrun_report
 from .fsutil import locked, makedirs, read_json, utcnow, write_json_atomic
 from .protocol import AgentError
 from .sweepdirs import read_plan, read_status_safe, read_withdrawn, terminate_all
@@ -330,7 +330,10 @@ class Runner(object):
         return later
 
     def _finished(self, r, d, gpus, sync):
+        """A run that could not be prepared or started ends here; a node of a multi-node
+        run tells its node 0, which ends the others (``node_watch``)."""
         doc = procs.refresh_status(d) or {}
+        node_watch.tell(r.get("env") or {}, doc.get("state") or procs.FAILED)
         self._decide(r, doc)
         self._wrapup(r, d, sync, doc)
 

@@ -11,7 +11,11 @@ that every node reaches node 0 on that port (``probe_rendezvous``), and launch n
              <entrypoint> <args>
 
 with ``WF_NODE_RANK``/``WF_NNODES`` and ``NCCL_SOCKET_IFNAME``/``GLOO_SOCKET_IFNAME``
-(unless ``remote.env`` sets them) in its environment.
+(unless ``remote.env`` sets them) in its environment, and ``WF_NODE_WATCH``: a second
+port on node 0 where each node's watchdog (``workflow/agent/node_watch.py``) meets node
+0's, so a node that fails, times out or is lost ends the others within 30 s on the pods
+themselves. The run's timeout is node 0's: nodes ≥ 1 have none of their own and end
+when node 0 does.
 
 Why the extra flags: ``is_host`` says which node's torchrun hosts the rendezvous store
 (two nodes on one machine would both claim it). The timeouts let a node wait for the
@@ -60,6 +64,8 @@ class Node:
     """The interface holding this pod's address (NCCL/GLOO_SOCKET_IFNAME); None: unknown."""
     previous: Optional[str] = None
     """The run's last state over all its nodes (``combine``); None: it never ran."""
+    watch: str = ""
+    """``<addr of node 0>:<port>``: where the nodes' watchdogs meet (``WF_NODE_WATCH``)."""
 
     @property
     def nnodes(self) -> int:
@@ -86,10 +92,14 @@ def node_argv(plan: RunPlan, node: Node) -> Tuple[str, ...]:
 def as_node(plan: RunPlan, node: Node, remote_env: Mapping[str, str]) -> RunPlan:
     """The plan of node ``node.rank`` of ``plan``'s run: its argv and its environment."""
     env = dict(plan.env, WF_NODE_RANK=str(node.rank), WF_NNODES=str(node.nnodes))
+    if node.watch:
+        env["WF_NODE_WATCH"] = node.watch
     for var in IFNAME_VARS:
         if node.iface and var not in remote_env:
             env[var] = node.iface
-    return replace(plan, argv=node_argv(plan, node), env=env, node_rank=node.rank, nodes=node.nnodes)
+    timeout = plan.timeout_secs if node.rank == 0 or not node.watch else None  # node 0's clock is the run's
+    return replace(plan, argv=node_argv(plan, node), env=env, node_rank=node.rank, nodes=node.nnodes,
+                   timeout_secs=timeout)
 
 
 def pod_addr(cfg, pod) -> str:

@@ -171,7 +171,8 @@ def _rendezvous(gangs: Mapping[str, Tuple[str, ...]], probed: Mapping[str, Any],
     # torch ranks a run's nodes by address: node 0 is the lowest (see multinode)
     gangs = {run_id: tuple(sorted(chosen, key=lambda name: (addrs[name], index[name])))
              for run_id, chosen in gangs.items()}
-    ports_wanted = {p.name: sum(1 for chosen in gangs.values() if chosen[0] == p.name) for p in involved}
+    # two ports per run on its node 0: the rendezvous and the nodes' watchdogs (node_watch)
+    ports_wanted = {p.name: 2 * sum(1 for chosen in gangs.values() if chosen[0] == p.name) for p in involved}
     net = pool.values(pool.fan_out(involved, lambda pod: runtime.agent().call(
         "net.facts", timeout=60, addr=addrs[pod.name], ports=ports_wanted[pod.name])))
     free = {name: list(doc["ports"]) for name, doc in net.items()}
@@ -181,6 +182,7 @@ def _rendezvous(gangs: Mapping[str, Tuple[str, ...]], probed: Mapping[str, Any],
         before = {pr.plan.run_id: pr for pr in probed[first].value.runs}.get(run_id)
         attempt = before.resume.attempt if before is not None and before.resume else 1
         endpoint = f"{net[first]['addr']}:{free[first].pop(0)}"
+        watch = f"{net[first]['addr']}:{free[first].pop(0)}"
         previous = [{"rank": i, "state": next((pr.previous_state for pr in probed[name].value.runs
                                                 if pr.plan.run_id == run_id), None)}
                     for i, name in enumerate(chosen)]
@@ -190,7 +192,7 @@ def _rendezvous(gangs: Mapping[str, Tuple[str, ...]], probed: Mapping[str, Any],
         for rank, name in enumerate(chosen):
             out.setdefault(name, {})[run_id] = multinode.Node(
                 rank=rank, pods=tuple(chosen), endpoint=endpoint, rdzv_id=f"{run_id}-{attempt}",
-                addr=addrs[name], iface=net[name].get("iface"), previous=prev)
+                addr=addrs[name], iface=net[name].get("iface"), previous=prev, watch=watch)
     return out
 
 
