@@ -252,7 +252,7 @@ def test_multi_node_runs_queued_with_single_runs_on_3_pods_never_deadlock(two_po
 # ---------------------------------------------------------------- the nodes' watchdogs, on the pod
 
 
-def _node_jobs(tmp_path, commands, timeout_secs=None):
+def _node_jobs(tmp_path, commands, timeout_secs=None, nnodes=None):
     """Each command as node i of one run (its own job dir, launched as the sweep runner
     launches a run: the wrapper with the node's environment); returns the dirs."""
     import socket
@@ -267,7 +267,7 @@ def _node_jobs(tmp_path, commands, timeout_secs=None):
         d = tmp_path / f"node{rank}"
         d.mkdir()
         procs.prepare(str(d), "mn", command, timeout_secs=timeout_secs if rank == 0 else None)
-        env = procs.job_env({"WF_NODE_RANK": str(rank), "WF_NNODES": str(len(commands)),
+        env = procs.job_env({"WF_NODE_RANK": str(rank), "WF_NNODES": str(nnodes or len(commands)),
                              "WF_NODE_WATCH": f"127.0.0.1:{port}"})
         procs.launch(str(d), env=env)
         dirs.append(d)
@@ -319,3 +319,19 @@ def test_a_frozen_node_is_lost_and_ends_the_others(tmp_path):
     assert [d["state"] for d in docs] == ["lost", "lost"], docs
     assert docs[0]["error"].startswith("node 2 was lost: silent for 15s")
     assert "node 0 ended lost: node 2 was lost" in docs[1]["error"]
+
+
+def test_a_node_whose_launch_failed_on_its_pod_tells_node_0(tmp_path):
+    from workflow.agent import node_watch
+
+    [d0] = _node_jobs(tmp_path, ["sleep 120"], nnodes=2)  # node 1's wrapper never starts
+    env = {k: v for k, v in _env_of(d0).items() if k.startswith("WF_N")}
+    node_watch.tell(dict(env, WF_NODE_RANK="1"), "failed")  # what the sweep runner then does
+    [doc] = _ended([d0], secs=45)
+    assert (doc["state"], doc["error"]) == ("failed", "node 1 ended failed")
+
+
+def _env_of(d):
+    pid = json.loads((d / "status.json").read_text())["pid"]
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        return dict(item.decode().split("=", 1) for item in fh.read().split(b"\0") if b"=" in item)
