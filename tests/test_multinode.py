@@ -77,12 +77,18 @@ def test_a_private_network_podflow_cannot_rent_is_refused_with_exit_2(project):
     from workflow.config import load_config
     from workflow.errors import ConfigError
 
-    for provider in ("runpod", "vastai", "lium", "local"):
+    for provider in ("lium", "local"):
         (project / "configs" / "workflow.yaml").write_text(
             f"pod: {{provider: {provider}, count: 2, network: cluster}}\n")
         with pytest.raises(ConfigError, match=f"cannot rent '{provider}' pods on one private network") as err:
             pool.pods(load_config())
         assert err.value.exit_code == 2
+    for provider in ("runpod", "vastai"):  # they can (tests/test_clusters.py), with 2 pods or more
+        (project / "configs" / "workflow.yaml").write_text(f"pod: {{provider: {provider}, network: cluster}}\n")
+        with pytest.raises(ConfigError, match="needs pod.count of at least 2"):
+            pool.pods(load_config())
+        (project / "configs" / "workflow.yaml").write_text(f"pod: {{provider: {provider}, count: 2, network: cluster}}\n")
+        assert [p.name for p in pool.pods(load_config())] == ["p0", "p1"]
 
 
 def test_a_pods_private_address_and_the_interface_holding_it(monkeypatch):

@@ -56,9 +56,7 @@ def pods(config) -> Tuple[Pod, ...]:
     provider = config.get("pod.provider", "local")
     count_set = (config.sources or {}).get("pod.count", "default") != "default"
     if config.get("pod.network", None) == "cluster":
-        raise ConfigError(f"pod.network: cluster: podflow cannot rent {provider!r} pods on one private network yet",
-                          hint="RunPod instant clusters and Vast overlay networks can: rent them there, then list "
-                               "them in pod.hosts with their private addr (provider: ssh); or remove pod.network")
+        _check_network(provider, count)
     if hosts:
         if provider != "ssh":
             raise ConfigError(f"pod.hosts is for provider 'ssh', not {provider!r}",
@@ -74,6 +72,25 @@ def pods(config) -> Tuple[Pod, ...]:
         raise ConfigError("pod.target names one existing pod; it cannot make a pool of pod.count "
                           f"{count}", hint="remove pod.target, or set pod.count: 1")
     return tuple(Pod(f"p{i}", i) for i in range(count))
+
+
+def _check_network(provider: str, count: int) -> None:
+    """``pod.network: cluster`` is for providers that rent pods on one private network
+    (SPEC §9); anywhere else it is refused before anything is rented."""
+    from workflow.providers import CLOUD, provider_class
+
+    if provider not in CLOUD or not provider_class(provider).can_cluster:
+        owned = provider in ("local", "ssh")
+        raise ConfigError(
+            f"pod.network: cluster: podflow cannot rent {provider!r} pods on one private network",
+            hint=("these pods are on the network they already have: remove pod.network (an ssh pool "
+                  "gives each pod's private address as pod.hosts[].addr)") if owned else
+                 (f"{provider} has no private network between pods: use provider runpod (instant clusters) "
+                  "or vastai (overlay networks), or rent pods that reach each other and list them in "
+                  "pod.hosts with their private addr (provider: ssh); or remove pod.network"))
+    if count < 2:
+        raise ConfigError(f"pod.network: cluster needs pod.count of at least 2 (it is {count})",
+                          hint="set pod.count to the number of nodes, or remove pod.network")
 
 
 def _plain(value: Any) -> Any:

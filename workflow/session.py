@@ -46,6 +46,9 @@ class Session:
     gpu: Optional[str] = None
     ttl: Optional[str] = None
     """``pod.ttl`` as configured when the pod came up (shown by ``pod-status``)."""
+    cluster: Optional[str] = None
+    """The private network the pod was rented on with the pool's others (``pod.network:
+    cluster``): the RunPod instant cluster id, the Vast overlay name."""
     fetched: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     """run id -> {"at": epoch, "dest": local path} for every run fetched from this pod."""
     updated_at: Optional[float] = None

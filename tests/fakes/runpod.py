@@ -12,6 +12,15 @@
 - every error is an RFC 9457 problem object (``title``, ``status``, ``detail``)
 - inside each pod, ``RUNPOD_POD_ID`` and a pod-scoped ``RUNPOD_API_KEY`` (as RunPod sets
   them), accepted for that pod's own ``/v2/pods/{id}`` and ``/action`` only
+- instant clusters (tag ``Clusters``): ``POST /v2/clusters`` strict ``CreateClusterRequest``
+  (``name``, ``type``, ``compute: {gpuTypeId, gpuCountPerPod, podCount 2..250}``, container
+  config, ``startSsh``) -> 201 ``Cluster``; 400 without capacity for ``podCount`` pods;
+  ``GET /v2/clusters[/{id}]``, ``GET /v2/clusters/{id}/pods`` (full pods, each with
+  ``cluster: {id, rank, ip}``), ``DELETE /v2/clusters/{id}`` (204, ends every member).
+  Member pods get ``NODE_ADDR``, ``PRIMARY_ADDR``, ``NODE_RANK``, ``NUM_NODES`` in their
+  environment; their private address is a loopback one of their own (``127.77.<n>.<rank+1>``),
+  which really reaches the pod's processes. ``GET /v2/pods`` leaves members out unless
+  ``includeClusterPods=true``; ``DELETE``/``action`` on a member answer 409.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ from fakes.common import FakeApi, FakePod, Reply, Timeline, new_id
 CREATE_FIELDS = {"name", "cloud", "cpu", "dataCenterIds", "globalNetworking", "gpu", "mounts", "startJupyter",
                  "startSsh", "templateId", "args", "disk", "env", "image", "ports", "registry"}
 GPU_FIELDS = {"id", "count", "allowedCudaVersions", "minCudaVersion", "minRamPerGpu", "minVcpuCountPerGpu"}
+CLUSTER_FIELDS = {"name", "type", "compute", "image", "args", "disk", "ports", "env", "dataCenterIds", "mounts",
+                  "startJupyter", "startSsh"}
+COMPUTE_FIELDS = {"gpuTypeId", "gpuCountPerPod", "podCount"}
 
 
 def problem(status: int, title: str, detail: str, errors: Optional[list] = None) -> Reply:
@@ -60,6 +72,8 @@ class RunpodPod:
         self.pod_key = pod_key
         """the pod-scoped API key RunPod puts into the pod as RUNPOD_API_KEY"""
         self.terminated = False
+        self.cluster: Optional[Dict[str, Any]] = None
+        """``{id, rank, ip}`` for a member of an instant cluster"""
 
     def status(self) -> str:
         f = self.fake
@@ -101,6 +115,7 @@ class RunpodPod:
                         + [{"private": 8888, "public": None, "type": "http", "ip": None}]} if running else None,
             "createdAt": iso(self.fake.created), "startedAt": iso(self.fake.created) if running else None,
             "globalNetworking": {"enabled": False},
+            **({"cluster": dict(self.cluster)} if self.cluster else {}),
         }
 
 
@@ -114,6 +129,12 @@ class FakeRunpod(FakeApi):
         self.route("GET", r"/v2/pods/(?P<pid>[^/]+)", self.get)
         self.route("POST", r"/v2/pods/(?P<pid>[^/]+)/action", self.action)
         self.route("DELETE", r"/v2/pods/(?P<pid>[^/]+)", self.delete)
+        self.clusters: Dict[str, Dict[str, Any]] = {}
+        self.route("POST", r"/v2/clusters", self.create_cluster)
+        self.route("GET", r"/v2/clusters", self.list_clusters)
+        self.route("GET", r"/v2/clusters/(?P<cid>[^/]+)", self.get_cluster)
+        self.route("GET", r"/v2/clusters/(?P<cid>[^/]+)/pods", self.cluster_pods)
+        self.route("DELETE", r"/v2/clusters/(?P<cid>[^/]+)", self.delete_cluster)
 
     def authorized(self, headers, path: str = "") -> bool:
         if super().authorized(headers, path):
@@ -174,14 +195,7 @@ class FakeRunpod(FakeApi):
             return problem(400, "Bad Request",
                            "There are no longer any instances available with the requested specifications.")
         g.capacity -= 1
-        pid, pod_key = "pod_" + new_id(), "rp-podkey-" + new_id()
-        fake = FakePod(self.make_sshd(), g.timeline, key_attached=False,
-                       env={"RUNPOD_POD_ID": pid, "RUNPOD_API_KEY": pod_key})
-        if body.get("startSsh") or (body.get("env") or {}).get("PUBLIC_KEY"):
-            fake.attach_key((body.get("env") or {}).get("PUBLIC_KEY"))
-        pod = RunpodPod(pid, body, g, fake, pod_key)
-        self.pods[pod.id] = pod
-        return Reply(201, pod.doc())
+        return Reply(201, self._new_pod(body, g, {}).doc())
 
     def _pod(self, pid) -> Optional[RunpodPod]:
         p = self.pods.get(pid)
@@ -192,12 +206,92 @@ class FakeRunpod(FakeApi):
         return p.doc() if p else problem(404, "Not Found", "The requested Pod does not exist.")
 
     def list(self, body, query):
-        return {"pods": [p.doc() for p in self.pods.values() if not p.terminated]}
+        members = query.get("includeClusterPods") == "true"
+        return {"pods": [p.doc() for p in self.pods.values() if not p.terminated and (members or not p.cluster)]}
+
+    def _new_pod(self, body, g: GpuType, env: Dict[str, str]) -> RunpodPod:
+        pid, pod_key = "pod_" + new_id(), "rp-podkey-" + new_id()
+        fake = FakePod(self.make_sshd(), g.timeline, key_attached=False,
+                       env={"RUNPOD_POD_ID": pid, "RUNPOD_API_KEY": pod_key, **env})
+        if body.get("startSsh") or (body.get("env") or {}).get("PUBLIC_KEY"):
+            fake.attach_key((body.get("env") or {}).get("PUBLIC_KEY"))
+        pod = RunpodPod(pid, body, g, fake, pod_key)
+        self.pods[pod.id] = pod
+        return pod
+
+    # -- instant clusters
+
+    def create_cluster(self, body, query):
+        if not isinstance(body, dict):
+            return problem(422, "Unprocessable Entity", "Request validation failed.", ["body must be an object"])
+        compute = body.get("compute") if isinstance(body.get("compute"), dict) else {}
+        errors = [f"unexpected property '{k}'" for k in sorted(set(body) - CLUSTER_FIELDS)]
+        errors += [f"unexpected property 'compute.{k}'" for k in sorted(set(compute) - COMPUTE_FIELDS)]
+        errors += [f"{k} is required" for k in ("name", "type", "compute") if not body.get(k)]
+        errors += [f"compute.{k} is required" for k in sorted(COMPUTE_FIELDS - set(compute))]
+        if body.get("type") not in (None, "APPLICATION", "TRAINING", "SLURM", "RAY"):
+            errors.append("type must be one of APPLICATION, TRAINING, SLURM, RAY")
+        count = compute.get("podCount")
+        if not isinstance(count, int) or not 2 <= count <= 250:
+            errors.append("compute.podCount must be an integer from 2 to 250")
+        if errors:
+            return problem(422, "Unprocessable Entity", "Request validation failed.", errors)
+        g = self.gpus.get(compute["gpuTypeId"])
+        if g is None:
+            return problem(400, "Bad Request", f"unknown GPU type {compute['gpuTypeId']!r}")
+        if g.capacity < count or g.snatched:
+            return problem(400, "Bad Request", "There are not enough instances available for this cluster.")
+        g.capacity -= count
+        cid, net = "cluster_" + new_id(), len(self.clusters) + 1
+        addrs = [f"127.77.{net}.{rank + 1}" for rank in range(count)]
+        members = []
+        for rank, addr in enumerate(addrs):
+            pod = self._new_pod(dict(body, gpu={"id": g.id, "count": compute["gpuCountPerPod"]}, cloud="SECURE"), g,
+                                {"NODE_ADDR": addr, "PRIMARY_ADDR": addrs[0], "NODE_RANK": str(rank),
+                                 "NUM_NODES": str(count)})
+            pod.cluster = {"id": cid, "rank": rank, "ip": addr}
+            members.append(pod.id)
+        self.clusters[cid] = {"id": cid, "name": body["name"], "type": body["type"], "compute": dict(compute),
+                              "members": members, "createdAt": iso(self.pods[members[0]].fake.created)}
+        return Reply(201, self._cluster_doc(cid))
+
+    def _cluster_doc(self, cid) -> Dict[str, Any]:
+        c = self.clusters[cid]
+        live = [self.pods[m] for m in c["members"] if not self.pods[m].terminated]
+        by: Dict[str, int] = {}
+        for p in live:
+            by[p.status()] = by.get(p.status(), 0) + 1
+        return {"id": cid, "name": c["name"], "type": c["type"], "compute": c["compute"], "dataCenterId": "US-TX-3",
+                "pods": {"total": len(live), "byStatus": by}, "network": {"cidr": "127.77.0.0/16"},
+                "primary": {"podId": c["members"][0], "status": self.pods[c["members"][0]].status()},
+                "createdAt": c["createdAt"]}
+
+    def list_clusters(self, body, query):
+        return {"clusters": [self._cluster_doc(cid) for cid in self.clusters]}
+
+    def get_cluster(self, body, query, cid):
+        return self._cluster_doc(cid) if cid in self.clusters else problem(404, "Not Found", "Cluster not found")
+
+    def cluster_pods(self, body, query, cid):
+        if cid not in self.clusters:
+            return problem(404, "Not Found", "Cluster not found")
+        return {"pods": [self.pods[m].doc() for m in self.clusters[cid]["members"] if not self.pods[m].terminated]}
+
+    def delete_cluster(self, body, query, cid):
+        c = self.clusters.pop(cid, None)
+        if c is None:
+            return problem(404, "Not Found", "Cluster not found")
+        for m in c["members"]:
+            self.pods[m].terminated = True
+            self.pods[m].fake.destroy()
+        return Reply(204, None)
 
     def action(self, body, query, pid):
         p = self._pod(pid)
         if p is None:
             return problem(404, "Not Found", "The requested Pod does not exist.")
+        if p.cluster:
+            return problem(409, "Conflict", "Pod belongs to a cluster and cannot be modified via the pod endpoints.")
         if not isinstance(body, dict) or set(body) != {"action"}:
             return problem(422, "Unprocessable Entity", "Request validation failed.", ["body must be {action}"])
         a = body["action"]
@@ -216,6 +310,8 @@ class FakeRunpod(FakeApi):
         p = self._pod(pid)
         if p is None:
             return problem(404, "Not Found", "The requested Pod does not exist.")
+        if p.cluster:
+            return problem(409, "Conflict", "Pod belongs to a cluster and cannot be terminated via the pod endpoints.")
         p.terminated = True
         p.fake.destroy()
         return Reply(204, None)

@@ -12,6 +12,12 @@
   ``DELETE /api/v0/instances/{id}/``, ``POST /api/v0/instances/{id}/ssh/`` attach a key
 - inside each instance, ``CONTAINER_ID`` and an instance-scoped ``CONTAINER_API_KEY`` (as
   Vast sets them), accepted for that instance's own ``/api/v0/instances/{id}/`` only
+- overlay networks (the SDK's ``vastai/api/clusters.py``): offers carry their physical
+  ``cluster_id`` (null off a cluster; the search honours ``cluster_id: {neq|eq}``);
+  ``POST /api/v0/overlay/ {cluster_id, name}``, ``PUT /api/v0/overlay/ {name, instance_id}``
+  (only an instance on a machine of that cluster), ``GET /api/v0/overlay/`` (``overlay_id``,
+  ``name``, ``internal_subnet``, ``cluster_id``, ``instances``), ``DELETE /api/v0/overlay/
+  {overlay_name | overlay_id}``
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ class VastOffer:
     """which field carries the state: actual_status | cur_state"""
     direct_broken: bool = False
     """the direct port mapping leads nowhere (only the proxy works)"""
+    cluster_id: Optional[int] = None
+    """the physical cluster (one host's machines on one LAN) the machine is in"""
+    rent_error: Optional[str] = None
+    """renting it answers 400 with this error (an API failure)"""
     timeline: Timeline = field(default_factory=Timeline)
 
 
@@ -98,6 +108,11 @@ class FakeVast(FakeApi):
         self.route("PUT", r"/api/v0/instances/(?P<iid>\d+)/", self.update)
         self.route("DELETE", r"/api/v0/instances/(?P<iid>\d+)/", self.destroy)
         self.route("POST", r"/api/v0/instances/(?P<iid>\d+)/ssh/", self.attach_ssh)
+        self.overlays: Dict[str, Dict[str, Any]] = {}
+        self.route("POST", r"/api/v0/overlay/", self.create_overlay)
+        self.route("GET", r"/api/v0/overlay/", self.show_overlays)
+        self.route("PUT", r"/api/v0/overlay/", self.join_overlay)
+        self.route("DELETE", r"/api/v0/overlay/", self.delete_overlay)
 
     def authorized(self, headers, path: str = "") -> bool:
         if super().authorized(headers, path):
@@ -117,11 +132,16 @@ class FakeVast(FakeApi):
                 "id": o.id, "ask_contract_id": o.id, "machine_id": 500 + o.id, "gpu_name": o.gpu_name,
                 "num_gpus": o.num_gpus, "gpu_ram": o.gpu_ram_gb * 1000, "dph_total": o.dph_total,
                 "reliability2": o.reliability, "geolocation": o.geolocation, "rentable": True,
-                "cpu_name": "AMD EPYC 7B13", "hosting_type": 0,
+                "cpu_name": "AMD EPYC 7B13", "hosting_type": 0, "cluster_id": o.cluster_id,
             })
         ng = (q.get("num_gpus") or {})
         if "eq" in ng:
             rows = [r for r in rows if r["num_gpus"] == ng["eq"]]
+        cl = q.get("cluster_id") or {}
+        if "neq" in cl:
+            rows = [r for r in rows if r["cluster_id"] != cl["neq"]]
+        if "eq" in cl:
+            rows = [r for r in rows if r["cluster_id"] == cl["eq"]]
         order = q.get("order") or [["score", "desc"]]
         if order and order[0][0] == "dph_total":
             rows.sort(key=lambda r: r["dph_total"], reverse=order[0][1] == "desc")
@@ -131,6 +151,8 @@ class FakeVast(FakeApi):
         o = self.offers.get(int(ask))
         if o is None or o.snatched:
             return Reply(404, {"success": False, "error": "no_such_ask", "msg": f"Instance type {ask} is no longer available."})
+        if o.rent_error:
+            return Reply(400, {"success": False, "error": o.rent_error, "msg": o.rent_error})
         self.next_id += 1
         iid = self.next_id
         key = "vast-ctr-" + uuid.uuid4().hex
@@ -181,3 +203,40 @@ class FakeVast(FakeApi):
             return Reply(404, {"success": False, "error": "no_such_instance"})
         ok = p.fake.attach_key((body or {}).get("ssh_key"))
         return {"success": ok}
+
+    # -- overlay networks
+
+    def create_overlay(self, body, query):
+        b = body or {}
+        name, cid = b.get("name"), b.get("cluster_id")
+        if not name or name in self.overlays:
+            return Reply(400, {"success": False, "error": "invalid_args", "msg": f"overlay name {name!r} is taken"})
+        if cid is None or not any(o.cluster_id == cid for o in self.offers.values()):
+            return Reply(400, {"success": False, "error": "invalid_args", "msg": f"no physical cluster {cid}"})
+        n = len(self.overlays) + 1
+        self.overlays[name] = {"overlay_id": 300 + n, "name": name, "internal_subnet": f"10.{n}.0.0/24",
+                               "cluster_id": cid, "instances": []}
+        return {"success": True, "msg": f"Overlay network {name} created on cluster {cid}."}
+
+    def show_overlays(self, body, query):
+        return [dict(o, instances=list(o["instances"])) for o in self.overlays.values()]
+
+    def join_overlay(self, body, query):
+        b = body or {}
+        overlay, p = self.overlays.get(b.get("name")), self._pod(b.get("instance_id"))
+        if overlay is None or p is None:
+            return Reply(400, {"success": False, "error": "invalid_args", "msg": "no such overlay or instance"})
+        if p.offer.cluster_id != overlay["cluster_id"]:
+            return Reply(400, {"success": False, "error": "invalid_args",
+                               "msg": f"instance {p.id} is not on physical cluster {overlay['cluster_id']}"})
+        overlay["instances"].append(p.id)
+        return {"success": True, "msg": f"Instance {p.id} joined overlay {overlay['name']}."}
+
+    def delete_overlay(self, body, query):
+        b = body or {}
+        name = b.get("overlay_name") or next((n for n, o in self.overlays.items()
+                                              if o["overlay_id"] == b.get("overlay_id")), None)
+        if name not in self.overlays:
+            return Reply(404, {"success": False, "error": "no_such_overlay"})
+        del self.overlays[name]
+        return {"success": True, "msg": f"Overlay {name} deleted."}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 
 from workflow import runtime
 from workflow.cli.boundary import print_json, wf_task
 from workflow.cli.pods import POD_HELP, on_pods
+from workflow.errors import InputError, UnsupportedAction
 
 
 def _money(v) -> str:
@@ -51,7 +53,10 @@ def pod_up(c, json=False, pod=None):
 
     Offers are tried cheapest first, at most pod.max_offer_attempts; one taken meanwhile
     or never usable within pod.ready_timeout_secs is skipped (and destroyed if it was
-    rented). Ends in state POD_READY. With pod.count N, N pods come up at once.
+    rented). Ends in state POD_READY. With pod.count N, N pods come up at once; with
+    pod.network: cluster too, they are rented together on one private network (runpod:
+    an instant cluster; vastai: an overlay network on one physical cluster), and a
+    network just rented whose pods do not all become usable is ended as a whole.
 
     Usable means an SSH command runs; with checkout.require_cuda (auto: on a rented
     cloud pod, or a host with nvidia-smi) `nvidia-smi -L` must list GPUs. A host you
@@ -60,12 +65,20 @@ def pod_up(c, json=False, pod=None):
     SSH library's own log stays off the terminal: `wf --debug pod-up` shows it.
     """
     from workflow import pool
+    from workflow.providers import clusters
     from workflow.providers.lifecycle import pod_up as up
     from workflow.providers.lifecycle import start_watchdog
 
-    together = len(pool.select(runtime.config(), pod)) > 1
+    cfg = runtime.config()
+    network, new = clusters.rent(cfg) if clusters.wanted(cfg) else (None, False)
+    together = len(pool.select(cfg, pod)) > 1
     results = on_pods(pod, lambda: up(runtime.config(), with_watchdog=not together), render=_print_up,
-                      to_doc=lambda res: res.as_dict(), json=json, raise_errors=not together)
+                      to_doc=lambda res: res.as_dict(), json=json, raise_errors=not (together or new))
+    if new and not all(r.ok for r in results):  # nothing of a network that cannot be used stays billing
+        clusters.abandon(cfg, network, reason="never became usable")
+        print(f"ended {network.provider} network {network.id}: not all of its pods became usable; "
+              "'wf pod-up' rents another", file=sys.stderr)
+        pool.raise_failures(results)
     if together:  # every pod is up: each watchdog is told the whole pool's price (pod.max_cost_usd)
         on_pods(pod, lambda: start_watchdog(runtime.config()), pods=[r.pod for r in results if r.ok],
                 earlier=[r for r in results if not r.ok])
@@ -141,16 +154,47 @@ def autostop_line(a) -> str:
 def pod_down(c, destroy=False, force=False, json=False, pod=None):
     """Stop the pod (disk kept), or --destroy it; refuses to destroy unfetched runs without --force.
 
-    Lium pods, and RunPod pods without a volume, can only be destroyed. The pod's kept
-    connection (see disconnect) ends too.
+    Lium pods, and RunPod pods without a volume, can only be destroyed. Pods on one
+    private network (pod.network: cluster) end together: --destroy checks every pod, then
+    ends the network (RunPod: deletes the instant cluster; Vast: destroys the instances and
+    deletes the overlay); they cannot be stopped. The pod's kept connection (see
+    disconnect) ends too.
     """
+    from workflow.providers import clusters
     from workflow.providers.lifecycle import pod_down as down
 
     try:
-        on_pods(pod, lambda: down(runtime.config(), destroy=destroy, force=force), render=_print_down,
-                to_doc=lambda doc: doc, json=json)
+        if clusters.known(runtime.config()) is None:
+            on_pods(pod, lambda: down(runtime.config(), destroy=destroy, force=force), render=_print_down,
+                    to_doc=lambda doc: doc, json=json)
+            return
+        _network_down(pod, destroy, force, json)
     finally:
         runtime.disconnect()
+
+
+def _network_down(pod, destroy: bool, force: bool, json: bool) -> None:
+    """pod-down for pods on one private network: every pod checked, then all ended at once."""
+    from workflow.providers import clusters
+    from workflow.providers.lifecycle import pod_down as down
+
+    cfg = runtime.config()
+    network = clusters.known(cfg)
+    if not destroy:
+        raise UnsupportedAction(network.provider, "stop",
+                                hint=f"the pods of network {network.id} end together: 'wf pod-down --destroy'")
+    if pod not in (None, ""):
+        raise InputError(f"--pod {pod}: the pods of network {network.id} end together",
+                         hint="'wf pod-down --destroy' without --pod ends them all")
+    checked = on_pods(None, lambda: down(runtime.config(), destroy=True, force=force, together=True))
+    clusters.take_down(cfg, forced=force)
+    docs = [dict(r.value, name=r.pod.name) for r in checked]
+    if json:
+        print_json(docs[0] if len(docs) == 1 else {"pods": docs})
+        return
+    for doc in docs:
+        print(f"{doc['name']}: destroyed {doc['provider']} pod {doc['pod_id']} with network {network.id}"
+              + (" (forced)" if force else ""))
 
 
 def _print_down(doc) -> None:

@@ -61,6 +61,10 @@ class Offer:
     """Location / data center as the provider names it."""
     description: str = ""
     """A short human line (host, CPU, disk...)."""
+    members: Tuple[str, ...] = ()
+    """For an offer of several pods on one private network (``pod.network: cluster``) made
+    of separate machine offers (Vast: asks of one physical cluster): their ids, cheapest
+    first. Empty otherwise."""
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -93,6 +97,10 @@ class PodInfo:
     """Epoch seconds the pod last started (uptime is from here)."""
     has_volume: Optional[bool] = None
     """Whether the pod keeps a disk across a stop (None: unknown)."""
+    cluster_id: Optional[str] = None
+    """The private network the pod belongs to (RunPod instant cluster id), when the API says."""
+    private_addr: Optional[str] = None
+    """Its address on that network, when the API says (RunPod ``cluster.ip``)."""
 
     @property
     def endpoint(self) -> Optional[Endpoint]:
@@ -104,7 +112,21 @@ class PodInfo:
             "provider_state": self.raw_state, "endpoints": [str(e) for e in self.endpoints],
             "price_per_hour": self.price_per_hour, "gpu": self.gpu, "num_gpus": self.num_gpus,
             "created_at": self.created_at, "started_at": self.started_at, "has_volume": self.has_volume,
+            "cluster_id": self.cluster_id, "private_addr": self.private_addr,
         }
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Several pods rented together on one private network (``pod.network: cluster``)."""
+
+    provider: str
+    id: str
+    """The provider's id of the network: a RunPod instant cluster id, a Vast overlay name."""
+    pod_ids: Tuple[str, ...]
+    """The member pods, node rank order (the pool's p0, p1, ...)."""
+    price_per_hour: Optional[float] = None
+    """USD per hour for all the pods together, when known."""
 
 
 def _norm(name: str) -> str:
@@ -224,6 +246,8 @@ class Provider(abc.ABC):
     can_destroy: ClassVar[bool] = False
     #: the SSH user when neither the API nor ``pod.user`` names one
     default_user: ClassVar[Optional[str]] = None
+    #: rents several pods on one private network (``create_cluster``)
+    can_cluster: ClassVar[bool] = False
 
     #: API retry bound: attempts and the longest single wait (seconds)
     retry_attempts: ClassVar[int] = 4
@@ -310,6 +334,22 @@ class Provider(abc.ABC):
     def destroy(self, pod_id: str) -> None:
         """Destroy for good (all data on the pod is lost). Idempotent: a pod already gone is fine."""
         raise self.unsupported("destroy", hint="this provider does not own the machine; nothing to destroy")
+
+    # ---- several pods on one private network (pod.network: cluster) ----------------
+
+    def search_cluster_offers(self, spec: OfferSpec, count: int) -> List[Offer]:
+        """Offers of ``count`` pods on one private network; ``price_per_hour`` is for all of them."""
+        raise self.unsupported("pod.network: cluster")
+
+    def create_cluster(self, offer: Offer, request: CreateRequest, count: int) -> Cluster:
+        """Rent ``count`` pods of ``offer`` on one private network, or nothing: on a failure
+        midway, what this attempt created is destroyed before the error is raised.
+        ``OfferUnavailable`` when the capacity went meanwhile."""
+        raise self.unsupported("pod.network: cluster")
+
+    def destroy_cluster(self, cluster: Cluster) -> None:
+        """End every pod of the cluster and the network itself. Idempotent."""
+        raise self.unsupported("pod.network: cluster")
 
     def stop_unsupported_reason(self, pod: Optional[PodInfo]) -> Optional[str]:
         """Why this pod can only be destroyed, or None when ``stop`` works for it."""

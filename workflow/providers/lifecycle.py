@@ -162,7 +162,7 @@ def _save_session(config, provider: Provider, pod: PodInfo, endpoint, *, rented:
         created_by_podflow=rented or bool(previous and previous.pod_id == pod.id and previous.created_by_podflow),
         price_per_hour=pod.price_per_hour, gpu=pod.gpu or None,
         ttl=str(config.pod.ttl) if config.pod.ttl not in (None, "") else None,
-        fetched=keep_fetched,
+        fetched=keep_fetched, cluster=previous.cluster if previous and previous.pod_id == pod.id else None,
     ), config)
 
 
@@ -200,6 +200,9 @@ def pod_up(config, *, with_watchdog: bool = True) -> PodUpResult:
         return PodUpResult(provider.name, ready.pod, str(ready.endpoint), rented=rented, stages=ready.stages,
                            state=state, seconds=time.monotonic() - t0)
 
+    if config.get("pod.network", None) == "cluster":  # rented together by clusters.rent, never one by one
+        raise ProviderError(provider.name, "this pod of the private network (pod.network: cluster) is not rented",
+                            hint="run 'wf pod-up' without --pod: the network's pods are rented together")
     spec = offer_spec(config)
     found = provider.search_offers(spec)
     offers = sorted((o for o in found if spec.matches(o)[0]), key=lambda o: (o.price_per_hour, o.id))
@@ -404,9 +407,10 @@ class UnfetchedRuns(PodflowError):
     exit_code = ExitCode.REFUSED
 
 
-def pod_down(config, *, destroy: bool = False, force: bool = False) -> Dict[str, Any]:
+def pod_down(config, *, destroy: bool = False, force: bool = False, together: bool = False) -> Dict[str, Any]:
     """Stop the pod (where the provider can), or ``destroy`` it (refusing while runs exist
-    that were never fetched, unless ``force``)."""
+    that were never fetched, unless ``force``). ``together``: only the checks before a
+    destroy; the pod ends with its private network (``clusters.take_down``)."""
     say = _say(config)
     provider = get_provider(config)
     if provider.name not in CLOUD:
@@ -427,6 +431,9 @@ def pod_down(config, *, destroy: bool = False, force: bool = False) -> Dict[str,
         raise ConnectionFailed(f"no {provider.name} pod known for this project", hint="nothing to take down")
     if pod is None or pod.state == PodState.TERMINATED:
         spend.observe(config, provider.name, pod_id, gone=True)
+        if together:  # the session still names the network that take_down ends
+            return {"provider": provider.name, "pod_id": pod_id, "action": "destroy", "forced": force,
+                    "cluster": s.cluster if s else None}
         sessions.clear(config)
         return {"provider": provider.name, "pod_id": pod_id, "action": "none", "message": f"pod {pod_id} is already gone"}
 
@@ -453,6 +460,9 @@ def pod_down(config, *, destroy: bool = False, force: bool = False) -> Dict[str,
                 f"refusing to destroy {provider.name} pod {pod.id}: {len(unfetched)} run(s) never fetched: "
                 + ", ".join(unfetched),
                 hint="'wf fetch-all' first, or 'wf pod-down --destroy --force' to lose them")
+    if together:
+        return {"provider": provider.name, "pod_id": pod.id, "action": "destroy", "forced": force,
+                "cluster": s.cluster if s else None}
     if reachable:
         try:
             fsm = runtime.fsm()

@@ -9,6 +9,25 @@ RUNNING; only the direct endpoint (the public mapping of port 22) can run comman
 the ``ssh.proxy`` carries an interactive shell only. Lifecycle: ``POST
 /v2/pods/{id}/action {"action": "start|stop|restart|terminate"}``, ``DELETE
 /v2/pods/{id}``. Errors are RFC 9457 problem objects (``title``, ``status``, ``detail``).
+
+Instant clusters (``pod.network: cluster``), as the same OpenAPI file
+(``runpod/docs`` ``api-reference-v2/openapi.json``, tag ``Clusters``) documents them:
+
+- ``POST /v2/clusters`` ``CreateClusterRequest``: ``name``, ``type`` (``TRAINING``),
+  ``compute: {gpuTypeId, gpuCountPerPod, podCount}`` (``podCount`` 2..250), the container
+  configuration of every pod (``image``, ``disk``, ``ports``, ``env``), ``startSsh``,
+  ``dataCenterIds`` (a cluster is always in one data center); 201 with the ``Cluster``
+  (``id``, ``pods: {total, byStatus}``, ``network: {cidr}``, ``primary``). Strict
+  (``unevaluatedProperties: false``); capacity is per product: the catalog's
+  ``product=CLUSTER`` availability.
+- ``GET /v2/clusters/{id}/pods`` -> ``{"pods": [Pod]}``, each member a full ``Pod`` whose
+  ``cluster`` is ``{id, rank, ip}``: ``rank`` is its NODE_RANK (0: the primary), ``ip`` its
+  address on the cluster's private overlay (omitted until assigned). Inside each pod
+  RunPod sets ``PRIMARY_ADDR``, ``NODE_ADDR``, ``NODE_RANK``, ``NUM_NODES`` (docs
+  "Instant Clusters"; the private network is on the ``ens*`` interfaces, never ``eth0``).
+- ``DELETE /v2/clusters/{id}`` (204) terminates every member pod. Member pods cannot be
+  stopped, modified or deleted through ``/v2/pods`` (409), and ``GET /v2/pods`` leaves
+  them out unless ``includeClusterPods=true``.
 """
 
 from __future__ import annotations
@@ -17,6 +36,7 @@ import ipaddress
 import json
 import os
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +45,7 @@ from typing import Any, Dict, List, Optional
 from workflow import __version__
 from workflow.errors import ProviderError
 from workflow.providers.base import (
+    Cluster,
     CreateRequest,
     Offer,
     OfferSpec,
@@ -130,7 +151,9 @@ def ssh_endpoints(pod: Dict[str, Any], *, allow_private: bool = False) -> List[E
 
 class RunpodProvider(Provider):
     name = "runpod"
-    can_create = can_stop = can_start = can_destroy = True
+    can_create = can_stop = can_start = can_destroy = can_cluster = True
+    #: how long the member pods of a new cluster may take to be listed with their ranks
+    cluster_listing_secs = 120.0
     default_user = "root"
     status_map = {
         "provisioning": PodState.PENDING,
@@ -281,6 +304,7 @@ class RunpodProvider(Provider):
         mounts = pod.get("mounts") or {}
         has_volume = bool(mounts.get("persistent") or mounts.get("network")) if isinstance(mounts, dict) else None
         gpu = pod.get("gpu") or {}
+        member = pod.get("cluster") if isinstance(pod.get("cluster"), dict) else {}
         allow_private = bool(os.environ.get("RUNPOD_API_BASE_URL"))  # self-hosted gateways and tests
         return PodInfo(
             provider=self.name, id=str(pod.get("id")), name=str(pod.get("name") or ""),
@@ -289,6 +313,8 @@ class RunpodProvider(Provider):
             price_per_hour=_float(pod.get("cost")), gpu=str(gpu.get("id") or ""),
             num_gpus=gpu.get("count"), created_at=parse_time(pod.get("createdAt")),
             started_at=parse_time(pod.get("startedAt")), has_volume=has_volume,
+            cluster_id=str(member["id"]) if member.get("id") else None,
+            private_addr=str(member["ip"]) if member.get("ip") else None,
         )
 
     def get(self, pod_id: str) -> PodInfo:
@@ -317,7 +343,97 @@ class RunpodProvider(Provider):
         except PodGone:
             pass
 
+    # ---- instant clusters (pod.network: cluster) ----------------------------------
+
+    def search_cluster_offers(self, spec: OfferSpec, count: int) -> List[Offer]:
+        per_pod = spec.num_gpus or 1
+        doc = self._call("list GPU types", "GET", "/v2/catalog/gpus",
+                         query={"include": "AVAILABILITY", "product": "CLUSTER", "count": per_pod})
+        offers: List[Offer] = []
+        for g in (doc or {}).get("gpus", []):
+            price = (g.get("price") or {}).get("secure") if isinstance(g, dict) else None
+            if not isinstance(g, dict) or not g.get("id") or g.get("availability") == "NONE" or price is None:
+                continue
+            max_count = (g.get("maxCount") or {}).get("secure")
+            if max_count is not None and per_pod > int(max_count):
+                continue
+            centers = [d for d in g.get("dataCenters") or [] if isinstance(d, dict) and d.get("availability") != "NONE"]
+            offers.append(Offer(
+                provider=self.name, id=str(g["id"]), gpu=str(g.get("name") or g["id"]), num_gpus=per_pod,
+                price_per_hour=round(float(price) * per_pod * count, 4), gpu_ram_gb=_float(g.get("memory")),
+                region=",".join(str(d.get("id")) for d in centers) or None,
+                description=f"instant cluster of {count} pods, {g.get('availability', '?')} availability"))
+        return offers
+
+    def create_cluster(self, offer: Offer, request: CreateRequest, count: int) -> Cluster:
+        body: Dict[str, Any] = {
+            "name": request.name, "type": "TRAINING",
+            "compute": {"gpuTypeId": offer.id, "gpuCountPerPod": int(offer.num_gpus or 1), "podCount": int(count)},
+            "image": request.image or DEFAULT_IMAGE, "disk": int(request.disk_gb), "ports": ["22/tcp"],
+            "startSsh": True,
+        }
+        if request.public_key:
+            body["env"] = {"PUBLIC_KEY": request.public_key}
+        regions = list(self.config.pod.offer.regions or [])
+        if regions and offer.region:
+            centers = [c for c in offer.region.split(",") if any(r.lower() in c.lower() for r in regions)]
+            if centers:
+                body["dataCenterIds"] = centers
+        try:
+            doc = self.http.request("POST", "/v2/clusters", body)
+        except RunpodHttpError as exc:
+            if exc.status == 400:
+                raise OfferUnavailable(f"{offer.gpu} x{count} pods: {exc.detail or 'no capacity'}") from None
+            found = self._cluster_by_name(request.name) if self.is_transient(exc) else None
+            if found is None:
+                raise ProviderError(self.name, f"create cluster failed: {self.describe_error(exc)}") from None
+            doc = found
+        except (urllib.error.URLError, OSError) as exc:
+            doc = self._cluster_by_name(request.name)
+            if doc is None:
+                raise ProviderError(self.name, f"create cluster failed: {self.describe_error(exc)}") from None
+        if not isinstance(doc, dict) or not doc.get("id"):
+            raise ProviderError(self.name, "create cluster answered without a cluster id",
+                                hint="check the RunPod console for a cluster named " + request.name)
+        cluster_id = str(doc["id"])
+        try:
+            pods = self._members(cluster_id, count)
+        except BaseException:
+            self.destroy_cluster(Cluster(self.name, cluster_id, ()))  # only what this attempt created
+            raise
+        return Cluster(self.name, cluster_id, tuple(p.id for p in pods),
+                       price_per_hour=sum(p.price_per_hour or 0.0 for p in pods) or offer.price_per_hour)
+
+    def _cluster_by_name(self, name: str) -> Optional[Dict[str, Any]]:
+        doc = self._call("list clusters", "GET", "/v2/clusters")
+        return next((c for c in (doc or {}).get("clusters", []) if isinstance(c, dict) and c.get("name") == name), None)
+
+    def _members(self, cluster_id: str, count: int) -> List[PodInfo]:
+        """The cluster's ``count`` member pods in rank order, once each has its rank."""
+        deadline = time.monotonic() + self.cluster_listing_secs
+        while True:
+            doc = self._call(f"list pods of cluster {cluster_id}", "GET",
+                             f"/v2/clusters/{urllib.parse.quote(cluster_id, safe='')}/pods")
+            raw = [p for p in (doc or {}).get("pods", []) if isinstance(p, dict)]
+            ranked = [p for p in raw if isinstance(p.get("cluster"), dict) and p["cluster"].get("rank") is not None]
+            if len(ranked) >= count:
+                ranked.sort(key=lambda p: int(p["cluster"]["rank"]))
+                return [self._info(p) for p in ranked[:count]]
+            if time.monotonic() > deadline:
+                raise ProviderError(self.name, f"cluster {cluster_id} listed {len(ranked)} of {count} pods with a rank "
+                                               f"after {self.cluster_listing_secs:.0f}s; it was deleted")
+            time.sleep(1.0)
+
+    def destroy_cluster(self, cluster: Cluster) -> None:
+        try:
+            self._call(f"delete cluster {cluster.id}", "DELETE", f"/v2/clusters/{urllib.parse.quote(cluster.id, safe='')}")
+        except PodGone:
+            pass
+
     def stop_unsupported_reason(self, pod: Optional[PodInfo]) -> Optional[str]:
+        if pod is not None and pod.cluster_id:
+            return (f"this pod belongs to RunPod instant cluster {pod.cluster_id}: its pods cannot be stopped, "
+                    "only deleted together")
         if pod is not None and pod.has_volume is False:
             return ("this RunPod pod has no volume: stopping it would lose the container disk, so it can only "
                     "be destroyed (set pod.volume to keep data across stops)")

@@ -10,15 +10,27 @@ The API's quirks (seed 001) are normalised here and nowhere else:
 - SSH: the direct port (``ports["22/tcp"]`` on ``public_ipaddr``) first, then the
   proxy (``ssh_host``:``ssh_port``, e.g. ``ssh2.vast.ai``); the user is ``root``;
 - an offer taken meanwhile answers ``no_such_ask`` (404).
+
+Overlay networks (``pod.network: cluster``), as Vast's guide "Multi-Node training using
+Torch + NCCL" (docs.vast.ai) and the ``vastai`` SDK (``vastai/api/clusters.py``) give them:
+an overlay lives on one *physical cluster* (machines of one host on one LAN); offers carry
+their ``cluster_id`` (``search offers cluster_id!=None`` lists them); ``create overlay
+CLUSTER_ID NAME`` is ``POST /api/v0/overlay/ {"cluster_id", "name"}``; ``join overlay NAME
+INSTANCE_ID`` is ``PUT /api/v0/overlay/ {"name", "instance_id"}``; ``show overlays`` is
+``GET /api/v0/overlay/`` (``overlay_id``, ``name``, ``internal_subnet``, ``cluster_id``,
+``instances``); ``delete overlay`` is ``DELETE /api/v0/overlay/ {"overlay_name"}``. Inside a
+joined instance the overlay is ``eth0`` (the agent's ``net.addr`` reads it).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, Dict, List, Optional
 
 from workflow.errors import ProviderError
 from workflow.providers.base import (
+    Cluster,
     CreateRequest,
     Offer,
     OfferSpec,
@@ -84,7 +96,7 @@ def ssh_endpoints(inst: Dict[str, Any]) -> List[Endpoint]:
 
 class VastProvider(Provider):
     name = "vastai"
-    can_create = can_stop = can_start = can_destroy = True
+    can_create = can_stop = can_start = can_destroy = can_cluster = True
     default_user = "root"
     status_map = {
         "running": PodState.RUNNING,
@@ -158,8 +170,8 @@ class VastProvider(Provider):
 
     # ---- contract ----------------------------------------------------------------
 
-    def search_offers(self, spec: OfferSpec) -> List[Offer]:
-        query: Dict[str, Any] = {}
+    def _rows(self, spec: OfferSpec, **extra: Any) -> List[Dict[str, Any]]:
+        query: Dict[str, Any] = dict(extra)
         if spec.num_gpus is not None:
             query["num_gpus"] = {"eq" if spec.num_gpus_exact else "gte": spec.num_gpus}
         if spec.min_gpu_ram_gb is not None:
@@ -172,21 +184,77 @@ class VastProvider(Provider):
             query["gpu_name"] = {"eq": spec.gpu.replace("_", " ")}
         rows = self._call("search offers", self.sdk.search_offers, query=query, order="dph_total",
                           limit=64, storage=float(self.config.pod.disk_gb or 10))
-        offers = []
-        for row in rows or []:
-            try:
-                offers.append(Offer(
-                    provider=self.name, id=str(row["id"]), gpu=str(row.get("gpu_name") or ""),
-                    num_gpus=int(row.get("num_gpus") or 0),
-                    price_per_hour=float(row.get("dph_total") or row.get("dph") or 0.0),
-                    gpu_ram_gb=(float(row["gpu_ram"]) / 1000.0) if row.get("gpu_ram") is not None else None,
-                    reliability=_float(row.get("reliability2", row.get("reliability"))),
-                    region=(str(row.get("geolocation")).strip() if row.get("geolocation") else None),
-                    description=f"machine {row.get('machine_id', '?')}, {row.get('cpu_name') or 'cpu ?'}",
-                ))
-            except (KeyError, TypeError, ValueError):
+        return [r for r in rows or [] if isinstance(r, dict)]
+
+    def _offer(self, row: Dict[str, Any]) -> Optional[Offer]:
+        try:
+            return Offer(
+                provider=self.name, id=str(row["id"]), gpu=str(row.get("gpu_name") or ""),
+                num_gpus=int(row.get("num_gpus") or 0),
+                price_per_hour=float(row.get("dph_total") or row.get("dph") or 0.0),
+                gpu_ram_gb=(float(row["gpu_ram"]) / 1000.0) if row.get("gpu_ram") is not None else None,
+                reliability=_float(row.get("reliability2", row.get("reliability"))),
+                region=(str(row.get("geolocation")).strip() if row.get("geolocation") else None),
+                description=f"machine {row.get('machine_id', '?')}, {row.get('cpu_name') or 'cpu ?'}",
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def search_offers(self, spec: OfferSpec) -> List[Offer]:
+        return [o for o in map(self._offer, self._rows(spec)) if o is not None]
+
+    # ---- overlay networks (pod.network: cluster) -----------------------------------
+
+    def search_cluster_offers(self, spec: OfferSpec, count: int) -> List[Offer]:
+        """One offer per physical cluster holding ``count`` matching asks: the cheapest
+        ``count`` make its price; every matching ask of it is a member (spares for asks
+        taken meanwhile)."""
+        by_cluster: Dict[str, List[Offer]] = {}
+        for row in self._rows(spec, cluster_id={"neq": None}):
+            offer = self._offer(row)
+            if offer is not None and row.get("cluster_id") is not None and spec.matches(offer)[0]:
+                by_cluster.setdefault(str(row["cluster_id"]), []).append(offer)
+        out = []
+        for cid, asks in by_cluster.items():
+            if len(asks) < count:
                 continue
-        return offers
+            asks.sort(key=lambda o: (o.price_per_hour, o.id))
+            first = asks[0]
+            out.append(replace(first, id=f"cluster-{cid}", members=tuple(o.id for o in asks),
+                               price_per_hour=round(sum(o.price_per_hour for o in asks[:count]), 4),
+                               description=f"{count} of {len(asks)} offers on physical cluster {cid}"))
+        return out
+
+    def create_cluster(self, offer: Offer, request: CreateRequest, count: int) -> Cluster:
+        cluster_id = int(offer.id.rpartition("-")[2])
+        overlay = request.name
+        self._call(f"create overlay on cluster {cluster_id}", self.sdk.create_overlay, cluster_id, overlay)
+        pods: List[PodInfo] = []
+        try:
+            for ask in offer.members:
+                if len(pods) == count:
+                    break
+                try:
+                    pod = self.create(replace(offer, id=ask, members=()), replace(request, name=f"{overlay}-{len(pods)}"))
+                except OfferUnavailable:
+                    continue
+                pods.append(pod)
+                self._call(f"join instance {pod.id} to overlay {overlay}", self.sdk.join_overlay, overlay, int(pod.id))
+            if len(pods) < count:
+                raise OfferUnavailable(f"physical cluster {cluster_id}: only {len(pods)} of {count} offers could be rented")
+        except BaseException:
+            self.destroy_cluster(Cluster(self.name, overlay, tuple(p.id for p in pods)))  # only what this attempt made
+            raise
+        return Cluster(self.name, overlay, tuple(p.id for p in pods),
+                       price_per_hour=sum(p.price_per_hour or 0.0 for p in pods) or offer.price_per_hour)
+
+    def destroy_cluster(self, cluster: Cluster) -> None:
+        for pod_id in cluster.pod_ids:
+            self.destroy(pod_id)
+        try:
+            self._call(f"delete overlay {cluster.id}", self.sdk.delete_overlay, overlay_identifier=cluster.id)
+        except PodGone:
+            pass
 
     def create(self, offer: Offer, request: CreateRequest) -> PodInfo:
         import requests

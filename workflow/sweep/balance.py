@@ -129,6 +129,10 @@ def replace_pod(pod: pool.Pod, sha: Optional[str], say: Say) -> None:
             raise InputError(f"{pod.name}: a {cfg.pod.provider} pod cannot be replaced: nothing to rent",
                              hint="pool.replace and --replace are for cloud pools (lium, vastai, runpod)")
         old = session.load(cfg)
+        if (old is not None and old.cluster) or cfg.get("pod.network", None) == "cluster":
+            raise InputError(f"{pod.name}: a pod of a private network (pod.network: cluster) cannot be replaced alone",
+                             hint="its runs go to the pods that are up (pool.recover); 'wf pod-down --destroy' "
+                                  "then 'wf pod-up' rents a whole new network")
         if old is not None and old.pod_id:
             say(f"{pod.name}: destroying the down pod {old.pod_id} and renting a replacement")
             lifecycle._destroy_quietly(get_provider(cfg), old.pod_id, say, cfg, reason="down: replaced")

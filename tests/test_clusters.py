@@ -1,0 +1,157 @@
+"""Pods on one private network (SPEC §9, ``pod.network: cluster``) through the real ``wf``
+CLI, against the fake RunPod (instant clusters) and Vast (overlay networks) APIs, whose
+pods are real loopback sshds: rented together, usable, private addresses, in the ledger,
+ended together; a failure midway leaves nothing billing; Lium is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from fakes.common import Timeline
+from fakes.harness import CloudProject
+from fakes.lium import LiumExecutor
+from fakes.runpod import GpuType
+from fakes.vast import VastOffer
+
+pytestmark = pytest.mark.ssh
+
+
+@pytest.fixture
+def network(tmp_path, ssh_client_keys, ssh_session_dir):
+    made = []
+
+    def make(kind, items, **pod):
+        cp = CloudProject(kind, tmp_path / f"proj-{len(made)}", ssh_client_keys, ssh_session_dir, items,
+                          count=2, network="cluster", **pod)
+        made.append(cp)
+        sshd = cp.api.make_sshd
+
+        def own_machine():  # each pod its own HOME (its sshd's own directory), as separate machines
+            p = sshd()
+            inject = p.inject_env
+            p.inject_env = lambda env: inject({"HOME": str(p.remote_dir), **env})
+            p.inject_env({})
+            return p
+
+        cp.api.make_sshd = own_machine
+        cp.config["remote"] = {"workdir": "~/w/repo", "outputs_dir": "~/w/outputs", "data_dir": "~/w/data"}
+        cp.write_config()
+        return cp
+
+    yield make
+    for cp in made:
+        cp.close()
+
+
+def ok_json(r):
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def _addr_as_multinode_sees_it(cp, monkeypatch, pod_index):
+    """The address a multi-node run gives this pod (``multinode.pod_addr``, in the pod's context)."""
+    from workflow import pool, runtime
+    from workflow.sweep import multinode
+
+    monkeypatch.chdir(cp.root)
+    for k, v in cp.env.items():
+        if k in ("HOME", "NO_PROXY", "no_proxy") or k.startswith(("RUNPOD_", "VAST_")):
+            monkeypatch.setenv(k, v)
+    runtime.reset()
+    try:
+        pod = pool.pods(runtime.config())[pod_index]
+        with runtime.on_pod(pod):
+            return multinode.pod_addr(runtime.config(), pod)
+    finally:
+        runtime.disconnect()
+        runtime.reset()
+
+
+def test_runpod_rents_one_instant_cluster_and_ends_it_whole(network, monkeypatch):
+    cp = network("runpod", [GpuType("NVIDIA H100 80GB HBM3", "H100", secure_price=2.0, community_price=None)])
+    r = cp.wf("pod-up")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert cp.api.count("POST", r"^/v2/clusters$") == 1 and cp.api.count("POST", r"^/v2/pods$") == 0
+    (cluster,) = cp.api.clusters.values()
+    body = next(b for m, p, b, _ in cp.api.requests if m == "POST" and p == "/v2/clusters")
+    assert body["compute"] == {"gpuTypeId": "NVIDIA H100 80GB HBM3", "gpuCountPerPod": 1, "podCount": 2}
+    members = cluster["members"]
+
+    status = ok_json(cp.wf("pod-status", "--json"))
+    pods = {p["name"]: p for p in status["pods"]}
+    for i, pid in enumerate(members):  # p0 is node rank 0; each pod usable, with its private address
+        doc = pods[f"p{i}"]
+        assert doc["pod"]["id"] == pid and doc["pod"]["cluster_id"] == cluster["id"]
+        assert doc["pod"]["private_addr"] == f"127.77.1.{i + 1}"
+        assert doc["fsm_state"] == "POD_READY" and doc["price_per_hour"] == 2.0
+    assert [p["state"] for p in ok_json(cp.wf("fsm-status", "--json"))["pods"]] == ["POD_READY", "POD_READY"]
+    # the address a 2-node run uses is the private one (NODE_ADDR in the pod), not the SSH host
+    assert _addr_as_multinode_sees_it(cp, monkeypatch, 1) == "127.77.1.2"
+    cost = ok_json(cp.wf("cost", "--json"))
+    assert sorted(p["id"] for p in cost["pods"] if p["state"] != "destroyed") == sorted(members)
+
+    assert cp.wf("pod-down").returncode == 2  # a cluster's pods cannot be stopped
+    r = cp.wf("pod-down", "--destroy")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "destroyed runpod pod" in r.stdout and cluster["id"] in r.stdout
+    assert cp.api.count("DELETE", r"^/v2/clusters/") == 1 and not cp.api.clusters and not cp.live_pods()
+    cost = ok_json(cp.wf("cost", "--json"))
+    assert {p["state"] for p in cost["pods"]} == {"destroyed"} and len(cost["pods"]) == 2
+
+
+def test_a_cluster_whose_pods_never_become_usable_is_ended_whole(network):
+    never = Timeline(auth=None)  # the key is never authorized: no SSH command ever runs
+    cp = network("runpod", [GpuType("NVIDIA A100", "A100", secure_price=1.0, community_price=None, timeline=never)],
+                 ready_timeout_secs=3)
+    r = cp.wf("pod-up")
+    assert r.returncode == 5, r.stdout + r.stderr  # a wait that timed out
+    assert "not all of its pods became usable" in r.stderr
+    assert cp.api.count("DELETE", r"^/v2/clusters/") == 1 and not cp.api.clusters and not cp.live_pods()
+    assert {p["state"] for p in ok_json(cp.wf("cost", "--json"))["pods"]} == {"destroyed"}
+
+
+def _vast_offers(bad_second=False):
+    return [VastOffer(1, dph_total=0.05),  # cheapest, but on no physical cluster
+            VastOffer(2, dph_total=0.06, cluster_id=9),  # a cluster with one offer cannot hold two pods
+            VastOffer(3, dph_total=0.40, cluster_id=5),
+            VastOffer(4, dph_total=0.50, cluster_id=5, rent_error="invalid_args" if bad_second else None)]
+
+
+def test_vast_rents_one_physical_clusters_offers_on_an_overlay_and_ends_it(network):
+    cp = network("vastai", _vast_offers())
+    r = cp.wf("pod-up")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (overlay,) = cp.api.overlays.values()
+    assert overlay["cluster_id"] == 5
+    rented = sorted(p.offer.id for p in cp.live_pods())
+    assert rented == [3, 4] and sorted(overlay["instances"]) == sorted(p.id for p in cp.live_pods())
+    status = ok_json(cp.wf("pod-status", "--json"))
+    assert [p["fsm_state"] for p in status["pods"]] == ["POD_READY", "POD_READY"]
+
+    r = cp.wf("pod-down", "--destroy")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not cp.api.overlays and not cp.live_pods()
+    assert {p["state"] for p in ok_json(cp.wf("cost", "--json"))["pods"]} == {"destroyed"}
+
+
+def test_a_failure_midway_leaves_nothing_billing(network):
+    cp = network("vastai", _vast_offers(bad_second=True))
+    r = cp.wf("pod-up")
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "invalid_args" in r.stderr
+    assert cp.api.count("PUT", r"^/api/v0/asks/3/$") == 1  # the first pod was rented ...
+    assert not cp.live_pods() and not cp.api.overlays  # ... and destroyed with the overlay
+    cost = ok_json(cp.wf("cost", "--json"))
+    assert not [p for p in cost["pods"] if p["state"] != "destroyed"] and not os.path.exists(
+        cp.root / ".podflow" / "session.json")
+
+
+def test_lium_is_refused_before_anything_is_rented(network):
+    cp = network("lium", [LiumExecutor(price_per_gpu=0.2)])
+    r = cp.wf("pod-up")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "cannot rent 'lium' pods on one private network" in r.stderr and "runpod" in r.stderr
+    assert not [m for m, *_ in cp.api.requests if m in ("POST", "PUT")] and not cp.live_pods()

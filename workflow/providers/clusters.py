@@ -1,0 +1,136 @@
+"""Pods on one private network (SPEC §9, ``pod.network: cluster``): rented together,
+ended together.
+
+``pod-up`` first rents the whole network here (``rent``): RunPod, one instant cluster;
+Vast, offers of one physical cluster, an overlay network created and every instance
+joined (each provider's module says which documented API shapes it uses). The member
+pods become the pool's pods in rank order (``p0`` is node rank 0), each with its own
+session (carrying the network's id in ``cluster``) and its own ``rent`` line in the
+ledger. Then every pod comes up as a session pod does (``lifecycle.pod_up``: readiness,
+POD_READY, the watchdog). Offers are tried cheapest first, at most
+``pod.max_offer_attempts``; one whose capacity went meanwhile is skipped; a create that
+fails midway leaves nothing behind (``create_cluster`` destroys what it made). A network
+just rented whose pods never become usable is ended as a whole (``abandon``).
+
+``pod-down --destroy`` first checks every pod as for one pod (runs never fetched), then
+ends the network at once (``take_down``): no pod of it is left billing, the ledger says
+destroyed for each. Stopping is refused: RunPod's cluster pods cannot be stopped, and a
+network half stopped is not one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from typing import List, Optional, Tuple
+
+from workflow import pool
+from workflow import session as sessions
+from workflow.errors import ProviderError
+from workflow.money import spend
+from workflow.providers import get_provider
+from workflow.providers.base import Cluster, OfferUnavailable, PodGone, Provider
+from workflow.providers.presets import offer_spec
+
+
+def wanted(config) -> bool:
+    """Whether this project's pods are to be on one private network."""
+    return config.get("pod.network", None) == "cluster"
+
+
+def _say(config):
+    quiet = str(config.get("progress", "milestones")) == "quiet"
+    return (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+def _members(config) -> List[Tuple[pool.Pod, object]]:
+    """(pod, the pod's config) for every pod of the pool."""
+    return [(p, pool.pod_config(config, p)) for p in pool.pods(config)]
+
+
+def known(config) -> Optional[Cluster]:
+    """The network this project's sessions name (its pods in pool order), or None."""
+    provider = config.get("pod.provider", "local")
+    found = [sessions.load(cfg) for _, cfg in _members(config)]
+    ids = [s.cluster for s in found if s is not None and s.provider == provider and s.cluster]
+    if not ids:
+        return None
+    return Cluster(provider, ids[0], tuple(s.pod_id for s in found
+                                          if s is not None and s.cluster == ids[0] and s.pod_id))
+
+
+def _alive(provider: Provider, cluster: Cluster, count: int) -> bool:
+    if len(cluster.pod_ids) < count:
+        return False
+    try:
+        return not any(provider.get(pid).state.is_terminal() for pid in cluster.pod_ids)
+    except PodGone:
+        return False
+
+
+def rent(config) -> Tuple[Cluster, bool]:
+    """The project's network: the one its sessions name while all its pods live, else a
+    new one rented now. Returns (cluster, rented now)."""
+    from workflow.providers.lifecycle import _request, _spec_text
+
+    say = _say(config)
+    provider = get_provider(config)
+    members = _members(config)
+    count = len(members)
+    have = known(config)
+    if have is not None:
+        if _alive(provider, have, count):
+            return have, False
+        say(f"{provider.name} network {have.id} lost some of its pods; ending what is left of it")
+        abandon(config, have, reason="some of its pods were gone")
+    spec = offer_spec(config)
+    found = provider.search_cluster_offers(spec, count)
+    offers = sorted((o for o in found if spec.matches(replace(o, price_per_hour=o.price_per_hour / count))[0]),
+                    key=lambda o: (o.price_per_hour, o.id))
+    if not offers:
+        raise ProviderError(provider.name, f"no offer of {count} pods on one private network matches "
+                                           f"{_spec_text(spec)} ({len(found)} seen)",
+                            hint="relax pod.offer (gpu, max_price_per_hour, regions...), or lower pod.count")
+    request = _request(config)
+    skipped: List[str] = []
+    for offer in offers[:max(1, int(config.pod.max_offer_attempts or 5))]:
+        say(f"renting {count} pods of {offer.gpu or 'cpu'} x{offer.num_gpus} on one private network "
+            f"at ${offer.price_per_hour:.3f}/h in all (offer {offer.id})")
+        try:
+            cluster = provider.create_cluster(offer, request, count)
+        except OfferUnavailable as exc:
+            skipped.append(f"{offer.id}: {exc.reason}")
+            say(f"  skipped offer {offer.id}: {exc.reason}")
+            continue
+        at = time.time()
+        price = (cluster.price_per_hour or offer.price_per_hour) / count
+        for (pod, cfg), pod_id in zip(members, cluster.pod_ids):
+            spend.note(cfg, "rent", provider.name, pod_id, price=price, label=f"{request.name} {pod.name}", at=at)
+            sessions.save(sessions.Session(
+                provider=provider.name, pod_id=pod_id, name=f"{request.name} {pod.name}", created_at=at,
+                created_by_podflow=True, price_per_hour=price, gpu=offer.gpu or None, cluster=cluster.id,
+                ttl=str(config.pod.ttl) if config.pod.ttl not in (None, "") else None), cfg)
+        say(f"  rented {provider.name} network {cluster.id}: pods {', '.join(cluster.pod_ids)}")
+        return cluster, True
+    raise ProviderError(provider.name, f"no private network of {count} pods could be rented "
+                                       f"after {len(skipped)} offer(s) ({'; '.join(skipped)})",
+                        hint="pod.max_offer_attempts and pod.offer control the search; try again later")
+
+
+def abandon(config, cluster: Cluster, reason: Optional[str]) -> None:
+    """End the network and every pod of it; the ledger and the sessions follow."""
+    get_provider(config).destroy_cluster(cluster)
+    for _, cfg in _members(config):
+        s = sessions.load(cfg)
+        if s is not None and s.cluster == cluster.id:
+            spend.note(cfg, "destroy", cluster.provider, s.pod_id, reason=reason)
+            sessions.clear(cfg)
+
+
+def take_down(config, *, forced: bool = False) -> Optional[Cluster]:
+    """``pod-down --destroy`` once every pod passed its checks: end the whole network."""
+    cluster = known(config)
+    if cluster is not None:
+        abandon(config, cluster, "forced" if forced else None)
+    return cluster
