@@ -82,6 +82,7 @@ def test_runpod_rents_one_instant_cluster_and_ends_it_whole(network, monkeypatch
 
     status = ok_json(cp.wf("pod-status", "--json"))
     pods = {p["name"]: p for p in status["pods"]}
+    assert "network: " + cluster["id"] + ", private address 127.77.1.2" in cp.wf("pod-status", "--pod", "p1").stdout
     for i, pid in enumerate(members):  # p0 is node rank 0; each pod usable, with its private address
         doc = pods[f"p{i}"]
         assert doc["pod"]["id"] == pid and doc["pod"]["cluster_id"] == cluster["id"]
@@ -122,6 +123,8 @@ def _vast_offers(bad_second=False):
 
 def test_vast_rents_one_physical_clusters_offers_on_an_overlay_and_ends_it(network):
     cp = network("vastai", _vast_offers())
+    offers = ok_json(cp.wf("offers", "--json"))["offers"]  # only a physical cluster with 2 offers can
+    assert [(o["id"], o["price_per_hour"]) for o in offers] == [("cluster-5", 0.9)]
     r = cp.wf("pod-up")
     assert r.returncode == 0, r.stdout + r.stderr
     (overlay,) = cp.api.overlays.values()

@@ -27,7 +27,9 @@ def offers(c, json=False):
     """List offers matching pod.offer (or its preset), cheapest first.
 
     Filters: pod.offer.gpu, num_gpus, min_gpu_ram_gb, min_reliability, max_price_per_hour,
-    regions; or pod.offer.preset: api-only, inference-24g, finetune-40g.
+    regions; or pod.offer.preset: api-only, inference-24g, finetune-40g. With
+    pod.network: cluster, offers of pod.count pods on one private network (the price is
+    theirs together; the filters apply to each pod).
     """
     from workflow.providers.lifecycle import list_offers
 
@@ -116,6 +118,8 @@ def _print_status(doc) -> None:
     print(f"provider: {doc['provider']}  pod: {pod['id']}" + (f" ({pod['name']})" if pod.get("name") else ""))
     print(f"state: {pod['state']} ({pod.get('provider_state') or '-'})")
     print(f"endpoint: {doc.get('endpoint') or '-'}")
+    if pod.get("cluster_id"):
+        print(f"network: {pod['cluster_id']}, private address {pod.get('private_addr') or 'not yet assigned'}")
     if doc["provider"] not in ("local", "ssh"):
         print(f"uptime: {_dur(doc.get('uptime_secs'))}")
     if doc.get("price_per_hour") is not None:

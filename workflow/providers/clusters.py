@@ -23,14 +23,14 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import replace
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from workflow import pool
 from workflow import session as sessions
 from workflow.errors import ProviderError
 from workflow.money import spend
 from workflow.providers import get_provider
-from workflow.providers.base import Cluster, OfferUnavailable, PodGone, Provider
+from workflow.providers.base import Cluster, Offer, OfferUnavailable, PodGone, Provider
 from workflow.providers.presets import offer_spec
 
 
@@ -69,6 +69,20 @@ def _alive(provider: Provider, cluster: Cluster, count: int) -> bool:
         return False
 
 
+def _matching(config) -> Tuple[List[Offer], int]:
+    """(offers of the pool's pods on one network, cheapest first; how many the provider had):
+    the filters apply to each pod (its price is the offer's share)."""
+    spec, count = offer_spec(config), len(pool.pods(config))
+    found = get_provider(config).search_cluster_offers(spec, count)
+    return sorted((o for o in found if spec.matches(replace(o, price_per_hour=o.price_per_hour / count))[0]),
+                  key=lambda o: (o.price_per_hour, o.id)), len(found)
+
+
+def list_offers(config) -> Dict[str, Any]:
+    """``offers`` with ``pod.network: cluster``: offers of the whole network."""
+    return {"provider": config.pod.provider, "spec": offer_spec(config).as_dict(), "offers": _matching(config)[0]}
+
+
 def rent(config) -> Tuple[Cluster, bool]:
     """The project's network: the one its sessions name while all its pods live, else a
     new one rented now. Returns (cluster, rented now)."""
@@ -85,12 +99,10 @@ def rent(config) -> Tuple[Cluster, bool]:
         say(f"{provider.name} network {have.id} lost some of its pods; ending what is left of it")
         abandon(config, have, reason="some of its pods were gone")
     spec = offer_spec(config)
-    found = provider.search_cluster_offers(spec, count)
-    offers = sorted((o for o in found if spec.matches(replace(o, price_per_hour=o.price_per_hour / count))[0]),
-                    key=lambda o: (o.price_per_hour, o.id))
+    offers, seen = _matching(config)
     if not offers:
         raise ProviderError(provider.name, f"no offer of {count} pods on one private network matches "
-                                           f"{_spec_text(spec)} ({len(found)} seen)",
+                                           f"{_spec_text(spec)} ({seen} seen)",
                             hint="relax pod.offer (gpu, max_price_per_hour, regions...), or lower pod.count")
     request = _request(config)
     skipped: List[str] = []

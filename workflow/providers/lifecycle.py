@@ -79,7 +79,11 @@ def _request(config) -> CreateRequest:
 
 
 def list_offers(config) -> Dict[str, Any]:
-    """Matching offers, cheapest first (``offers``)."""
+    """Matching offers, cheapest first (``offers``); of the whole network with ``pod.network: cluster``."""
+    if config.get("pod.network", None) == "cluster":
+        from workflow.providers import clusters
+
+        return clusters.list_offers(config)
     provider = get_provider(config)
     spec = offer_spec(config)
     found = provider.search_offers(spec)
