@@ -20,33 +20,52 @@ TORCH_PY = str(REPO / ".venv-torch" / "bin" / "python")
 
 
 @pytest.mark.skipif(not (REPO / ".venv-torch" / "bin" / "torchrun").exists(), reason="needs .venv-torch")
-def test_demo_end_to_end_and_again(tmp_path):
+def test_demo_on_two_pods_one_killed_halfway_then_again_on_one(tmp_path):
+    """``wf demo --pods 2``: the last pod (p1) is killed for real halfway through its run
+    (every process of it ended); its run finishes on p0 as attempt 2, resumed from its
+    checkpoint, and the demo says so. Then the plain demo starts over on one pod."""
     demo_dir = tmp_path / "demo"
     env = dict(os.environ, PODFLOW_DEMO_DIR=str(demo_dir))
     user_cfg = tmp_path / "elsewhere"
     user_cfg.mkdir()
-    proc = subprocess.run([WF, "demo", "--python", TORCH_PY], cwd=user_cfg, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run([WF, "demo", "--pods", "2", "--python", TORCH_PY], cwd=user_cfg, env=env,
+                          capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     for step in ("pod-up", "bootstrap", "checkout", "sweep-start", "sweep-wait", "fetch-all"):
         assert f"] {step}" in out, step
+    assert "] killing p1 halfway: demo-tiny-s1-lr05 runs there" in out, out
+    assert "] p1 is down: the provider says it is terminated" in out, out
+    assert "] p0 took demo-tiny-s1-lr05 from p1 (down) (attempt 2)" in out, out
+    assert "p1 was killed halfway; demo-tiny-s1-lr05 finished on p0 as attempt 2, resumed from its checkpoint " \
+           "at step 10" in out, out
     table = out[out.index("RUN "):]
-    for run in ("demo-tiny-s0", "demo-tiny-s1-lr05", "demo-small-s0"):
+    for run, where in (("demo-tiny-s0", "p0   1        -"), ("demo-tiny-s1-lr05", "p0   2        step 10"),
+                       ("demo-small-s0", "p0   1        -")):
         line = next(x for x in table.splitlines() if x.startswith(run + " "))
-        assert " success " in line and str(demo_dir / "artifacts" / run) in line
-        assert (demo_dir / "artifacts" / run / "summary.json").is_file()
+        assert f" success  {where} " in line and str(demo_dir / "artifacts" / run) in line, line
         assert (demo_dir / "artifacts" / run / "metrics.jsonl").is_file()
+    summary = json.loads((demo_dir / "artifacts" / "demo-tiny-s1-lr05" / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 10 and summary["steps"] == 20
+    # p1 died as a machine dies: its copy of the run still says running, its processes are gone
+    assert json.loads((demo_dir / "pod" / "outputs-p1.down.json").read_text())["state"] == "terminated"
+    stale = json.loads((demo_dir / "pod" / "outputs-p1" / "demo-tiny-s1-lr05" / "status.json").read_text())
+    assert (stale["state"], stale["attempt"]) == ("running", 1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(stale["wrapper_pid"], 0)
     state = json.loads((demo_dir / "pod" / "outputs" / "_control" / "workflow_state.json").read_text())
     assert state["state"] == "SWEEP_COMPLETED"
     assert not list(user_cfg.iterdir())  # nothing written where it was started
 
-    again = subprocess.run([WF, "demo", "--json", "--python", TORCH_PY], cwd=user_cfg, env=env, capture_output=True, text=True, timeout=240)
+    again = subprocess.run([WF, "demo", "--json", "--python", TORCH_PY], cwd=user_cfg, env=env, capture_output=True,
+                           text=True, timeout=240)
     assert again.returncode == 0, again.stdout + again.stderr
     doc = json.loads(again.stdout)
     assert doc["ok"] and [r["state"] for r in doc["runs"]] == ["success"] * 3
     assert all(isinstance(r["final_loss"], float) for r in doc["runs"])
-    status = json.loads((demo_dir / "pod" / "outputs" / "demo-tiny-s0" / "status.json").read_text())
-    assert status["attempt"] == 1  # started over: the runs ran again from scratch
+    for run in ("demo-tiny-s0", "demo-tiny-s1-lr05"):  # started over: the runs ran again from scratch
+        status = json.loads((demo_dir / "pod" / "outputs" / run / "status.json").read_text())
+        assert status["attempt"] == 1, run
 
 
 TORCH_SITE = next((REPO / ".venv-torch" / "lib").glob("python3*/site-packages"), None) \

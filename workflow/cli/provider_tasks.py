@@ -204,6 +204,8 @@ def _network_down(pod, destroy: bool, force: bool, json: bool) -> None:
 def _print_down(doc) -> None:
     if doc["action"] == "none":
         print(doc["message"])
+    elif doc["provider"] == "local":
+        print(f"local pod {'terminated' if doc['action'] == 'destroy' else 'stopped'}: {doc['message']}")
     elif doc["action"] == "stop":
         print(f"stopped {doc['provider']} pod {doc['pod_id']} ({doc['message']})")
     else:

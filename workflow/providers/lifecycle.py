@@ -295,6 +295,8 @@ def _pod_up_owned(config, provider: Provider, say: Say, t0: float, with_watchdog
         ready = _wait(provider, config, pod.id, say, first=pod)
         pod, endpoint, stages = ready.pod, str(ready.endpoint), ready.stages
     else:
+        if provider.bring_up():
+            say("this local pod was down: up again")
         local_gpus(cuda_policy(config))
         pod, endpoint, stages = provider.get("local"), "local", []
     spend.note(config, "adopt", provider.name, spend.owned_id(config), price=spend.owned_price(config), label=pod.name)
@@ -417,6 +419,8 @@ def pod_down(config, *, destroy: bool = False, force: bool = False, together: bo
     destroy; the pod ends with its private network (``clusters.take_down``)."""
     say = _say(config)
     provider = get_provider(config)
+    if provider.name == "local" and provider.stop_unsupported_reason(None) is None:
+        return _local_pod_down(provider, destroy)
     if provider.name not in CLOUD:
         raise UnsupportedAction(provider.name, "destroy" if destroy else "stop",
                                 hint=provider.stop_unsupported_reason(None))
@@ -477,3 +481,19 @@ def pod_down(config, *, destroy: bool = False, force: bool = False, together: bo
     spend.note(config, "destroy", provider.name, pod.id, reason="forced" if force else None)
     sessions.clear(config)
     return {"provider": provider.name, "pod_id": pod.id, "action": "destroy", "forced": force}
+
+
+def _local_pod_down(provider, destroy: bool) -> Dict[str, Any]:
+    """A local pool pod goes down as a machine dies: every process ended at once, no end
+    state written; ``destroy`` also sets its state machine to INIT (SPEC §4). Its files
+    stay on this machine; ``pod-up`` brings it back."""
+    if provider.get("").state != PodState.RUNNING:
+        return {"provider": "local", "pod_id": "local", "action": "none",
+                "message": f"this local pod is already {provider.get('').raw_state} (wf pod-up brings it back)"}
+    ended = provider.end_processes()
+    if destroy:
+        fsm = runtime.fsm()
+        fsm.advance("pod-down", fsm.check("pod-down"))
+    provider.mark_down("terminated" if destroy else "stopped")
+    return {"provider": "local", "pod_id": "local", "action": "destroy" if destroy else "stop", "ended": ended,
+            "message": f"{ended} process(es) ended; its files stay on this machine; 'wf pod-up' brings it back"}

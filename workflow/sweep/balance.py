@@ -90,7 +90,8 @@ class Health:
 
 def provider_says(pod: pool.Pod) -> Optional[str]:
     """Why the provider says ``pod`` is dead (stopped, exited, terminated, broken, gone), or
-    None (alive, unknown, or a provider that keeps no pods: ssh, local)."""
+    None (alive, unknown, or a provider that keeps no pods: ssh). A local pool pod taken
+    down says so too (``providers.local``)."""
     from workflow import session
     from workflow.money import spend
     from workflow.providers import get_provider
@@ -98,8 +99,11 @@ def provider_says(pod: pool.Pod) -> Optional[str]:
 
     with runtime.on_pod(pod):
         cfg = runtime.config()
-        if cfg.pod.provider in ("local", "ssh"):
+        if cfg.pod.provider == "ssh":
             return None
+        if cfg.pod.provider == "local":
+            info = get_provider(cfg).get("")
+            return f"the provider says it is {info.state.value}" if info.state != PodState.RUNNING else None
         rec = session.load(cfg)
         if rec is None or not rec.pod_id:
             return None
@@ -416,13 +420,17 @@ class Keeper:
         statuses = [pool.PodResult(r.pod, value=r.value[0]) if r.ok else r for r in rnd.results]
         return pooled.merge(statuses, pooled.load(self.cfg))
 
-    def wait(self, timeout_secs: Optional[float] = None, interval: float = 2.0) -> Round:
+    def wait(self, timeout_secs: Optional[float] = None, interval: float = 2.0,
+             after: Optional[Callable[[Round], object]] = None) -> Round:
         """Rounds until every run of the record has ended (a pod that cannot be read and is
         not down yet is waited for). Without ``recover`` a pod that cannot be read ends the
-        wait at once (its failure is the caller's to raise). WaitTimeout (exit 5)."""
+        wait at once (its failure is the caller's to raise). ``after(round)``: called after
+        each round (the demo kills a pod there). WaitTimeout (exit 5)."""
         deadline = None if timeout_secs is None else time.monotonic() + float(timeout_secs)
         while True:
             rnd = self.round()
+            if after is not None:
+                after(rnd)
             failed = [r for r in rnd.results if not r.ok]
             if failed and not self.recover:
                 return rnd

@@ -13,9 +13,9 @@ def open_transport(config, endpoint=None) -> Transport:
     stay fast)."""
     provider = config.pod.provider
     if provider == "local":
-        from workflow.transport.local import LocalTransport
+        from workflow.transport.local import LocalTransport, down_record
 
-        return LocalTransport()
+        return LocalTransport(down_record(config.remote.outputs_dir))
     from workflow.transport.ssh import open_ssh_transport  # noqa: PLC0415
 
     if endpoint is None:

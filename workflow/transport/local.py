@@ -25,8 +25,26 @@ def _expand(path: str) -> str:
     return os.path.expanduser(path)
 
 
+def down_record(outputs_dir: str) -> Path:
+    """Where a local pool pod taken down (``wf pod-down``) is recorded: beside its outputs
+    dir on this machine, not in it (a pod that is down answers nothing). While it exists
+    the pod's transport refuses every command, as an unreachable host would."""
+    p = Path(os.path.abspath(_expand(outputs_dir)))
+    return p.with_name(p.name + ".down.json")
+
+
 class LocalTransport(Transport):
     kind = "local"
+
+    def __init__(self, down_record: Optional[Path] = None):
+        self.down_record = down_record
+
+    def _reachable(self) -> None:
+        if self.down_record is not None and self.down_record.exists():
+            from workflow.errors import ConnectionFailed
+
+            raise ConnectionFailed("this local pod was taken down (wf pod-down): its processes were ended",
+                                   hint="wf pod-up --pod NAME brings it back")
 
     def run(
         self,
@@ -38,6 +56,7 @@ class LocalTransport(Transport):
         timeout: Optional[float] = None,
         on_stdout: Optional[Callable[[str], None]] = None,
     ) -> RunResult:
+        self._reachable()
         # The engine's own credentials stay with the engine: the "pod" here is this machine,
         # but what runs on it (the agent, its watchdog, jobs) gets them no more than a
         # remote pod would.
@@ -97,16 +116,20 @@ class LocalTransport(Transport):
         return RunResult(code, "".join(out), (err[0] if err else b"").decode(errors="replace"))
 
     def put(self, local: Path, remote: str) -> None:
+        self._reachable()
         dest = Path(_expand(remote))
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(local, dest)
 
     def get(self, remote: str, local: Path) -> None:
+        self._reachable()
         Path(local).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(_expand(remote), local)
 
     def read_file(self, remote: str) -> bytes:
+        self._reachable()
         return Path(_expand(remote)).read_bytes()
 
     def write_file_atomic(self, remote: str, data: bytes, mode: int = 0o644) -> None:
+        self._reachable()
         write_atomic(_expand(remote), data, mode=mode)
