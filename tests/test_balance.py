@@ -93,6 +93,10 @@ def test_plan_moves_idle_pods_take_half_a_queue_and_a_down_pods_unfinished_runs(
 
 
 def test_idle_pods_take_pending_runs_and_two_clients_never_place_one_run_twice(pool_sweep):
+    """First only ``sweep-status --watch`` runs: it balances the pool by itself. Then a
+    ``sweep-wait`` joins it: two clients balancing at once never place a run twice."""
+    import time
+
     sp = pool_sweep
     rows = [f"slow{i},configs/tiny.json,{i},steps=2 sleep=1.5," for i in range(5)]
     rows += [f"quick{i},configs/tiny.json,{i},steps=1," for i in range(3)]
@@ -103,15 +107,23 @@ def test_idle_pods_take_pending_runs_and_two_clients_never_place_one_run_twice(p
     (sp.root / ".podflow" / "pool-sweep.json").write_text(json.dumps({"runs": first}))
     sp.wf("sweep-start", check=0)
     assert record(sp)["runs"] == first
-    # two clients wait at once: each balances; the pods' withdraw keeps a run on one pod
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    clients = [subprocess.Popen([WF, "sweep-wait", "--timeout-secs", "150"], cwd=sp.root, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+
+    def client(*args):
+        return subprocess.Popen([WF, *args], cwd=sp.root, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    watch = client("sweep-status", "--watch", "--interval", "1")
+    end = time.monotonic() + 150
+    while record(sp)["runs"] == first:  # no sweep-wait yet: the watch alone moves runs
+        assert watch.poll() is None and time.monotonic() < end, watch.communicate()
+        time.sleep(0.3)
+    # now two clients at once: each balances; the pods' withdraw keeps a run on one pod
+    clients = [watch, client("sweep-wait", "--timeout-secs", "150")]
     outs = [c.communicate(timeout=200) for c in clients]
     for c, (out, err) in zip(clients, outs):
         assert c.returncode == 0, out + err
-    said = "".join(out for out, _ in outs)
-    assert " took " in said, said
+    assert " took slow" in outs[0][0], outs[0][0]  # said by the watch
     final = record(sp)["runs"]
     moved = sorted(r for r in final if final[r] != first[r])
     assert moved and all(r.startswith("slow") for r in moved), (first, final)
