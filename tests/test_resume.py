@@ -58,12 +58,17 @@ def test_a_run_launched_again_gets_its_attempt_resume_args_and_earlier_files(pro
     assert sp.run_status("bad")["attempt"] == 2 and sp.run_status("bad")["resumed"] is True
     assert "WF_RESUME=1" in (sp.outputs / "bad" / "command.sh").read_text()
 
-    # the pod lost the run's dir (a new pod, a wiped disk): the local copy goes up first
+    # the pod lost the run's dir (a new pod, a wiped disk): the local copy goes up first;
+    # --retry-failed retries it too (its local copy says it failed)
     sp.wf("fetch-run", "bad", check=0)
     shutil.rmtree(sp.outputs / "bad")
     dry = sp.wf("sweep-start", "--dry-run", check=0).stdout
     assert "resumes (attempt 3) from the local copy" in dry, dry
-    sp.wf("sweep-start", check=0)
+    planned = {r["run_id"]: r for r in json.loads(
+        sp.wf("sweep-start", "--retry-failed", "--dry-run", "--json", check=0).stdout)["runs"]}
+    assert planned["bad"]["launch"] and planned["bad"]["resume_from"] == "local", planned["bad"]
+    assert not planned["ok"]["launch"]
+    sp.wf("sweep-start", "--retry-failed", check=0)
     sp.wf("sweep-wait", "--timeout-secs", "120", check=1)
     third = _args(sp, "bad")
     assert third["env"]["WF_ATTEMPT"] == "3" and third["env"]["WF_RESUME"] == "1"

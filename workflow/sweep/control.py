@@ -286,11 +286,15 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
             planned.append(PlannedRun(p, False, "already ok", prev))
         elif launch_ids is not None and p.run_id not in launch_ids:
             planned.append(PlannedRun(p, False, "kept as it is", prev))
-        elif retry_failed and prev not in NOT_OK:
-            planned.append(PlannedRun(p, False, "never ran" if prev is None else f"state {prev}", prev))
         else:
-            how = decide(previous.get(p.run_id), local_copy(artifacts, p.run_id), artifacts / p.run_id)
-            planned.append(PlannedRun(p, True, "retry" if prev in NOT_OK else "run", prev, how))
+            local = local_copy(artifacts, p.run_id)
+            # a run the pod has no dir of whose local copy did not end ok ran on a pod that lost it
+            lost_there = prev is None and local.get("state") in NOT_OK
+            if retry_failed and prev not in NOT_OK and not lost_there:
+                planned.append(PlannedRun(p, False, "never ran" if prev is None else f"state {prev}", prev))
+            else:
+                how = decide(previous.get(p.run_id), local, artifacts / p.run_id)
+                planned.append(PlannedRun(p, True, "retry" if prev in NOT_OK or lost_there else "run", prev, how))
     venv_bin = probe["venv_bin"]
     env = dict(settings.remote_env)
     env["PATH"] = f"{venv_bin}:$PATH"
