@@ -385,14 +385,20 @@ def test_a_sweep_spreads_over_the_pool_each_run_on_one_pod(pool_sweep):
     assert all((sp.root / "artifacts" / r / "stdout.log").exists() for r in placed)
 
 
-def test_a_run_held_by_another_pod_is_left_alone_with_pod(pool_sweep):
+def test_a_pod_down_at_start_is_left_out_and_a_run_held_by_another_pod_is_left_alone_with_pod(pool_sweep):
     sp = pool_sweep
-    sp.write_csv("run_id,config,seed,overrides,notes\nr00,configs/tiny.json,0,steps=1,\nr01,configs/tiny.json,1,steps=1,\n")
-    sp.wf("sweep-start", check=0)
+    sp.write_csv("run_id,config,seed,overrides,notes\nr00,configs/tiny.json,0,steps=1,\nr01,configs/tiny.json,1,steps=1,\n"
+                 "r02,configs/tiny.json,2,steps=1,\n")
+    down = sp.wf("pod-down", "--pod", "p2", "--destroy", check=0)  # a local pool pod dies: nothing answers there
+    assert down.stdout.startswith("local pod terminated: "), down.stdout
+    res = sp.wf("sweep-start", "--json", check=0)  # p2 does not block the sweep: its share goes to p0, p1
+    assert [(e["name"], e.get("exit_code")) for e in json.loads(res.stdout)["pods"]] == [
+        ("p0", None), ("p1", None), ("p2", 4)]
+    assert "warning: p2 could not be reached" in res.stderr and "its rows went to p0, p1" in res.stderr, res.stderr
     placed = json.loads((sp.root / ".podflow" / "pool-sweep.json").read_text())["runs"]
-    assert placed == {"r00": "p0", "r01": "p1"}
-    sp.wf("sweep-wait", "--timeout-secs", "120", check=0)
-    res = sp.wf("sweep-start", "--pod", "p2", check=2)  # both runs are held by p0 and p1: nothing moves
+    assert placed == {"r00": "p0", "r01": "p1", "r02": "p0"}
+    sp.wf("sweep-wait", "--timeout-secs", "120", check=0)  # p2 is down (the local provider says so)
+    res = sp.wf("sweep-start", "--pod", "p2", check=2)  # every run is held by p0 or p1: nothing moves
     assert "held by a pod outside --pod" in res.stderr
     res = sp.wf("sweep-start", "--pod", "p1", "--json", check=0)  # only p1's run, already ok: skipped
     doc = json.loads(res.stdout)

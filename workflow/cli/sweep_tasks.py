@@ -169,7 +169,11 @@ def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_r
 
     On a pool every row goes to one pod (the one that ran it before, else the least
     busy per GPU) and each pod starts its share; .podflow/pool-sweep.json keeps which
-    pod holds each run. Every pod must answer first, or nothing starts.
+    pod holds each run. A pod that cannot be reached is left out: the rows go to the
+    pods that answer (its runs known to have ended ok stay ok there), a warning names it
+    (on stderr; in --json its entry carries the error) and the exit code is 0 when the
+    others started; 4 when no pod answers. Any other failure on a pod (a bad CSV there, a
+    refusing state machine) stops the whole start before anything runs.
 
     A row with nodes: n (or sweep.nodes) runs on n pods at once, one torchrun node each,
     joined by the c10d rendezvous on node 0's address (SPEC §9); --dry-run shows each
@@ -184,6 +188,8 @@ def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_r
     selection = dict(csv=csv, match=match, start_at=start_at, limit=_int(limit, "--limit"), retry_failed=retry_failed)
     placed = pooled.plan(pool.select(cfg, pod), dry_run=dry_run, **selection)
     holders = [p for p in pool.select(cfg, pod) if p.name in placed.runs]
+    if not holders and placed.unreachable:
+        pool.raise_failures(list(placed.unreachable))
     if not holders:
         from workflow.errors import InputError
 
@@ -196,13 +202,21 @@ def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_r
                                                run_ids=placed.runs[runtime.current_pod().name],
                                                nodes=placed.nodes.get(runtime.current_pod().name, {}), **selection),
                       render=lambda started: _print_started(started, dry_run, retry_failed),
-                      to_doc=lambda started: started.to_dict(), json=json, pods=holders, raise_errors=False)
+                      to_doc=lambda started: started.to_dict(), json=json, pods=holders, raise_errors=False,
+                      earlier=placed.unreachable)
     started = [r for r in results if r.ok]
     if started and not dry_run:
         pooled.save(cfg, {pr.plan.run_id: r.pod.name for r in started for pr in r.value.runs
                           if pr.plan.node_rank == 0}, started[0].value.sweep_id, csv=csv,
-                    nodes={run_id: node.pods for run_id, node in gangs.items()})
-    pool.raise_failures(results)
+                    nodes={run_id: node.pods for run_id, node in gangs.items()}, left=placed.left)
+    if placed.unreachable:
+        import sys
+
+        for r in placed.unreachable:
+            print(f"warning: {r.pod.name} could not be reached ({getattr(r.error, 'message', r.error)}): "
+                  f"left out; its rows went to {', '.join(p.name for p in holders)}"
+                  + (f" ({', '.join(sorted(placed.left))} leave it)" if placed.left else ""), file=sys.stderr)
+    pool.raise_failures([r for r in results if r not in placed.unreachable])
 
 
 def _print_started(started, dry_run: bool, retry_failed: bool) -> None:

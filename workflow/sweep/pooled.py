@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from workflow.errors import InputError
+from workflow.errors import ExitCode, InputError
 
 RECORD = Path(".podflow") / "pool-sweep.json"
 TERMINAL = ("success", "failed", "timed_out", "cancelled", "lost")
@@ -95,6 +95,11 @@ class PoolPlan:
     listed under each of its pods."""
     nodes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """pod name -> run id -> its ``multinode.Node`` there (multi-node runs only)."""
+    unreachable: Tuple[Any, ...] = ()
+    """The pods that could not be reached (``pool.PodResult`` with its error): left out."""
+    left: Mapping[str, str] = field(default_factory=dict)
+    """run id -> the unreachable pod the record gave it to, which it now leaves (if that
+    pod comes back, its copy is stale)."""
 
     @property
     def gangs(self) -> Dict[str, Any]:
@@ -109,9 +114,13 @@ def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) ->
     One pod has nothing to choose: it gets the rows, read here (no round trip); a row on
     several nodes cannot run there (exit 2). Several are first probed at once (a dry run
     that also asks the state machine, unless this is a dry run): the CSV, the configs on
-    each pod, each pod's GPUs and the runs it already has. Any pod that fails this stops
-    the whole start, before anything runs: a pod that cannot answer may hold runs that
-    must not run twice. Multi-node runs then get their rendezvous (``_rendezvous``)."""
+    each pod, each pod's GPUs and the runs it already has. A pod that cannot be reached
+    is left out (``PoolPlan.unreachable``) and the rows go to the pods that answer; its
+    runs the record knows ended ok stay ok there (not run again), its others move (the
+    record's ``left``: its copies lose if it comes back, as after ``sweep-recover``). Any
+    other failure (bad CSV, a refusing state machine) stops the whole start, before
+    anything runs, and so does no pod answering. Multi-node runs then get their
+    rendezvous (``_rendezvous``)."""
     from workflow import pool, runtime
     from workflow.sweep import multinode
     from workflow.sweep.control import start_sweep
@@ -137,13 +146,19 @@ def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) ->
     probed = pool.fan_out(selected, lambda pod: start_sweep(
         runtime.config(), runtime.agent(), runtime.fsm(), dry_run=True, check_state=not dry_run, placing=True,
         **selection))
+    unreachable = tuple(r for r in probed if not r.ok and int(getattr(r.error, "exit_code", 1)) == ExitCode.UNREACHABLE)
+    if len(unreachable) < len(probed) and all(r.ok or r in unreachable for r in probed):
+        probed = [r for r in probed if r.ok]
     pool.raise_failures(probed)
+    gone = {r.pod.name for r in unreachable}
     offers = [PodOffer(r.pod.name, len(r.value.gpus), {pr.plan.run_id: pr.previous_state for pr in r.value.runs})
               for r in probed]
     planned = {pr.plan.run_id: pr for pr in probed[0].value.runs
-               if recorded.get(pr.plan.run_id, next(iter(names))) in names}
+               if recorded.get(pr.plan.run_id, next(iter(names))) in names
+               and not (recorded.get(pr.plan.run_id) in gone and record.ended.get(pr.plan.run_id) == "success")}
+    left = {run_id: recorded[run_id] for run_id in planned if recorded.get(run_id) in gone}
     for pr in planned.values():
-        multinode.check_fits(pr.plan.run_id, pr.plan.nodes, len(selected))
+        multinode.check_fits(pr.plan.run_id, pr.plan.nodes, len(probed))
     rows = [(run_id, pr.plan.gpus, pr.plan.nodes) for run_id, pr in planned.items()]
     by_pod: Dict[str, Optional[List[str]]] = {}
     gangs: Dict[str, Tuple[str, ...]] = {}
@@ -152,8 +167,9 @@ def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) ->
             by_pod.setdefault(name, []).append(run_id)
         if len(chosen) > 1:
             gangs[run_id] = chosen
-    nodes = _rendezvous(gangs, {r.pod.name: r for r in probed}, selected) if gangs else {}
-    return PoolPlan(by_pod, nodes)
+    answering = [p for p in selected if p.name not in gone]
+    nodes = _rendezvous(gangs, {r.pod.name: r for r in probed}, answering) if gangs else {}
+    return PoolPlan(by_pod, nodes, unreachable, left)
 
 
 def _rendezvous(gangs: Mapping[str, Tuple[str, ...]], probed: Mapping[str, Any],
