@@ -4,7 +4,9 @@
 
 1. extraction throughput: MB/s (wall and CPU) of a minimal-GPT-style log (``iter N: loss X, time T ms``
    every line, an eval line every 50, a noise line every 3) parsed from scratch
-   (target >= 50 MB/s); and of an HF-Trainer-style log (dict lines between tqdm redraws);
+   (target >= 50 MB/s); of an HF-Trainer-style log (dict lines between tqdm redraws); of a
+   ``key=value`` log without steps; each beside the physical limit (the same file read and
+   its lines counted, no parse);
 2. ``sweep.status`` of ``--runs`` runs with ``--log-mb`` MB logs each, once parsed
    (the incremental state is there), against the same status with empty logs
    (target: within 1.3x): as a one-shot agent reads them (every run's files and parse
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -24,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workflow.agent.metrics import LogMetrics  # noqa: E402
+from workflow.agent.metrics import CHUNK, LogMetrics  # noqa: E402
 
 
 def write_log(path: Path, mb: float) -> None:
@@ -54,17 +57,50 @@ def write_hf_log(path: Path, mb: float) -> None:
             fh.write(block)
 
 
-def bench_throughput(base: Path, mb: float, writer=write_log) -> dict:
+def write_kv_log(path: Path, mb: float) -> None:
+    """``key=value`` lines with no step (the line's count is its x), a noise line every 3."""
+    lines = []
+    for i in range(5000):
+        lines.append("loss=%.4f lr=%.2e grad_norm=%.3f\n" % (4.0 / (i + 1) + 1, 3e-4 * (1 - i / 5000), 0.5 + i % 5 / 10))
+        if i % 3 == 0:
+            lines.append("W1202 dataloader.py:123] prefetch took longer than expected\n")
+    block = "".join(lines).encode()
+    with open(path, "wb") as fh:
+        while fh.tell() < mb * (1 << 20):
+            fh.write(block)
+
+
+def physical_limit(path: Path) -> dict:
+    """What reading the file and finding its lines costs, with no parse at all: the most
+    any extraction could do (the same chunk size as ``LogMetrics``)."""
+    size = path.stat().st_size / (1 << 20)
+    t0, c0 = time.perf_counter(), time.process_time()
+    lines = 0
+    with open(path, "rb") as fh:
+        for data in iter(lambda: fh.read(CHUNK), b""):
+            lines += data.count(b"\n")
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"mb_per_sec": round(size / secs, 1), "mb_per_cpu_sec": round(size / max(cpu, 1e-6), 1)}
+
+
+def bench_throughput(base: Path, mb: float, writer=write_log, repeat: int = 3) -> dict:
+    """Parsed from scratch (the best of ``repeat``: the machine's load only ever slows a run)."""
     log = base / "big.log"
     writer(log, mb)
     size = log.stat().st_size / (1 << 20)
-    t0, c0 = time.perf_counter(), time.process_time()
-    m = LogMetrics()
-    m.feed_file(str(log))
-    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    best = None
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        m = LogMetrics()
+        m.feed_file(str(log))
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if best is None or cpu < best[1]:
+            best = (secs, cpu)
+    secs, cpu = best
     return {"log_mb": round(size, 1), "secs": round(secs, 2), "mb_per_sec": round(size / secs, 1),
-            "mb_per_cpu_sec": round(size / cpu, 1),
-            "target_mb_per_sec": 50, "last": m.last}
+            "mb_per_cpu_sec": round(size / cpu, 1), "target_mb_per_sec": 50,
+            "physical_limit_read_and_count_lines": physical_limit(log), "load_average": os.getloadavg()[0],
+            "last": m.last}
 
 
 def make_runs(outputs: Path, runs: int, log: Path) -> None:
@@ -133,6 +169,7 @@ def main() -> None:
         base = Path(tmp)
         print(json.dumps({"throughput": bench_throughput(base, a.mb)}, indent=1), flush=True)
         print(json.dumps({"throughput_hf_tqdm": bench_throughput(base, a.mb, write_hf_log)}, indent=1), flush=True)
+        print(json.dumps({"throughput_key_value": bench_throughput(base, a.mb, write_kv_log)}, indent=1), flush=True)
         print(json.dumps({"status": bench_status(base, a.runs, a.log_mb)}, indent=1), flush=True)
 
 

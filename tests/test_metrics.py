@@ -263,6 +263,7 @@ STEPPED_LINES = [  # every one of these shapes carries its step: a chunk of them
     "",
     "{k}%|#   | {i}/{n} [00:{k}<09:59, 1.50it/s]\r{k}%|#   | {j}/{n} [00:{k}<09:58, 1.50it/s]",  # tqdm redraws
     " 9%|#   | {j}/{n} [00:01<00:09, 5.00batch/s]",
+    "step {i}: lr {r}",  # a few values, equal ones written differently (the earliest line is the best)
 ]
 EVERY_LINE = STEPPED_LINES + [  # and lines no step comes with, a nan, a tqdm redraw
     "acc={u:.3f} grad_norm={v}",
@@ -271,30 +272,52 @@ EVERY_LINE = STEPPED_LINES + [  # and lines no step comes with, a nan, a tqdm re
 ]
 
 
-@pytest.mark.parametrize("kinds", [EVERY_LINE, STEPPED_LINES], ids=["every-format", "scanned-in-C"])
+#: ``lr`` values, equal ones written differently, a new min and max in later chunks (ties there).
+LR_STRINGS = [["0.1", "0.10", "1e-1"], ["0.01", "0.010", "1e-2", "0.3", "3e-1"], ["0.001", "1e-3", "0.5", "5e-1"]]
+KEY_VALUE_LINES = [  # steps nowhere: each metric line's count is its x (a scanned shape of its own)
+    "loss={v:.4f} lr={r} grad_norm={w:.3f}",
+    "W1202 dataloader.py:123] prefetch took longer than expected",
+    "{k}%|#   | {i}/{n} [00:{k}<09:59, 1.50it/s]\r{k}%|#   | {j}/{n} [00:{k}<09:58, 1.50it/s]",
+    "",
+]
+
+
+@pytest.mark.parametrize("kinds", [EVERY_LINE, STEPPED_LINES, KEY_VALUE_LINES],
+                         ids=["every-format", "scanned-in-C", "key-value-without-steps"])
 def test_the_grouped_and_scanned_paths_give_what_line_by_line_gives(tmp_path, monkeypatch, kinds):
     """Status on the pod scans chunks by shape (or groups their lines); the report reads
     line by line (series): both must agree on every last value, best and step, whatever
-    the mix of formats, ties between shapes included."""
+    the mix of formats, ties between shapes included, with reads that end in the middle
+    of a line and tqdm redraws (``\\r``) anywhere; the configuration echo is no metric."""
     import random
 
-    scanned = []
+    from workflow.agent import metrics
+
+    monkeypatch.setattr(metrics, "CHUNK", 40000)  # many chunks, each read ending inside a line
+    monkeypatch.setattr(metrics, "LEARN_BYTES", 8000)
+    scanned = []  # chunks taken by a scan
     take = LogMetrics._take
-    monkeypatch.setattr(LogMetrics, "_take", lambda self, text, found: (scanned.append(len(found)),
-                                                                         take(self, text, found)))
+
+    def counted_take(self, *args):
+        took = take(self, *args)
+        scanned.extend([1] if took else [])
+        return took
+
+    monkeypatch.setattr(LogMetrics, "_take", counted_take)
     rnd = random.Random(7)
     lines = MINIGPT_LOG.splitlines()[:11]
     for i in range(8000):
         v = rnd.choice([rnd.random() * 5, rnd.randrange(4), 1.5, 5, float("nan")])
         if i < 2500:  # past the head read line by line: the extremes, ties between shapes, come later
             v = 2 + rnd.random()
-        elif v != v and kinds is STEPPED_LINES:
+        elif v != v and kinds is not EVERY_LINE:
             v = 2.5
         lines.append(rnd.choice(kinds).format(i=i, v=v, w=rnd.random() * 5, t=rnd.random() * 30, u=rnd.random(),
-                                              e=i / 100, k=rnd.randrange(3), n=8000, j=i + 1))
-    # A shape seen once early and once more as the very last line: its last values win.
-    lines[20:20] = ['{"step": 5, "loss": 2.5}']
-    lines.append('{"step": 8000, "loss": 2.25}')
+                                              e=i / 100, k=rnd.randrange(3), n=8000, j=i + 1,
+                                              r=rnd.choice(LR_STRINGS[i // 3000])))
+    if kinds is not KEY_VALUE_LINES:  # a shape seen once early and once more as the very last line: its last values win
+        lines[20:20] = ['{"step": 5, "loss": 2.5}']
+        lines.append('{"step": 8000, "loss": 2.25}')
     log = tmp_path / "stdout.log"
     log.write_text("\n".join(lines) + "\n")
     fast, slow = LogMetrics(), LogMetrics(series=True)
@@ -303,9 +326,12 @@ def test_the_grouped_and_scanned_paths_give_what_line_by_line_gives(tmp_path, mo
     a, b = fast.state(), slow.state()
     for key in ("last", "lo", "hi", "steps", "step", "total", "count", "tqdm"):
         assert a[key] == b[key], key
-    assert b["total"] == 8000 and len(b["last"]) >= 7 and b["tqdm"][1] == 8000
-    if kinds is STEPPED_LINES:
-        assert sum(scanned) >= 5, "the chunk past the first LEARN_BYTES was not scanned"
+    assert b["total"] == (40 if kinds is KEY_VALUE_LINES else 8000)  # max_iters of the echo, else step i/8000
+    assert len(b["last"]) >= 3 and b["tqdm"][1] == 8000 and b["tqdm"][0] > 7000
+    assert "dropout" not in a["last"] and "max_iters" not in a["last"]
+    if kinds is not EVERY_LINE:
+        chunks = log.stat().st_size // 40000
+        assert len(scanned) >= chunks - 1, "the chunks past the first LEARN_BYTES were not scanned"
 
 
 def test_a_long_lived_agent_reuses_ended_rows_only_while_their_files_are_unchanged(tmp_path):

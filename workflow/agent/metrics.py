@@ -58,7 +58,6 @@ MAX_POINTS = 4000
 _TQDM_RE = re.compile(r"(\d+)/(\d+)\s*\[([\d:]+)<([\d:?]+)")
 #: A chunk holding this goes line by line (a new attempt echoes its configuration again).
 _NEW_ATTEMPT = b"[podflow] run "
-_TQDM_BYTES = re.compile(_TQDM_RE.pattern.encode("ascii"))
 
 
 def _secs(clock):
@@ -120,6 +119,8 @@ class LogMetrics(object):
             for key in TOTAL_KEYS:
                 if isinstance(metrics.get(key), int):
                     self.total = metrics[key]
+            if self.shapes is not None:
+                self.shapes.echo(line)
             return  # a configuration echo
         self.started = True
         self.count += 1
@@ -185,9 +186,8 @@ class LogMetrics(object):
             if self.shapes is None or self.series is not None or _NEW_ATTEMPT in raw:
                 break
             if self.started and self.shapes.hot():
-                got = scan_chunk(self.shapes, self._without_tqdm(raw), self.shapes.parse)
-                if got is not None:
-                    self._take(*got)
+                got = scan_chunk(self.shapes, raw, self.shapes.parse)
+                if got is not None and self._take(*got):
                     return
             cut = raw.rfind(b"\n", 0, LEARN_BYTES) + 1
             if attempt == 2 or len(raw) <= LEARN_BYTES or cut <= 0:
@@ -195,27 +195,6 @@ class LogMetrics(object):
             self._feed_text(raw[:cut].decode("utf-8", "replace"))
             raw = raw[cut:]
         self._feed_text(raw.decode("utf-8", "replace"))
-
-    def _without_tqdm(self, raw):
-        """``raw`` with tqdm's redraws (``\\r``) as line ends and its progress lines taken out,
-        the last one kept as the progress: what ``feed_line`` makes of them."""
-        if b"\r" in raw:
-            raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if b"<" not in raw:
-            return raw
-        keep, last = [], None
-        for line in raw.split(b"\n"):
-            if b"<" in line and (b"it/s]" in line or b"s/it]" in line or b"|" in line):
-                tm = _TQDM_BYTES.search(line)
-                if tm:
-                    last = tm
-                    continue
-            keep.append(line)
-        if last is None:
-            return raw
-        self.tqdm = [int(last.group(1)), int(last.group(2)), _secs(last.group(3).decode()),
-                     _secs(last.group(4).decode())]
-        return b"\n".join(keep)
 
     def _feed_text(self, text):
         lines = text.splitlines()
@@ -253,18 +232,28 @@ class LogMetrics(object):
             freq[key] = freq.get(key, 0) + len(b[1])
         return self._aggregate(buckets.values(), lines)
 
-    def _take(self, text, found):
+    def _take(self, text, found, tqdm):
         """What ``scan_chunk`` found in ``text``: each metric's last value and its min and
-        max (the earliest line on a tie), with their steps, as ``feed_line`` would give."""
+        max (the earliest line on a tie), with their steps, and the progress, as
+        ``feed_line`` would give; False (nothing changed) when the steps of lines without
+        one cannot be told (they follow other lines' steps, or the count of several shapes)."""
+        stepless = [f for f in found if f.shape.step_at is None]
+        if stepless and len(found) > 1 and (self.step is None or len(stepless) < len(found)):
+            return False
+        for f in stepless:  # a line without a step takes the last step, else its count
+            f.step_base = (lambda r, s=self.step: s) if self.step is not None else (lambda r, c=self.count: c + r + 1)
+        if tqdm is not None:
+            self.tqdm = [int(tqdm.group(1)), int(tqdm.group(2)), _secs(tqdm.group(3).decode()),
+                         _secs(tqdm.group(4).decode())]
         if not found:
-            return
+            return True
         where = {}
 
         def pos(f, r, last=False):
             """Where row ``r`` of ``f`` is in the chunk (its first or last occurrence)."""
             k = (id(f), r, last)
             if k not in where:
-                line = f.shape.line(f.rows[r])
+                line = f.rows[r] + b"\n"
                 where[k] = text.rfind(line) if last else text.find(line)
             return where[k]
 
@@ -272,11 +261,9 @@ class LogMetrics(object):
         last, lo, hi = {}, {}, {}
         for f in found:
             for name, j in f.shape.names:
-                col = f.columns[j]
-                last[name] = (f, j, len(col) - 1)
-                low, high = min(col), max(col)
-                for best, v, r, better in ((lo, low, col.index(low), operator.lt),
-                                           (hi, high, col.index(high), operator.gt)):
+                last[name] = (f, j, len(f.rows) - 1)
+                low, r_low, high, r_high = f.stats[j]
+                for best, v, r, better in ((lo, low, r_low, operator.lt), (hi, high, r_high, operator.gt)):
                     cur = best.get(name)
                     if cur is None or better(v, cur[0]) or (v == cur[0] and pos(f, r) < pos(cur[1], cur[3])):
                         best[name] = (v, f, j, r)
@@ -290,11 +277,13 @@ class LogMetrics(object):
         for name, (v, f, j, r) in hi.items():
             if name not in self.hi or v > self.hi[name][0]:
                 self.hi[name] = [f.value(j, r), f.step(r)]
-        self.step = found[-1].step(len(found[-1].rows) - 1)
+        if found[-1].shape.step_at is not None:
+            self.step = found[-1].step(len(found[-1].rows) - 1)
         for f in reversed(found):
             if f.shape.total_at is not None:
                 self.total = int(f.raw(f.shape.total_at, len(f.rows) - 1)) or self.total
                 break
+        return True
 
     def _aggregate(self, buckets, lines):
         """Each bucket is [plan, positions, rows of number strings] of one shape."""

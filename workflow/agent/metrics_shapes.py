@@ -8,12 +8,13 @@ every time; a shape without metrics has plan None.
 
 ``scan_chunk`` is what makes a big log cheap: each of the most frequent known shapes
 becomes one regular expression over the raw bytes of a whole chunk, whose ``findall``
-gives that shape's numbers as columns, with no Python per line. It answers only when
-every line of the chunk is of a known shape (counted) or holds no metric.
+gives that shape's lines, their numbers cut out of all of them at once as columns
+(``HotShape.columns``), with no Python per line. It answers only when every other line
+of the chunk holds no metric: a tqdm progress line, or a line that cannot hold one
+(``rest_rx``: no ``=``, no dict or step prefix), else one parsed (``parse_rest``).
 """
 
 import re
-from operator import itemgetter
 
 from .metrics_parse import PREFIX_RE, SPLIT_RE, STEP_KEYS, number, parse_line
 
@@ -22,8 +23,13 @@ SHAPES_MAX = 4096
 HOT_MAX = 12
 #: A number in a shape's regular expression: a run of the characters numbers are made
 #: of (every captured run must then convert with ``float``, or the chunk goes line by line).
-_RUN = b"([-+0-9.eE]+)"
+_RUN = b"[-+0-9.eE]++"
 _RUN_CHARS = "-+0123456789.eE"
+#: ``bytes.translate`` table: number characters kept, every other byte a space.
+_ONLY_NUMBER_CHARS = bytes(c if chr(c) in _RUN_CHARS else 32 for c in range(256))
+#: Line starts a line's metrics need (``metrics_parse.parse_line``): a dict, a step prefix,
+#: or else an ``=`` somewhere in it.
+_MAY_HOLD_METRICS = rb"(?=[^\S\n]*[{sSiIeE\[(]|[^\n]*=)"
 
 
 class Shapes(object):
@@ -32,6 +38,7 @@ class Shapes(object):
     def __init__(self):
         self.known = {}
         self.freq = {}  # key -> lines seen: the most frequent are scanned
+        self.echoes = set()  # keys of configuration echo lines: not scanned
         self._hot = None
 
     @staticmethod
@@ -101,16 +108,34 @@ class Shapes(object):
         ok = ok and (step_at is None or number(nums[step_at]) == got[1] or got[1] is None)
         return ok and (total_at is None or int(nums[total_at]) == got[2])
 
+    def echo(self, line):
+        """``line`` was a configuration echo: its shape takes no scan slot (it is seen once)."""
+        self.echoes.add(self.split(line)[0])
+        self._hot = None
+
     def hot(self):
         """The ``HotShape`` of up to HOT_MAX known shapes: those with metrics first (a
-        metric line of no scanned shape stops the scan), the most frequent first. A shape
-        whose metrics come without a step (a configuration echo) is never scanned."""
+        metric line of no scanned shape stops the scan), the most frequent first."""
         if self._hot is None:
-            keys = [k for k, p in self.known.items()
-                    if (p is None or (p != "full" and step_column(p) is not None)) and HotShape.fits(k)]
+            keys = [k for k, p in self.known.items() if p != "full" and k not in self.echoes and HotShape.fits(k)]
             keys.sort(key=lambda k: (self.known[k] is None, -self.freq.get(k, 0)))
             self._hot = [HotShape(k, self.known[k]) for k in keys[:HOT_MAX]]
+            self._rest = self._union = None
         return self._hot
+
+    def union_rx(self):
+        """Any hot shape's line."""
+        if self._union is None:
+            self._union = re.compile(b"|".join(shape.rx.pattern for shape in self.hot()) or b"(?!)")
+        return self._union
+
+    def rest_rx(self):
+        """A line that may hold metrics (``_MAY_HOLD_METRICS``) and is neither of a hot shape
+        nor a tqdm progress line: what a scan must read line by line."""
+        if self._rest is None:
+            hot = b"|".join(shape.body for shape in self.hot()) or b"(?!)"
+            self._rest = re.compile(b"\n" + _MAY_HOLD_METRICS + b"(?!(?:" + hot + b")\n)(?!" + TQDM_LINE.pattern[2:] + b")")
+        return self._rest
 
 
 def step_column(plan):
@@ -123,13 +148,25 @@ def step_column(plan):
 
 class HotShape(object):
     """One known shape as a regular expression over raw bytes: ``\\n<line>`` up to the next
-    ``\\n``, its numbers captured as runs of number characters."""
+    ``\\n``, its numbers as runs of number characters. The regular expression captures
+    nothing (groups cost more than the match): the numbers of all matched lines are cut
+    out at once, every character that is no number character made a space
+    (``bytes.translate``) and the result split, each number then at a fixed place among
+    the words of its line (``self.at``)."""
 
     def __init__(self, key, plan):
         self.key, self.plan = key, plan
         self.texts = [t.encode("utf-8") for t in key.split("\x00")]
         self.rx = re.compile(b"\n" + _RUN.join(re.escape(t) for t in self.texts) + b"(?=\n)")
+        self.body = self.rx.pattern[1:-5]  # the line without its ends (``rest_rx``)
+        self.start = b"\n" + self.texts[0]
         self.groups = len(self.texts) - 1
+        self.at, words = [], 0
+        for text in self.texts[:-1]:  # the words a line splits into: its texts' number characters, then each number
+            words += len(text.translate(_ONLY_NUMBER_CHARS).split())
+            self.at.append(words)
+            words += 1
+        self.words = words + len(self.texts[-1].translate(_ONLY_NUMBER_CHARS).split())
         self.names = self.step_at = self.total_at = None
         if plan is not None:
             self.names, _, self.total_at, _ = plan
@@ -137,53 +174,83 @@ class HotShape(object):
 
     @staticmethod
     def fits(key):
-        """A captured run is the number the line's split found only when the text after
-        each number cannot continue it (the shape of ``v 2.1.0``, a number then ``.0``,
-        would take ``v 2.0`` for the number 2)."""
-        after = key.split("\x00")[1:]
-        for i, text in enumerate(after):
-            if (not text and i < len(after) - 1) or (text and text[0] in _RUN_CHARS):
+        """A captured run is the number the line's split found only when the text around
+        each number cannot continue it: the text after a number starts with no number
+        character (the shape of ``v 2.1.0``, a number then ``.0``, would take ``v 2.0``
+        for the number 2), the text before one ends with no sign (``a+-5``)."""
+        texts = key.split("\x00")
+        for i, text in enumerate(texts[1:]):
+            if (not text and i < len(texts) - 2) or (text and text[0] in _RUN_CHARS):
                 return False
-        return True
+        return not any(text and text[-1] in "+-" for text in texts[:-1])
 
-    def column(self, rows, j):
-        return rows if self.groups == 1 else list(map(itemgetter(j), rows))
-
-    def line(self, row):
-        """``\\n<the line>\\n`` of one found row (to find where it is)."""
-        if self.groups == 0:
-            return row + b"\n"
-        row = (row,) if self.groups == 1 else row
-        parts = [self.texts[0]]
-        for value, text in zip(row, self.texts[1:]):
-            parts += [value, text]
-        return b"\n" + b"".join(parts) + b"\n"
+    def columns(self, rows):
+        """The numbers (bytes) of matched lines ``rows``: {column: [one per row]}."""
+        words = b"".join(rows).translate(_ONLY_NUMBER_CHARS).split()
+        if len(words) != self.words * len(rows):
+            raise ValueError("a line of %r split into other words" % self.key)
+        return {j: words[at::self.words] for j, at in enumerate(self.at)}
 
 
 class Found(object):
-    """One shape's lines in a chunk: rows of number runs, and each metric's column as floats."""
+    """One shape's lines in a chunk: ``rows`` (each ``\\n<line>``), the numbers of each
+    column (bytes), and per metric column (min, its first row, max, its first row)."""
 
-    def __init__(self, shape, rows, columns):
-        self.shape, self.rows, self.columns = shape, rows, columns
+    def __init__(self, shape, rows, raw, stats):
+        self.shape, self.rows, self.raws, self.stats = shape, rows, raw, stats
+        self.step_base = None  # the step of every row of a shape without one (``LogMetrics._take``)
 
     def raw(self, j, r):
-        return (self.rows[r] if self.shape.groups == 1 else self.rows[r][j]).decode("ascii")
+        return self.raws[j][r].decode("ascii")
 
     def value(self, j, r):
         return number(self.raw(j, r))
 
     def step(self, r):
+        if self.shape.step_at is None:
+            return self.step_base(r)
         return self.value(self.shape.step_at, r)
 
 
+def column_stats(col):
+    """(min, its first index, max, its first index) of a column of numbers (bytes);
+    ValueError when one is no number. Each distinct string is converted once when they
+    repeat (a metric printed with a few decimals does)."""
+    if len(set(col[:256])) > 128:  # mostly distinct
+        values = list(map(float, col))
+        lo, hi = min(values), max(values)
+        return lo, values.index(lo), hi, values.index(hi)
+    values = dict(zip(set(col), map(float, set(col))))
+    strings, floats = list(values), list(values.values())
+    out = []
+    for v in (min(floats), max(floats)):
+        if floats.count(v) == 1:  # one string has that value: its first line
+            out += [v, col.index(strings[floats.index(v)])]
+        else:  # 1.0 and 1.00: the first line of either
+            out += [v, min(col.index(s) for s, f in values.items() if f == v)]
+    return tuple(out)
+
+
+def check_numbers(col):
+    """ValueError when a string of ``col`` is no number."""
+    for _ in map(float, col):
+        pass
+
+
 def scan_chunk(shapes, raw, parse_rest):
-    """``(text, [Found])`` of chunk ``raw`` (bytes, whole lines), or None when it cannot be
-    taken this way: a metric line of no scanned shape, or a number run that is no number. ``text`` is ``\\n`` + the chunk + ``\\n`` (where the
-    rows are found again). ``parse_rest(line)``: the metrics of a line of another shape."""
+    """``(text, [Found], tqdm)`` of chunk ``raw`` (bytes, whole lines), or None when it
+    cannot be taken this way: a metric line of no scanned shape, or a number run that is
+    no number. ``text`` is ``\\n`` + the chunk + ``\\n``, tqdm's redraws (``\\r``) made line
+    ends (where the rows are found again); ``tqdm`` the last progress line's match, or None.
+    ``parse_rest(line)``: the metrics of a line of another shape."""
+    if b"\r" in raw:
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     text = b"\n" + raw + (b"" if raw.endswith(b"\n") else b"\n")
     lines = text.count(b"\n") - 1
     found, matched, hot = [], 0, shapes.hot()
     for shape in hot:
+        if shape.start not in text:  # found at memory speed: no pass of the regular expression
+            continue
         rows = shape.rx.findall(text)
         if not rows:
             continue
@@ -191,20 +258,40 @@ def scan_chunk(shapes, raw, parse_rest):
         shapes.freq[shape.key] = shapes.freq.get(shape.key, 0) + len(rows)
         if shape.plan is None:
             continue
-        columns = {}
         try:
-            for j in set([shape.step_at] + [j for _, j in shape.names]):
-                columns[j] = list(map(float, shape.column(rows, j)))
+            raws = shape.columns(rows)
+            stats = {j: column_stats(raws[j]) for _, j in shape.names}
+            for j in set(raws) - set(stats):  # any other number: no number, and the line is of another shape
+                check_numbers(raws[j])
             if shape.total_at is not None:
-                int(rows[-1][shape.total_at])
+                int(raws[shape.total_at][-1])
         except ValueError:
             return None
-        found.append(Found(shape, rows, columns))
+        found.append(Found(shape, rows, raws, stats))
     if matched > lines:
         return None
-    if matched < lines:
-        union = re.compile(b"|".join(shape.rx.pattern for shape in hot) or b"(?!)")
-        for line in union.sub(b"", text).decode("utf-8", "replace").splitlines():
-            if line and parse_rest(line) is not None:
+    if matched < lines and shapes.rest_rx().search(text):  # a line of no hot shape that may hold metrics
+        for line in shapes.union_rx().sub(b"", text).decode("utf-8", "replace").splitlines():
+            if line and not TQDM_LINE.match(("\n" + line).encode("utf-8")) and parse_rest(line) is not None:
                 return None
-    return text, found
+    return text, found, last_tqdm(text)
+
+
+#: A tqdm progress line (``\\n`` first), as ``LogMetrics.feed_line`` tells one: a marker of
+#: tqdm, and its ``n/total [elapsed<eta`` (the first in the line).
+TQDM_LINE = re.compile(rb"\n(?=[^\n]*(?:it/s\]|s/it\]|\|))[^\n]*?(\d+)/(\d+)[^\S\n]*\[([\d:]+)<([\d:?]+)[^\n]*")
+
+
+def last_tqdm(text):
+    """The match of the last tqdm progress line of ``text``, or None (backwards from its end,
+    looking only at lines with a ``<``)."""
+    end = len(text)
+    while True:
+        at = text.rfind(b"<", 0, end)
+        if at < 0:
+            return None
+        start = text.rfind(b"\n", 0, at)
+        m = TQDM_LINE.match(text, start)
+        if m:
+            return m
+        end = start
