@@ -27,9 +27,13 @@ _RUN = b"[-+0-9.eE]++"
 _RUN_CHARS = "-+0123456789.eE"
 #: ``bytes.translate`` table: number characters kept, every other byte a space.
 _ONLY_NUMBER_CHARS = bytes(c if chr(c) in _RUN_CHARS else 32 for c in range(256))
-#: Line starts a line's metrics need (``metrics_parse.parse_line``): a dict, a step prefix,
-#: or else an ``=`` somewhere in it.
-_MAY_HOLD_METRICS = rb"(?=[^\S\n]*[{sSiIeE\[(]|[^\n]*=)"
+#: Line ends of ``str.splitlines`` (line by line) other than ``\n`` and ``\r``: a chunk
+#: holding one goes line by line.
+_OTHER_LINE_ENDS = (b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
+#: What a line's metrics need (``metrics_parse.parse_line``): a dict or a step prefix first
+#: (after any characters that are no letter or digit: ``str.strip`` takes any Unicode
+#: space), or else an ``=`` somewhere in it.
+_MAY_HOLD_METRICS = rb"(?=[^\n\w{\[(]*[{sSiIeE\[(]|[^\n]*=)"
 
 
 class Shapes(object):
@@ -243,6 +247,8 @@ def scan_chunk(shapes, raw, parse_rest):
     no number. ``text`` is ``\\n`` + the chunk + ``\\n``, tqdm's redraws (``\\r``) made line
     ends (where the rows are found again); ``tqdm`` the last progress line's match, or None.
     ``parse_rest(line)``: the metrics of a line of another shape."""
+    if any(end in raw for end in _OTHER_LINE_ENDS):
+        return None
     if b"\r" in raw:
         raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     text = b"\n" + raw + (b"" if raw.endswith(b"\n") else b"\n")
