@@ -51,8 +51,10 @@ def ok_json(r):
     return json.loads(r.stdout)
 
 
-def _addr_as_multinode_sees_it(cp, monkeypatch, pod_index):
-    """The address a multi-node run gives this pod (``multinode.pod_addr``, in the pod's context)."""
+def _rendezvous_over_the_network(cp, monkeypatch):
+    """As a 2-node run starts (in-process, through the pods' agents): each pod's address
+    (``multinode.pod_addr``), the interface holding node 0's, and the TCP probe that node 1
+    reaches node 0 there (``multinode.probe_rendezvous``). Returns (addrs, iface)."""
     from workflow import pool, runtime
     from workflow.sweep import multinode
 
@@ -62,9 +64,16 @@ def _addr_as_multinode_sees_it(cp, monkeypatch, pod_index):
             monkeypatch.setenv(k, v)
     runtime.reset()
     try:
-        pod = pool.pods(runtime.config())[pod_index]
-        with runtime.on_pod(pod):
-            return multinode.pod_addr(runtime.config(), pod)
+        pods = pool.pods(runtime.config())
+        addrs = []
+        for pod in pods:
+            with runtime.on_pod(pod):
+                addrs.append(multinode.pod_addr(runtime.config(), pod))
+        with runtime.on_pod(pods[0]):
+            facts = runtime.agent().call("net.facts", timeout=60, addr=addrs[0], ports=1)
+        node = multinode.Node(0, tuple(p.name for p in pods), f"{addrs[0]}:{facts['ports'][0]}", "x-1")
+        multinode.probe_rendezvous({"x": node}, {p.name: p for p in pods})  # raises when p1 cannot reach it
+        return addrs, facts["iface"]
     finally:
         runtime.disconnect()
         runtime.reset()
@@ -89,8 +98,9 @@ def test_runpod_rents_one_instant_cluster_and_ends_it_whole(network, monkeypatch
         assert doc["pod"]["private_addr"] == f"127.77.1.{i + 1}"
         assert doc["fsm_state"] == "POD_READY" and doc["price_per_hour"] == 2.0
     assert [p["state"] for p in ok_json(cp.wf("fsm-status", "--json"))["pods"]] == ["POD_READY", "POD_READY"]
-    # the address a 2-node run uses is the private one (NODE_ADDR in the pod), not the SSH host
-    assert _addr_as_multinode_sees_it(cp, monkeypatch, 1) == "127.77.1.2"
+    # a 2-node run's addresses are the private ones (NODE_ADDR in each pod), not the SSH host;
+    # node 1 reaches node 0 there, and the interface holding it is loopback's here (ens* on RunPod)
+    assert _rendezvous_over_the_network(cp, monkeypatch) == (["127.77.1.1", "127.77.1.2"], "lo")
     cost = ok_json(cp.wf("cost", "--json"))
     assert sorted(p["id"] for p in cost["pods"] if p["state"] != "destroyed") == sorted(members)
 
