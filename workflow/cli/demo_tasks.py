@@ -256,7 +256,7 @@ def _finish(json: bool, status, rows: List[Dict[str, Any]], story: Dict[str, Any
 def _pool_flow(say, echo, limit: float, kill_one: bool, artifacts: Path):
     """The demo's flow on the pool of local pods: each step on every pod at once, the
     sweep placed over them and kept busy (``balance.Keeper``, as sweep-wait does), the last
-    pod killed halfway through its run. Returns the pool's ``SweepStatus``, run id -> pod,
+    pod holding a run killed halfway through it. Returns the pool's ``SweepStatus``, run id -> pod,
     and what happened (``{"killed": {"pod", "runs"}}``)."""
     from workflow import pool, prepare, runtime
     from workflow.providers.lifecycle import pod_down, pod_up
@@ -289,7 +289,7 @@ def _pool_flow(say, echo, limit: float, kill_one: bool, artifacts: Path):
     say("sweep-start: " + "; ".join(f"{name}: {', '.join(placed.runs[name] or [])}" for name in started)
         + f" (torchrun --nproc_per_node={cfg.sweep.nproc_per_node}, CPU)")
 
-    victim, story = pods[-1], {}
+    victim, story = holders[-1], {}  # the last pod that has a run
     mirrors: Dict[str, Any] = {}
 
     def mirrored(st):  # in a pod's context: its running runs mirrored here, in the background
@@ -322,6 +322,8 @@ def _pool_flow(say, echo, limit: float, kill_one: bool, artifacts: Path):
     finally:
         for m in mirrors.values():
             m.close()
+    if kill_one and not story:
+        say(f"{victim.name}'s runs ended before one could be caught halfway: no pod was killed")
     doc = keeper.doc(rnd)
     status = SweepStatus.from_doc(doc)
     say(f"sweep ended: {', '.join(f'{k} {v}' for k, v in sorted(status.counts.items()))}")
