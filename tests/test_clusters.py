@@ -162,9 +162,13 @@ def test_a_failure_midway_leaves_nothing_billing(network):
         cp.root / ".podflow" / "session.json")
 
 
-def test_lium_is_refused_before_anything_is_rented(network):
+def test_lium_and_a_watchdog_runpod_cannot_carry_out_are_refused_before_anything_is_rented(network):
     cp = network("lium", [LiumExecutor(price_per_gpu=0.2)])
     r = cp.wf("pod-up")
     assert r.returncode == 2, r.stdout + r.stderr
     assert "cannot rent 'lium' pods on one private network" in r.stderr and "runpod" in r.stderr
     assert not [m for m, *_ in cp.api.requests if m in ("POST", "PUT")] and not cp.live_pods()
+    rp = network("runpod", [GpuType("NVIDIA A100", "A100")], ttl="2h")  # its watchdog would stop a member: 409
+    r = rp.wf("pod-up")
+    assert r.returncode == 2 and "instant cluster" in r.stderr, r.stdout + r.stderr
+    assert rp.api.count("POST", r"^/v2/") == 0

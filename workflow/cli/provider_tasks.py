@@ -194,7 +194,7 @@ def _network_down(pod, destroy: bool, force: bool, json: bool) -> None:
     clusters.take_down(cfg, forced=force)
     docs = [dict(r.value, name=r.pod.name) for r in checked]
     if json:
-        print_json(docs[0] if len(docs) == 1 else {"pods": docs})
+        print_json({"pods": docs})
         return
     for doc in docs:
         print(f"{doc['name']}: destroyed {doc['provider']} pod {doc['pod_id']} with network {network.id}"

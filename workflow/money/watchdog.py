@@ -63,6 +63,11 @@ def check(config) -> None:
     if config.pod.provider in ("ssh", "local") and action != "command":
         raise ConfigError(f"autostop.action {action!r} needs a cloud provider; the {config.pod.provider} provider "
                           "can only run autostop.command", hint="set autostop.action: command and autostop.command")
+    if config.pod.provider == "runpod" and config.get("pod.network", None) == "cluster" and action != "command":
+        raise ConfigError(f"autostop.action {action!r} cannot end the pods of a RunPod instant cluster: they are "
+                          "deleted only with their cluster (RunPod answers 409 to a pod's own stop or delete)",
+                          hint="end the cluster with 'wf pod-down --destroy'; remove autostop.idle_minutes, "
+                               "pod.ttl and pod.max_cost_usd, or set autostop.action: command")
 
 
 def pool_spend(config, now: Optional[float] = None) -> Dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from workflow import pool
 from workflow import session as sessions
 from workflow.errors import ProviderError
-from workflow.money import spend
+from workflow.money import spend, watchdog
 from workflow.providers import get_provider
 from workflow.providers.base import Cluster, Offer, OfferUnavailable, PodGone, Provider
 from workflow.providers.presets import offer_spec
@@ -88,6 +88,8 @@ def rent(config) -> Tuple[Cluster, bool]:
     new one rented now. Returns (cluster, rented now)."""
     from workflow.providers.lifecycle import _request, _spec_text
 
+    watchdog.check(config)  # before anything is rented, as for one pod
+    watchdog.check_budget(config)
     say = _say(config)
     provider = get_provider(config)
     members = _members(config)
