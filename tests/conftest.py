@@ -32,13 +32,18 @@ def isolated_home(tmp_path, monkeypatch):
 
 
 def end_kept_connections(base: Path) -> None:
-    """Kill the kept-connection servers that ``wf`` commands of a test left under ``base``
-    (by the PID in their lock files, checked to be one), so none outlives its test."""
+    """Kill the kept-connection servers and warm CLI servers that ``wf`` commands of a test
+    left under ``base`` (by the PID in their lock files, checked to be one), so none
+    outlives its test."""
+    from workflow.cli import zygote
     from workflow.transport.kept import client as kept
 
     for pattern in ("*/.podflow/kept", "*/*/.podflow/kept"):
         for directory in base.glob(pattern):
             kept.kill_all(directory.parent.parent)
+    for pattern in ("*/.podflow/cli", "*/*/.podflow/cli"):
+        for directory in base.glob(pattern):
+            zygote.kill(directory.parent.parent)
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
 """The kept connection (``workflow/transport/kept/``) against a real sshd: later commands
 open no new SSH login, it ends by itself when idle, only its user can use it, a dead or
-wedged one is routed around, streaming and Ctrl-C go through it."""
+wedged one is routed around, streaming and Ctrl-C go through it. The warm CLI server
+(``workflow/cli/zygote.py``, more in test_zygote.py) starts with it, so the warm
+commands here go through both; it too ends when idle and refuses another user."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from workflow.cli import zygote
 from workflow.transport.kept import client as kept
 from workflow.transport.kept import wire
 
@@ -69,13 +73,40 @@ def gone_within(pid, secs):
     return False
 
 
+def zygote_pid(project):
+    """The project's warm CLI server's pid (``workflow/cli/zygote.py``), once it listens."""
+    from workflow.cli import entry
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pid = zygote.running(project)
+        try:
+            sock, listener = entry.connect(str(project / entry.DIR / entry.SOCKET), 5)
+            sock.close()
+            if listener == pid:
+                return pid
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("no warm CLI server came up")
+
+
+def zygote_served(project):
+    """The commands the warm CLI server ran so far (its log's lines)."""
+    log = project / ".podflow" / "cli" / "zygote.log"
+    return [ln.split("serving ", 1)[1].split(" (")[0] for ln in log.read_text().splitlines()
+            if "] serving " in ln and "serving the CLI" not in ln]
+
+
 @pytest.fixture
 def warm(ssh_pod, project):
-    """A project whose first command left a kept connection running."""
+    """A project whose first command left a kept connection and a warm CLI server running
+    (later commands go through both)."""
     ssh_pod.write_config(project)
     r = wf(project, "fsm-status")
     assert r.returncode == 0, r.stderr
     pid = server_pid(project)
+    zygote_pid(project)
     return ssh_pod, project, pid
 
 
@@ -114,10 +145,11 @@ def test_a_warm_command_does_not_import_the_ssh_stack(warm):
 def test_idle_server_ends_and_leaves_no_process(ssh_pod, project):
     ssh_pod.write_config(project, pod__keepalive_secs=2)
     assert wf(project, "fsm-status").returncode == 0
-    pid = server_pid(project)
-    assert gone_within(pid, 15)
+    pid, cli = server_pid(project), zygote_pid(project)
+    assert gone_within(pid, 15) and gone_within(cli, 15)
     sock = lock_files(project)[0].with_suffix(".sock")
-    assert not sock.exists()
+    assert not sock.exists() and not (project / ".podflow" / "cli" / "zygote.sock").exists()
+    assert "ended: idle 2s" in (project / ".podflow" / "cli" / "zygote.log").read_text()
 
 
 def test_keepalive_0_keeps_nothing(ssh_pod, project):
@@ -156,31 +188,36 @@ def test_socket_is_private_and_refuses_another_user(warm, tmp_path):
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and sock.stat().st_uid == os.getuid()
     # Even past the file modes (a hard link in an open directory, mode 0666) the server
     # refuses a caller of another uid: it checks SO_PEERCRED.
+    cli_dir = project / ".podflow" / "cli"
+    cli_sock = cli_dir / "zygote.sock"  # the warm CLI server's: the same rules
+    assert stat.S_IMODE(cli_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(cli_sock.stat().st_mode) == 0o600 and cli_sock.stat().st_uid == os.getuid()
     shared = Path(f"/tmp/wf-warm-{os.getpid()}-{pod.id}")
     shared.mkdir(mode=0o755)
     try:
-        link = shared / "s.sock"
-        os.link(sock, link)
-        os.chmod(link, 0o666)
-        probe = ("import socket, struct, sys\n"
-                 "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
-                 "body = b'{\"op\": \"exec\", \"command\": \"id\", \"cred\": \"\"}'\n"
-                 "try:\n"
-                 "    s.sendall(struct.pack('!cI', b'Q', len(body)) + body)\n"
-                 "    answer = s.recv(100)\n"
-                 "except (BrokenPipeError, ConnectionResetError):\n"
-                 "    answer = b''\n"
-                 "print('answer:', answer)\n")
-        r = pod.run_as_user(["/usr/bin/python3", "-c", probe, str(link)])
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == "answer: b''"  # closed without a word
-        os.chmod(link, 0o600)
+        for n, target in enumerate((sock, cli_sock)):
+            link = shared / f"s{n}.sock"
+            os.link(target, link)
+            os.chmod(link, 0o666)
+            probe = ("import socket, struct, sys\n"
+                     "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
+                     "body = b'{\"op\": \"exec\", \"command\": \"id\", \"cred\": \"\"}'\n"
+                     "try:\n"
+                     "    s.sendall(struct.pack('!cI', b'Q', len(body)) + body)\n"
+                     "    answer = s.recv(100)\n"
+                     "except (BrokenPipeError, ConnectionResetError):\n"
+                     "    answer = b''\n"
+                     "print('answer:', answer)\n")
+            r = pod.run_as_user(["/usr/bin/python3", "-c", probe, str(link)])
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.strip() == "answer: b''"  # closed without a word
+            os.chmod(link, 0o600)
     finally:
         for p in shared.iterdir():
             p.unlink()
         shared.rmdir()
-    log = next(directory.glob("*.log")).read_text()
-    assert f"refused a caller of uid {pod.uid}" in log
+    for log in (next(directory.glob("*.log")), cli_dir / "zygote.log"):
+        assert f"refused a caller of uid {pod.uid}" in log.read_text()
     assert alive(pid) and wf(project, "fsm-status").returncode == 0
 
 
@@ -226,35 +263,40 @@ def test_two_concurrent_commands_share_it(warm):
 
 
 def test_follow_streams_and_ctrl_c_ends_the_remote_side(warm):
+    """In a terminal (a tmux pane): lines arrive while the task runs, and Ctrl-C (which
+    the terminal sends to ``wf``, and ``wf`` on to the warm server's child running the
+    command) ends the follow on the pod, exit 130."""
+    from test_watch import Pane
+
     pod, project, pid = warm
     assert wf(project, "task-run", "--id", "talk",
               "--cmd", "for i in $(seq 1 200); do echo tick$i; sleep 0.1; done").returncode == 0
     logins = pod.accepted_logins()
-    proc = subprocess.Popen([WF, "task-logs", "--id", "talk", "--follow"], cwd=project,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = []
-    deadline = time.monotonic() + 30
-    while len(seen) < 3 and time.monotonic() < deadline:
-        seen.append(proc.stdout.readline())
-    assert all(line.startswith("tick") for line in seen), seen  # lines arrive while the task runs
+    pane = Pane(f"kept-follow-{os.getpid()}", project)
+    try:
+        pane.tmux("send-keys", "-t", "w", f"{WF} task-logs --id talk --follow; echo EXIT=$?", "Enter")
+        pane.wait(lambda t: t.count("tick") >= 3, "lines while the task runs", timeout=30)
 
-    def cmdline(pid):
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            return b""
+        def cmdline(pid):
+            try:
+                return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                return b""
 
-    def followers():
-        return [p for p in pod.user_pids() if b"task.logs" in cmdline(p)]
+        def followers():
+            return [p for p in pod.user_pids() if b"task.logs" in cmdline(p)]
 
-    assert followers(), "the follow runs on the pod"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=15)
-    assert proc.returncode == 130 and "Traceback" not in err
+        assert followers(), "the follow runs on the pod"
+        pane.tmux("send-keys", "-t", "w", "C-c")
+        done = pane.wait(lambda t: re.search(r"EXIT=\d", t), "the follow to end", timeout=15)
+        assert "EXIT=130" in done and "Traceback" not in done, done
+    finally:
+        pane.kill()
     deadline = time.monotonic() + 10
     while followers() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert followers() == []  # the remote side ended, as with a direct connection
+    assert zygote_served(project)[-1] == "task-logs"  # it ran in the warm server's child
     r = wf(project, "task-status", "--id", "talk", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["state"] == "running"  # the task itself goes on
     assert pod.accepted_logins() == logins and alive(pid)

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, Optional
 _cache: Dict[str, Any] = {}
 _local = threading.local()
 _keeping = {"on": False}
+_reached: Dict[str, Any] = {}  # kept_project()
 
 
 def keep_connections(on: bool = True) -> None:
@@ -34,6 +35,7 @@ def keep_connections(on: bool = True) -> None:
 
 def forget_kept() -> None:
     """This invocation leaves no kept connection behind (``pod-down``, ``disconnect``)."""
+    _reached.clear()
     for key in [k for k in _cache if k.split(":")[0] == "keep"]:
         _cache.pop(key, None)
 
@@ -140,6 +142,8 @@ def transport():
 
             endpoint = current_endpoint(cfg)
             keepalive = float(cfg.get("pod.keepalive_secs", 0) or 0)
+            if _keeping["on"]:
+                _reached["project"] = (cfg.root, keepalive)
             if _keeping["on"] and keepalive > 0:
                 from workflow.transport.kept import client as kept
                 from workflow.transport.params import ssh_params
@@ -152,6 +156,13 @@ def transport():
                     return found
         _cache[key] = open_transport(cfg, endpoint)
     return _cache[key]
+
+
+def kept_project():
+    """(project root, ``pod.keepalive_secs``) when this invocation of the CLI reached a pod
+    and did not end its kept connections (``disconnect``), else None: the CLI keeps its
+    warm server by it (``workflow/cli/zygote.py``)."""
+    return _reached.get("project")
 
 
 def disconnect() -> int:

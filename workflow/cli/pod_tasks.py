@@ -85,7 +85,10 @@ def disconnect(c):
     The first command that reaches a pod leaves a small background process holding the
     SSH connection (a unix socket under .podflow/kept/, usable only by you), so later
     commands skip the SSH handshake. The next command after this connects afresh. On a
-    pool, every pod's.
+    pool, every pod's. The project's warm CLI server (.podflow/cli/) ends too.
     """
+    from workflow.cli import zygote
+
     n = runtime.disconnect()
+    zygote.stop(runtime.config().root)
     print(f"ended {n} kept connection{'s' if n != 1 else ''}" if n else "no kept connection was running")

@@ -174,7 +174,10 @@ def pod_down(c, destroy=False, force=False, json=False, pod=None):
             return
         _network_down(pod, destroy, force, json)
     finally:
+        from workflow.cli import zygote
+
         runtime.disconnect()
+        zygote.stop(runtime.config().root)
 
 
 def _network_down(pod, destroy: bool, force: bool, json: bool) -> None:

@@ -277,7 +277,8 @@ class Server:
             chan.close()
 
 
-def _bind(sock_path: Path) -> socket.socket:
+def bind(sock_path: Path) -> socket.socket:
+    """A listening unix socket at ``sock_path``, mode 0600 from the start."""
     with_fd = wire.socket_address(sock_path)
     address, fd = with_fd
     try:
@@ -321,7 +322,7 @@ def run(job: dict) -> int:
         _log(f"cannot connect to {params.describe()}: {exc.message}")
         return 1
     sock_path = directory / f"{name}.sock"
-    listener = _bind(sock_path)
+    listener = bind(sock_path)
     server = Server(ssh, params, listener, sock_path, float(job.get("keepalive_secs") or 600))
     signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
     _log(f"serving {params.describe()} on {sock_path.name} (keepalive {server.keepalive:g}s)")
