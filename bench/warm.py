@@ -6,12 +6,13 @@ OpenSSH ControlMaster doing the same remote reads as the limit.
 
 Commands: ``fsm-status``, ``task-list`` of 100 tasks, ``task-run`` -> ``task-wait`` of
 ``true``, ``sweep-status`` of 1000 runs (200 log lines each). Cold runs set
-``WF__POD__KEEPALIVE_SECS=0``; warm ones find the kept connection the first command
-left. The ControlMaster limit reads the same files with ``cat`` (``task-run`` ->
+``WF__POD__KEEPALIVE_SECS=0``; warm ones find the kept connection and the warm CLI
+server the first command left ("no zyg": warm, but ``WF_ZYGOTE=0``, so each ``wf``
+imports the CLI itself). The ControlMaster limit reads the same files with ``cat`` (``task-run`` ->
 ``task-wait``: a detached ``sh`` writes its exit code, a second exec waits for it).
 Prints medians in seconds and warm / ControlMaster ratios. Targets (warm): fsm-status
-<= 0.15 s, task-run -> task-wait <= 0.35 s, sweep-status of 1000 runs <= 0.25 s, and
-no slower than the ControlMaster on every command.
+<= 0.12 s, task-list <= 0.08 s, task-run -> task-wait <= 0.35 s, sweep-status of 1000
+runs <= 0.25 s: no slower than the ControlMaster on every command.
 """
 
 from __future__ import annotations
@@ -120,9 +121,16 @@ def main() -> None:
             while not list((project / ".podflow" / "kept").glob("*.sock")) and time.monotonic() < deadline:
                 time.sleep(0.05)
             wf("fsm-status", check=0)
+            while not (project / ".podflow" / "cli" / "zygote.sock").exists() and time.monotonic() < deadline + 20:
+                time.sleep(0.05)  # the warm CLI server the first command left (it listens once it imported all)
+            wf("fsm-status", check=0)
             logins_warm = pod.accepted_logins()
             warm = {name: timed(lambda: fn(base_env), args.repeat) for name, fn in cmds.items()}
+            unserved_env = {**base_env, "WF_ZYGOTE": "0"}
+            unserved = {name: timed(lambda: fn(unserved_env), args.repeat) for name, fn in cmds.items()}
             assert pod.accepted_logins() == logins_warm, "a warm command logged in"
+            served = (project / ".podflow" / "cli" / "zygote.log").read_text().count("] serving ") - 1
+            floor = timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), args.repeat * 3)[0]
 
             # The limit: OpenSSH with a ControlMaster, reading the same files.
             cfg = load_config(cwd=project)
@@ -178,19 +186,23 @@ def main() -> None:
                   f"{exec_cm * 1000:.1f} ms as a new `ssh` process through a ControlMaster; one agent op "
                   f"(state.read) on the kept connection's long-lived agent: {op_kept * 1000:.1f} ms")
             load = os.getloadavg()[0]
+            print(f"warm CLI server: ran {served} of the warm commands (a child each); 'no zyg' is warm with "
+                  f"WF_ZYGOTE=0 (each wf imports the CLI itself); a bare `python -c pass` of this venv: {floor:.3f} s")
             print(f"medians of {args.repeat}; load average {load:.1f} on {os.cpu_count()} CPUs")
-            print(f"{'':28} {'wall seconds':^34}  {'ratios':^18}  {'CPU seconds (local)':^26}")
-            print(f"{'command':28} {'cold':>7} {'warm':>7} {'ssh CM':>7} {'warm':>7}   cold/warm  warm/CM  "
-                  f"{'cold':>7} {'warm':>7} {'ssh CM':>7}")
-            print(f"{'':28} {'median':>7} {'median':>7} {'median':>7} {'least':>7}")
+            print(f"{'':28} {'wall seconds':^42}  {'ratios':^18}  {'CPU seconds (local)':^34}")
+            print(f"{'command':28} {'cold':>7} {'no zyg':>7} {'warm':>7} {'ssh CM':>7} {'warm':>7}   cold/warm  warm/CM  "
+                  f"{'cold':>7} {'no zyg':>7} {'warm':>7} {'ssh CM':>7}")
+            print(f"{'':28} {'median':>7} {'median':>7} {'median':>7} {'median':>7} {'least':>7}")
             for name in cmds:
-                (cw, cc, _), (ww, wc, wl), (lw, lc, _) = cold[name], warm[name], limit[name]
-                print(f"{name:28} {cw:7.3f} {ww:7.3f} {lw:7.3f} {wl:7.3f}   {cw / ww:8.1f}x {ww / lw:7.2f}x  "
-                      f"{cc:7.3f} {wc:7.3f} {lc:7.3f}")
+                (cw, cc, _), (uw, uc, _), (ww, wc, wl), (lw, lc, _) = cold[name], unserved[name], warm[name], limit[name]
+                print(f"{name:28} {cw:7.3f} {uw:7.3f} {ww:7.3f} {lw:7.3f} {wl:7.3f}   {cw / ww:8.1f}x {ww / lw:7.2f}x  "
+                      f"{cc:7.3f} {uc:7.3f} {wc:7.3f} {lc:7.3f}")
         finally:
+            from workflow.cli import zygote
             from workflow.transport.kept import client as kept
 
             kept.stop(project)
+            zygote.stop(project)
             shutil.rmtree(project, ignore_errors=True)
 
 
