@@ -36,7 +36,7 @@ import time
 
 from .fsutil import makedirs, read_json
 from .metrics_parse import SPLIT_RE, STEP_KEYS, compile_patterns, number, parse_line, parse_metrics_line
-from .metrics_shapes import Shapes, scan_chunk
+from .metrics_shapes import TQDM_LINE, Shapes, last_tqdm, scan_chunk
 from .protocol import AgentError
 
 __all__ = ["CHUNK", "STEP_KEYS", "LogMetrics", "compile_patterns", "parse_metrics_line", "pick_primary", "progress",
@@ -192,9 +192,22 @@ class LogMetrics(object):
             cut = raw.rfind(b"\n", 0, LEARN_BYTES) + 1
             if attempt == 2 or len(raw) <= LEARN_BYTES or cut <= 0:
                 break
-            self._feed_text(raw[:cut].decode("utf-8", "replace"))
+            self._feed_lines(raw[:cut])
             raw = raw[cut:]
+        self._feed_lines(raw)
+
+    def _feed_lines(self, raw):
+        """Line by line (grouped by shape where it can), tqdm's progress lines taken out
+        first in C (the last one is the progress; a line of tqdm gives nothing else)."""
+        if b"<" in raw and self.echo_rule:
+            text = b"\n" + raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            self._set_tqdm(last_tqdm(text))
+            raw = TQDM_LINE.sub(b"", text)[1:]
         self._feed_text(raw.decode("utf-8", "replace"))
+
+    def _set_tqdm(self, m):
+        if m is not None:
+            self.tqdm = [int(m.group(1)), int(m.group(2)), _secs(m.group(3).decode()), _secs(m.group(4).decode())]
 
     def _feed_text(self, text):
         lines = text.splitlines()
@@ -242,9 +255,7 @@ class LogMetrics(object):
             return False
         for f in stepless:  # a line without a step takes the last step, else its count
             f.step_base = (lambda r, s=self.step: s) if self.step is not None else (lambda r, c=self.count: c + r + 1)
-        if tqdm is not None:
-            self.tqdm = [int(tqdm.group(1)), int(tqdm.group(2)), _secs(tqdm.group(3).decode()),
-                         _secs(tqdm.group(4).decode())]
+        self._set_tqdm(tqdm)
         if not found:
             return True
         where = {}

@@ -237,8 +237,9 @@ def column_stats(col):
 
 def check_numbers(col):
     """ValueError when a string of ``col`` is no number."""
-    for _ in map(float, col):
-        pass
+    if not b"".join(col).isdigit():  # (digits only, the common step column, are numbers)
+        for _ in map(float, col):
+            pass
 
 
 def scan_chunk(shapes, raw, parse_rest):
@@ -247,8 +248,6 @@ def scan_chunk(shapes, raw, parse_rest):
     no number. ``text`` is ``\\n`` + the chunk + ``\\n``, tqdm's redraws (``\\r``) made line
     ends (where the rows are found again); ``tqdm`` the last progress line's match, or None.
     ``parse_rest(line)``: the metrics of a line of another shape."""
-    if any(end in raw for end in _OTHER_LINE_ENDS):
-        return None
     if b"\r" in raw:
         raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     text = b"\n" + raw + (b"" if raw.endswith(b"\n") else b"\n")
@@ -276,6 +275,8 @@ def scan_chunk(shapes, raw, parse_rest):
         found.append(Found(shape, rows, raws, stats))
     if matched > lines:
         return None
+    if matched < lines and any(end in text for end in _OTHER_LINE_ENDS):
+        return None  # (lines of hot shapes hold none)
     if matched < lines and shapes.rest_rx().search(text):  # a line of no hot shape that may hold metrics
         for line in shapes.union_rx().sub(b"", text).decode("utf-8", "replace").splitlines():
             if line and not TQDM_LINE.match(("\n" + line).encode("utf-8")) and parse_rest(line) is not None:
@@ -283,9 +284,9 @@ def scan_chunk(shapes, raw, parse_rest):
     return text, found, last_tqdm(text)
 
 
-#: A tqdm progress line (``\\n`` first), as ``LogMetrics.feed_line`` tells one: a marker of
-#: tqdm, and its ``n/total [elapsed<eta`` (the first in the line).
-TQDM_LINE = re.compile(rb"\n(?=[^\n]*(?:it/s\]|s/it\]|\|))[^\n]*?(\d+)/(\d+)[^\S\n]*\[([\d:]+)<([\d:?]+)[^\n]*")
+#: A tqdm progress line (``\\n`` first), as ``LogMetrics.feed_line`` tells one: no new
+#: attempt's line, a marker of tqdm, and its ``n/total [elapsed<eta`` (the first in the line).
+TQDM_LINE = re.compile(rb"\n(?!\[podflow\] run [^\n]* started by sweep )(?=[^\n]*(?:it/s\]|s/it\]|\|))[^\n]*?(\d+)/(\d+)[^\S\n]*\[([\d:]+)<([\d:?]+)[^\n]*")
 
 
 def last_tqdm(text):
