@@ -29,7 +29,8 @@ _RUN_CHARS = "-+0123456789.eE"
 _ONLY_NUMBER_CHARS = bytes(c if chr(c) in _RUN_CHARS else 32 for c in range(256))
 #: Line ends of ``str.splitlines`` (line by line) other than ``\n`` and ``\r``: a chunk
 #: holding one goes line by line.
-_OTHER_LINE_ENDS = (b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
+_OTHER_LINE_ENDS = b"\x0b\x0c\x1c\x1d\x1e"
+_OTHER_LINE_ENDS_UTF8 = (b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
 #: What a line's metrics need (``metrics_parse.parse_line``): a dict or a step prefix first
 #: (after any characters that are no letter or digit: ``str.strip`` takes any Unicode
 #: space), or else an ``=`` somewhere in it.
@@ -43,7 +44,7 @@ class Shapes(object):
         self.known = {}
         self.freq = {}  # key -> lines seen: the most frequent are scanned
         self.echoes = set()  # keys of configuration echo lines: not scanned
-        self._hot = None
+        self._hot, self._rest, self._union = None, {}, None
 
     @staticmethod
     def split(line):
@@ -124,7 +125,7 @@ class Shapes(object):
             keys = [k for k, p in self.known.items() if p != "full" and k not in self.echoes and HotShape.fits(k)]
             keys.sort(key=lambda k: (self.known[k] is None, -self.freq.get(k, 0)))
             self._hot = [HotShape(k, self.known[k]) for k in keys[:HOT_MAX]]
-            self._rest = self._union = None
+            self._rest, self._union = {}, None
         return self._hot
 
     def union_rx(self):
@@ -133,13 +134,15 @@ class Shapes(object):
             self._union = re.compile(b"|".join(shape.rx.pattern for shape in self.hot()) or b"(?!)")
         return self._union
 
-    def rest_rx(self):
-        """A line that may hold metrics (``_MAY_HOLD_METRICS``) and is neither of a hot shape
-        nor a tqdm progress line: what a scan must read line by line."""
-        if self._rest is None:
+    def rest_rx(self, equals=True):
+        """A line that may hold metrics (``_MAY_HOLD_METRICS``; without ``equals``, in a
+        chunk with no ``=``) and is neither of a hot shape nor a tqdm progress line: what a
+        scan must read line by line."""
+        if self._rest.get(equals) is None:
             hot = b"|".join(shape.body for shape in self.hot()) or b"(?!)"
-            self._rest = re.compile(b"\n" + _MAY_HOLD_METRICS + b"(?!(?:" + hot + b")\n)(?!" + TQDM_LINE.pattern[2:] + b")")
-        return self._rest
+            may = _MAY_HOLD_METRICS if equals else _MAY_HOLD_METRICS.replace(b"|[^\\n]*=", b"")
+            self._rest[equals] = re.compile(b"\n" + may + b"(?!(?:" + hot + b")\n)(?!" + TQDM_LINE.pattern[2:] + b")")
+        return self._rest[equals]
 
 
 def step_column(plan):
@@ -275,9 +278,10 @@ def scan_chunk(shapes, raw, parse_rest):
         found.append(Found(shape, rows, raws, stats))
     if matched > lines:
         return None
-    if matched < lines and any(end in text for end in _OTHER_LINE_ENDS):
+    if matched < lines and (len(text.translate(None, _OTHER_LINE_ENDS)) < len(text)
+                            or any(end in text for end in _OTHER_LINE_ENDS_UTF8)):
         return None  # (lines of hot shapes hold none)
-    if matched < lines and shapes.rest_rx().search(text):  # a line of no hot shape that may hold metrics
+    if matched < lines and shapes.rest_rx(b"=" in text).search(text):  # a line of no hot shape that may hold metrics
         for line in shapes.union_rx().sub(b"", text).decode("utf-8", "replace").splitlines():
             if line and not TQDM_LINE.match(("\n" + line).encode("utf-8")) and parse_rest(line) is not None:
                 return None
