@@ -294,7 +294,8 @@ def test_the_grouped_and_scanned_paths_give_what_line_by_line_gives(tmp_path, mo
     from workflow.agent import metrics
 
     monkeypatch.setattr(metrics, "CHUNK", 40000)  # many chunks, each read ending inside a line
-    monkeypatch.setattr(metrics, "LEARN_BYTES", 8000)
+    monkeypatch.setattr(metrics, "SCAN_BYTES", 15000)  # and scanned in pieces
+    monkeypatch.setattr(metrics, "LEARN_BYTES", 6000)
     scanned = []  # chunks taken by a scan
     take = LogMetrics._take
 
@@ -331,8 +332,8 @@ def test_the_grouped_and_scanned_paths_give_what_line_by_line_gives(tmp_path, mo
     assert len(b["last"]) >= 3 and b["tqdm"][1] == 8000 and b["tqdm"][0] > 7000
     assert "dropout" not in a["last"] and "max_iters" not in a["last"]
     if kinds is not EVERY_LINE:
-        chunks = log.stat().st_size // 40000
-        assert len(scanned) >= chunks - 1, "the chunks past the first LEARN_BYTES were not scanned"
+        pieces = log.stat().st_size // 15000
+        assert len(scanned) >= pieces - 2, "the pieces past the first LEARN_BYTES were not scanned"
 
 
 def test_a_long_lived_agent_reuses_ended_rows_only_while_their_files_are_unchanged(tmp_path):

@@ -46,7 +46,10 @@ METRICS_FILE = "metrics.jsonl"
 STATE_VERSION = 2
 #: Bytes read per chunk; lines are only ever cut at a newline.
 CHUNK = 1 << 22
-#: Bytes of a chunk read line by line to learn its shapes before the rest is scanned.
+#: Bytes scanned at a time: what one scan makes (a word per number) stays in the CPU's
+#: cache (4 MB at once is a third slower).
+SCAN_BYTES = 1 << 18
+#: Bytes of a piece read line by line to learn its shapes before the rest is scanned.
 LEARN_BYTES = 1 << 16
 #: Configuration names that announce the number of steps (progress).
 TOTAL_KEYS = ("max_steps", "max_iters", "max_iter", "total_steps", "num_train_steps", "num_steps",
@@ -178,8 +181,16 @@ class LogMetrics(object):
             return self.offset >= st.st_size
 
     def _feed_chunk(self, raw):
+        """Whole lines, in pieces of about ``SCAN_BYTES``."""
+        start = 0
+        while start < len(raw):
+            end = raw.find(b"\n", start + SCAN_BYTES) + 1 or len(raw)
+            self._feed_piece(raw[start:end] if start or end < len(raw) else raw)
+            start = end
+
+    def _feed_piece(self, raw):
         """Whole lines: scanned in C by the log's known shapes when that takes them all
-        (``metrics_shapes.scan_chunk``), else line by line. A chunk that cannot be scanned
+        (``metrics_shapes.scan_chunk``), else line by line. A piece that cannot be scanned
         yet is tried once more after its first ``LEARN_BYTES`` went line by line (which
         learns the shapes, and passes the configuration echo)."""
         for attempt in (1, 2):
