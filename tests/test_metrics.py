@@ -316,6 +316,8 @@ def test_the_grouped_and_scanned_paths_give_what_line_by_line_gives(tmp_path, mo
         lines.append(rnd.choice(kinds).format(i=i, v=v, w=rnd.random() * 5, t=rnd.random() * 30, u=rnd.random(),
                                               e=i / 100, k=rnd.randrange(3), n=8000, j=i + 1,
                                               r=rnd.choice(LR_STRINGS[i // 3000])))
+    # A form feed is a line end to str.splitlines: the best loss hides behind one (no line of a known shape).
+    lines.insert(-300, "W1202 flushed\x0c" + kinds[0].format(i=7700, v=0.0001, w=1, t=1, u=0.5, r="0.1"))
     if kinds is not KEY_VALUE_LINES:  # a shape seen once early and once more as the very last line: its last values win
         lines[20:20] = ['{"step": 5, "loss": 2.5}']
         lines.append('{"step": 8000, "loss": 2.25}')
@@ -330,10 +332,10 @@ def test_the_grouped_and_scanned_paths_give_what_line_by_line_gives(tmp_path, mo
         assert a[key] == b[key], key
     assert b["total"] == (40 if kinds is KEY_VALUE_LINES else 8000)  # max_iters of the echo, else step i/8000
     assert len(b["last"]) >= 3 and b["tqdm"][1] == 8000 and b["tqdm"][0] > 7000
-    assert "dropout" not in a["last"] and "max_iters" not in a["last"]
+    assert "dropout" not in a["last"] and "max_iters" not in a["last"] and a["lo"]["loss"][0] <= 0.0001
     if kinds is not EVERY_LINE:
         pieces = log.stat().st_size // 15000
-        assert len(scanned) >= pieces - 2, "the pieces past the first LEARN_BYTES were not scanned"
+        assert len(scanned) >= pieces - 3, "the pieces past the first LEARN_BYTES were not scanned"
 
 
 def test_a_long_lived_agent_reuses_ended_rows_only_while_their_files_are_unchanged(tmp_path):
