@@ -191,17 +191,17 @@ class LogMetrics(object):
     def _feed_piece(self, raw):
         """Whole lines: scanned in C by the log's known shapes when that takes them all
         (``metrics_shapes.scan_chunk``), else line by line. A piece that cannot be scanned
-        yet is tried once more after its first ``LEARN_BYTES`` went line by line (which
-        learns the shapes, and passes the configuration echo)."""
-        for attempt in (1, 2):
+        yet is tried again after its first ``LEARN_BYTES / 8``, then ``LEARN_BYTES``, went
+        line by line (which learns the shapes, and passes the configuration echo)."""
+        for learn in (LEARN_BYTES // 8, LEARN_BYTES, None):
             if self.shapes is None or self.series is not None or _NEW_ATTEMPT in raw:
                 break
             if self.started and self.shapes.hot():
                 got = scan_chunk(self.shapes, raw, self.shapes.parse)
                 if got is not None and self._take(*got):
                     return
-            cut = raw.rfind(b"\n", 0, LEARN_BYTES) + 1
-            if attempt == 2 or len(raw) <= LEARN_BYTES or cut <= 0:
+            cut = raw.rfind(b"\n", 0, learn) + 1 if learn else 0
+            if len(raw) <= (learn or 0) or cut <= 0:
                 break
             self._feed_lines(raw[:cut])
             raw = raw[cut:]

@@ -227,15 +227,10 @@ def column_stats(col):
         values = list(map(float, col))
         lo, hi = min(values), max(values)
         return lo, values.index(lo), hi, values.index(hi)
-    values = dict(zip(set(col), map(float, set(col))))
-    strings, floats = list(values), list(values.values())
-    out = []
-    for v in (min(floats), max(floats)):
-        if floats.count(v) == 1:  # one string has that value: its first line
-            out += [v, col.index(strings[floats.index(v)])]
-        else:  # 1.0 and 1.00: the first line of either
-            out += [v, min(col.index(s) for s, f in values.items() if f == v)]
-    return tuple(out)
+    firsts = list(dict.fromkeys(col))  # in the order they first come: the first of equal values wins
+    values = list(map(float, firsts))
+    lo, hi = min(values), max(values)
+    return lo, col.index(firsts[values.index(lo)]), hi, col.index(firsts[values.index(hi)])
 
 
 def check_numbers(col):
