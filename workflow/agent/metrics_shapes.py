@@ -285,7 +285,7 @@ def scan_chunk(shapes, raw, parse_rest):
 
 #: A tqdm progress line (``\\n`` first), as ``LogMetrics.feed_line`` tells one: no new
 #: attempt's line, a marker of tqdm, and its ``n/total [elapsed<eta`` (the first in the line).
-TQDM_LINE = re.compile(rb"\n(?!\[podflow\] run [^\n]* started by sweep )(?=[^\n]*(?:it/s\]|s/it\]|\|))[^\n]*?(\d+)/(\d+)[^\S\n]*\[([\d:]+)<([\d:?]+)[^\n]*")
+TQDM_LINE = re.compile(rb"\n(?!(?=\[podflow\] run )[^\n]* started by sweep )(?=[^\n]*(?:it/s\]|s/it\]|\|))[^\n]*?(\d+)/(\d+)[^\S\n]*\[([\d:]+)<([\d:?]+)[^\n]*")
 
 
 def last_tqdm(text):
