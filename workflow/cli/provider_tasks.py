@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from workflow import runtime
 from workflow.cli.boundary import print_json, wf_task
 from workflow.cli.pods import POD_HELP, on_pods
@@ -57,8 +55,8 @@ def pod_up(c, json=False, pod=None):
     or never usable within pod.ready_timeout_secs is skipped (and destroyed if it was
     rented). Ends in state POD_READY. With pod.count N, N pods come up at once; with
     pod.network: cluster too, they are rented together on one private network (runpod:
-    an instant cluster; vastai: an overlay network on one physical cluster), and a
-    network just rented whose pods do not all become usable is ended as a whole.
+    an instant cluster; vastai: an overlay network on one physical cluster); a network
+    whose pods do not all become usable is ended as a whole and the next offer tried.
 
     Usable means an SSH command runs; with checkout.require_cuda (auto: on a rented
     cloud pod, or a host with nvidia-smi) `nvidia-smi -L` must list GPUs. A host you
@@ -72,14 +70,14 @@ def pod_up(c, json=False, pod=None):
     from workflow.providers.lifecycle import start_watchdog
 
     cfg = runtime.config()
-    network, new = clusters.rent(cfg) if clusters.wanted(cfg) else (None, False)
-    together = len(pool.select(cfg, pod)) > 1
-    results = on_pods(pod, lambda: up(runtime.config(), with_watchdog=not together), render=_print_up,
-                      to_doc=lambda res: res.as_dict(), json=json, raise_errors=not (together or new))
-    if new and not all(r.ok for r in results):  # nothing of a network that cannot be used stays billing
-        clusters.abandon(cfg, network, reason="never became usable")
-        print(f"ended {network.provider} network {network.id}: not all of its pods became usable; "
-              "'wf pod-up' rents another", file=sys.stderr)
+    together, network = len(pool.select(cfg, pod)) > 1, clusters.wanted(cfg)
+
+    def up_pods():
+        return on_pods(pod, lambda: up(runtime.config(), with_watchdog=not together), render=_print_up,
+                       to_doc=lambda res: res.as_dict(), json=json, raise_errors=not (together or network))
+
+    results = clusters.bring_up(cfg, up_pods) if network else up_pods()
+    if not together:
         pool.raise_failures(results)
     if together:  # every pod is up: each watchdog is told the whole pool's price (pod.max_cost_usd)
         on_pods(pod, lambda: start_watchdog(runtime.config()), pods=[r.pod for r in results if r.ok],

@@ -10,7 +10,8 @@ ledger. Then every pod comes up as a session pod does (``lifecycle.pod_up``: rea
 POD_READY, the watchdog). Offers are tried cheapest first, at most
 ``pod.max_offer_attempts``; one whose capacity went meanwhile is skipped; a create that
 fails midway leaves nothing behind (``create_cluster`` destroys what it made). A network
-just rented whose pods never become usable is ended as a whole (``abandon``).
+just rented whose pods never become usable is ended as a whole (``abandon``) and the next
+offer tried (``bring_up``).
 
 ``pod-down --destroy`` first checks every pod as for one pod (runs never fetched), then
 ends the network at once (``take_down``): no pod of it is left billing, the ledger says
@@ -23,7 +24,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from workflow import pool
 from workflow import session as sessions
@@ -32,6 +33,7 @@ from workflow.money import spend, watchdog
 from workflow.providers import get_provider
 from workflow.providers.base import Cluster, Offer, OfferUnavailable, PodGone, Provider
 from workflow.providers.presets import offer_spec
+from workflow.providers.readiness import PodNeverReady
 
 
 def wanted(config) -> bool:
@@ -83,9 +85,33 @@ def list_offers(config) -> Dict[str, Any]:
     return {"provider": config.pod.provider, "spec": offer_spec(config).as_dict(), "offers": _matching(config)[0]}
 
 
-def rent(config) -> Tuple[Cluster, bool]:
+def bring_up(config, up_pods: Callable[[], List[pool.PodResult]]) -> List[pool.PodResult]:
+    """``pod-up``: the network (``rent``), then ``up_pods()`` brings every pod up. A network
+    just rented whose pods do not all become usable in time is ended, and the next offer
+    tried, as a pod that never becomes usable is (at most ``pod.max_offer_attempts``).
+    Returns ``up_pods``' results; raises their failures when the network was ended."""
+    say = _say(config)
+    tried: List[str] = []
+    while True:
+        network, offer = rent(config, skip=tried)
+        results = up_pods()
+        failed = [r for r in results if not r.ok]
+        if offer is None or not failed:
+            return results
+        abandon(config, network, reason="never became usable")
+        tried.append(offer.id)
+        again = all(isinstance(r.error, PodNeverReady) for r in failed) and \
+            len(tried) < max(1, int(config.pod.max_offer_attempts or 5))
+        say(f"ended {network.provider} network {network.id}: not all of its pods became usable"
+            + ("; trying the next offer" if again else ""))
+        if not again:
+            pool.raise_failures(results)
+
+
+def rent(config, skip: Sequence[str] = ()) -> Tuple[Cluster, Optional[Offer]]:
     """The project's network: the one its sessions name while all its pods live, else a
-    new one rented now. Returns (cluster, rented now)."""
+    new one rented now from an offer not in ``skip``. Returns (cluster, the offer rented
+    now, or None for the network the project had)."""
     from workflow.providers.lifecycle import _request, _spec_text
 
     watchdog.check(config)  # before anything is rented, as for one pod
@@ -97,18 +123,19 @@ def rent(config) -> Tuple[Cluster, bool]:
     have = known(config)
     if have is not None:
         if _alive(provider, have, count):
-            return have, False
+            return have, None
         say(f"{provider.name} network {have.id} lost some of its pods; ending what is left of it")
         abandon(config, have, reason="some of its pods were gone")
     spec = offer_spec(config)
     offers, seen = _matching(config)
+    offers = [o for o in offers if o.id not in skip]
     if not offers:
         raise ProviderError(provider.name, f"no offer of {count} pods on one private network matches "
                                            f"{_spec_text(spec)} ({seen} seen)",
                             hint="relax pod.offer (gpu, max_price_per_hour, regions...), or lower pod.count")
     request = _request(config)
     skipped: List[str] = []
-    for offer in offers[:max(1, int(config.pod.max_offer_attempts or 5))]:
+    for offer in offers[:max(1, int(config.pod.max_offer_attempts or 5) - len(skip))]:
         say(f"renting {count} pods of {offer.gpu or 'cpu'} x{offer.num_gpus} on one private network "
             f"at ${offer.price_per_hour:.3f}/h in all (offer {offer.id})")
         try:
@@ -126,7 +153,7 @@ def rent(config) -> Tuple[Cluster, bool]:
                 created_by_podflow=True, price_per_hour=price, gpu=offer.gpu or None, cluster=cluster.id,
                 ttl=str(config.pod.ttl) if config.pod.ttl not in (None, "") else None), cfg)
         say(f"  rented {provider.name} network {cluster.id}: pods {', '.join(cluster.pod_ids)}")
-        return cluster, True
+        return cluster, offer
     raise ProviderError(provider.name, f"no private network of {count} pods could be rented "
                                        f"after {len(skipped)} offer(s) ({'; '.join(skipped)})",
                         hint="pod.max_offer_attempts and pod.offer control the search; try again later")
