@@ -163,6 +163,11 @@ def test_a_failure_midway_leaves_nothing_billing(network):
     cost = ok_json(cp.wf("cost", "--json"))
     assert not [p for p in cost["pods"] if p["state"] != "destroyed"] and not os.path.exists(
         cp.root / ".podflow" / "session.json")
+    rp = network("runpod", [GpuType("NVIDIA A100", "A100")])  # created, but its pods cannot be listed
+    rp.api.fail("GET", r"^/v2/clusters/[^/]+/pods$", times=None, status=503)
+    r = rp.wf("pod-up")
+    assert r.returncode == 4 and "503" in r.stderr, r.stdout + r.stderr
+    assert rp.api.count("POST", r"^/v2/clusters$") == 1 and not rp.api.clusters and not rp.live_pods()
 
 
 def test_lium_and_a_watchdog_runpod_cannot_carry_out_are_refused_before_anything_is_rented(network):

@@ -21,7 +21,6 @@ network half stopped is not one.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -32,6 +31,7 @@ from workflow.errors import ProviderError
 from workflow.money import spend, watchdog
 from workflow.providers import get_provider
 from workflow.providers.base import Cluster, Offer, OfferUnavailable, PodGone, Provider
+from workflow.providers.lifecycle import _request, _say, _spec_text
 from workflow.providers.presets import offer_spec
 from workflow.providers.readiness import PodNeverReady
 
@@ -39,11 +39,6 @@ from workflow.providers.readiness import PodNeverReady
 def wanted(config) -> bool:
     """Whether this project's pods are to be on one private network."""
     return config.get("pod.network", None) == "cluster"
-
-
-def _say(config):
-    quiet = str(config.get("progress", "milestones")) == "quiet"
-    return (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
 def _members(config) -> List[Tuple[pool.Pod, object]]:
@@ -112,8 +107,6 @@ def rent(config, skip: Sequence[str] = ()) -> Tuple[Cluster, Optional[Offer]]:
     """The project's network: the one its sessions name while all its pods live, else a
     new one rented now from an offer not in ``skip``. Returns (cluster, the offer rented
     now, or None for the network the project had)."""
-    from workflow.providers.lifecycle import _request, _spec_text
-
     watchdog.check(config)  # before anything is rented, as for one pod
     watchdog.check_budget(config)
     say = _say(config)
