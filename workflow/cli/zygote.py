@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from workflow.cli import entry
+from workflow.transport.kept.server import bind, unbind
 
 #: Modules a warm command needs beyond the CLI itself, imported once here.
 #: (No module of the package reads the environment when imported: a child's own
@@ -151,7 +152,9 @@ class Zygote:
         self.stopping: Optional[str] = None
         self.told: Optional[str] = None  # set by SIGTERM's handler; the loop stops
         files = [getattr(m, "__file__", None) for m in list(sys.modules.values())]
-        self.sources = sorted({f for f in files if f and f.endswith(".py")} | {sys.executable})
+        from workflow.config.schema import SCHEMA_PATH
+
+        self.sources = sorted({f for f in files if f and f.endswith(".py")} | {sys.executable, str(SCHEMA_PATH)})
         self.stamps = _stamps(self.sources)
         self.served = 0
         wake_r, self.wake_w = os.pipe()
@@ -163,7 +166,7 @@ class Zygote:
         if self.stopping is None:
             self.stopping = why
             self.listener.close()
-            _unlink(self.sock_path)
+            unbind(self.sock_path)
 
     # -- the loop
 
@@ -399,17 +402,6 @@ def _run_like_python(main) -> int:
 # -- the process
 
 
-def _unlink(path: Path) -> None:
-    address, fd = entry.socket_address(str(path))
-    try:
-        os.unlink(address)
-    except FileNotFoundError:
-        pass
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
 def run(job: dict) -> int:
     directory = server_dir(job["root"])
     lock = open(directory / LOCK, "a+")
@@ -426,10 +418,11 @@ def run(job: dict) -> int:
     for name in PRELOAD:
         importlib.import_module(name)
     from workflow.cli import ns
+    from workflow.config import schema
 
     ns.task_names  # noqa: B018 -- computed once here, not in every child
+    schema.schema()  # read once here (and watched below with the sources)
     sock_path = directory / entry.SOCKET
-    from workflow.transport.kept.server import bind
 
     listener = bind(sock_path)
     zygote = Zygote(listener, sock_path, float(job["keepalive_secs"]), dict(job.get("interpreter_env") or {}), lock)
@@ -441,7 +434,7 @@ def run(job: dict) -> int:
     finally:
         if zygote.stopping is None:
             listener.close()
-        _unlink(sock_path)
+        unbind(sock_path)
         lock.seek(0)
         lock.truncate()
         lock.flush()

@@ -300,6 +300,18 @@ def bind(sock_path: Path) -> socket.socket:
             os.close(fd)
 
 
+def unbind(sock_path: Path) -> None:
+    """Remove the socket file ``bind`` made (callers then find nothing there)."""
+    address, fd = wire.socket_address(sock_path)
+    try:
+        os.unlink(address)
+    except FileNotFoundError:
+        pass
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def run(job: dict) -> int:
     params = SshParams.from_doc(job["params"])
     directory = wire.kept_dir(job["root"])
@@ -329,14 +341,7 @@ def run(job: dict) -> int:
     try:
         why = server.serve()
     finally:
-        address, fd = wire.socket_address(sock_path)
-        try:
-            os.unlink(address)
-        except FileNotFoundError:
-            pass
-        finally:
-            if fd is not None:
-                os.close(fd)
+        unbind(sock_path)
         listener.close()
         ssh.close()
         lock.seek(0)
