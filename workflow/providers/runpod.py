@@ -324,7 +324,7 @@ class RunpodProvider(Provider):
         return self._info(pod)
 
     def list(self) -> List[PodInfo]:
-        doc = self._call("list pods", "GET", "/v2/pods")
+        doc = self._call("list pods", "GET", "/v2/pods", query={"includeClusterPods": "true"})  # every pod
         return [self._info(p) for p in (doc or {}).get("pods", []) if isinstance(p, dict)]
 
     def _action(self, pod_id: str, action: str) -> None:
