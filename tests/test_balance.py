@@ -89,6 +89,21 @@ def test_plan_moves_idle_pods_take_half_a_queue_and_a_down_pods_unfinished_runs(
     assert balance.plan_moves(up, [], back) == [balance.Move(("c",), "p1", "p0", "balance")]  # half of b, c
 
 
+def test_a_multi_node_run_with_a_down_pod_is_replaced_whole_or_waits():
+    gang = pooled.Placement(runs={"mn": "p0", "s": "p3"}, nodes={"mn": ["p0", "p3"]})
+    idle = lambda *runs: _st("completed", "SWEEP_COMPLETED", *runs)  # noqa: E731
+    up = {"p0": idle(("mn", "lost")), "p1": idle(), "p2": idle()}
+    # all its nodes on live pods (its own first), never node 1 alone; p3's single run too
+    assert balance.plan_moves(up, ["p3"], gang) == [balance.Move(("mn",), "p0", None, "recover", nodes=("p0", "p1")),
+                                                    balance.Move(("s",), "p2", None, "recover")]
+    # fewer live idle pods than nodes: it waits (the single run still goes)
+    up["p1"] = up["p2"] = _st("running", "SWEEP_RUNNING", ("x", "running"))
+    assert balance.plan_moves(up, ["p3"], gang) == [balance.Move(("s",), "p0", None, "recover")]
+    # a run known to have ended (all its nodes read) stays as it ended
+    assert balance.plan_moves(up, ["p3"], pooled.Placement(runs=gang.runs, nodes=gang.nodes, ended={"mn": "success"})
+                              ) == [balance.Move(("s",), "p0", None, "recover")]
+
+
 # ---------------------------------------------------------------- balance, for real, under a race
 
 

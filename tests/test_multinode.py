@@ -152,7 +152,8 @@ def test_two_nodes_train_with_world_size_4_and_the_run_is_shown_once(two_pods):
 
 
 #: A multi-node job: all ranks all-reduce ``steps`` times (default 600: ~2 minutes) unless
-#: a node leaves; ``fail_node=i`` makes node i exit 3 after a few steps.
+#: a node leaves (a launch after the first: ``again`` times, default 5); ``fail_node=i``
+#: makes node i exit 3 after a few steps.
 MNJOB = '''\
 import os, sys, time
 import torch
@@ -161,7 +162,8 @@ kv = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith
 dist.init_process_group("gloo")
 print("world_size", dist.get_world_size(), "node", os.environ.get("WF_NODE_RANK", "-"), flush=True)
 t = torch.ones(1)
-for step in range(int(kv.get("steps", 600))):
+steps = kv.get("steps", 600) if os.environ.get("WF_ATTEMPT", "1") == "1" else kv.get("again", 5)
+for step in range(int(steps)):
     dist.all_reduce(t)
     if step == 3 and kv.get("fail_node") == os.environ.get("WF_NODE_RANK", "-"):
         print("node", os.environ.get("WF_NODE_RANK", "-"), "failing on purpose", flush=True)
@@ -201,6 +203,7 @@ def test_a_failing_node_ends_the_other_and_the_run_fails(two_pods):
     log1 = (sp.outputs_of[1] / "mn" / "stdout.log").read_text()
     assert "node 1 failing on purpose" in log1
     assert [json.loads((out / "mn" / "status.json").read_text())["attempt"] for out in sp.outputs_of] == [1, 1]
+
 
 
 def test_a_killed_node_makes_the_run_lost_and_nothing_is_left_running(two_pods):
@@ -271,7 +274,7 @@ def _node_jobs(tmp_path, commands, timeout_secs=None, nnodes=None):
     dirs = []
     for rank, command in enumerate(commands):
         d = tmp_path / f"node{rank}"
-        d.mkdir()
+        d.mkdir(parents=True)
         procs.prepare(str(d), "mn", command, timeout_secs=timeout_secs if rank == 0 else None)
         env = procs.job_env({"WF_NODE_RANK": str(rank), "WF_NNODES": str(nnodes or len(commands)),
                              "WF_NODE_WATCH": f"127.0.0.1:{port}"})
@@ -311,21 +314,25 @@ def test_a_frozen_node_is_lost_and_ends_the_others(tmp_path):
     from test_sweep_run_helpers import marked_pids
     from test_tasks_helpers import wait_until
 
-    dirs = _node_jobs(tmp_path, ["sleep 120", "sleep 120", "sleep 120"])
-    assert wait_until(lambda: _read(dirs[0] / "wrapper.log").count("joined") == 2, secs=30), _read(dirs[0] / "wrapper.log")
-    frozen = [json.loads((dirs[2] / "status.json").read_text())[k] for k in ("wrapper_pid", "pid")]
-    for pid in frozen:  # its pod cut off: nothing answers, nothing closes its connections
+    # two runs at once: in one node 2 freezes (node 0 notices, and tells node 1), in the
+    # other node 0 does (node 1 notices); their pods cut off: nothing closes a connection
+    three = _node_jobs(tmp_path / "a", ["sleep 120"] * 3)
+    two = _node_jobs(tmp_path / "b", ["sleep 120"] * 2)
+    assert wait_until(lambda: _read(three[0] / "wrapper.log").count("joined") == 2
+                      and "joined" in _read(two[0] / "wrapper.log"), secs=30)
+    frozen = [json.loads((d / "status.json").read_text()) for d in (three[2], two[0])]
+    for pid in [doc[k] for doc in frozen for k in ("wrapper_pid", "pid")]:
         os.kill(pid, signal.SIGSTOP)
     try:
-        docs = _ended(dirs[:2], secs=60)
+        docs = _ended([three[0], three[1], two[1]], secs=60)
     finally:
-        nonce = json.loads((dirs[2] / "status.json").read_text())["nonce"]
-        for pid in set(frozen + marked_pids([nonce])):
+        for pid in set([doc[k] for doc in frozen for k in ("wrapper_pid", "pid")]
+                       + marked_pids([doc["nonce"] for doc in frozen])):
             os.kill(pid, signal.SIGKILL)
-    assert [d["state"] for d in docs] == ["lost", "lost"], docs
+    assert [d["state"] for d in docs] == ["lost", "lost", "lost"], docs
     assert docs[0]["error"].startswith("node 2 was lost: silent for 15s")
     assert "node 0 ended lost: node 2 was lost" in docs[1]["error"]
-
+    assert docs[2]["error"].startswith("node 0 was lost: silent for 15s")
 
 def test_a_node_whose_launch_failed_on_its_pod_tells_node_0(tmp_path):
     from workflow.agent import node_watch
@@ -341,3 +348,65 @@ def _env_of(d):
     pid = json.loads((d / "status.json").read_text())["pid"]
     with open(f"/proc/{pid}/environ", "rb") as fh:
         return dict(item.decode().split("=", 1) for item in fh.read().split(b"\0") if b"=" in item)
+
+
+def test_a_multi_node_run_whose_pod_went_down_is_replaced_whole(two_pods):
+    import os
+    import signal
+
+    from test_sweep_run_helpers import marked_pids
+    from workflow import pool, runtime
+    from workflow.sweep import balance, pooled
+
+    sp = two_pods
+    _mnjob(sp, "run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,,,2\n", pods=3)
+    (sp.root / ".podflow").mkdir(exist_ok=True)  # an earlier sweep gave it p0 and p2 (it keeps them)
+    (sp.root / ".podflow" / "pool-sweep.json").write_text(json.dumps({"nodes": {"mn": ["p0", "p2"]}}))
+    sp.wf("sweep-start", check=0)
+    out = {"p0": sp.outputs_of[0] / "mn", "p1": sp.outputs_of[1] / "mn", "p2": sp.outputs_of[2] / "mn"}
+    end = time.monotonic() + 90
+    while time.monotonic() < end and "world_size 2" not in _read(out["p2"] / "stdout.log"):
+        time.sleep(0.2)
+    node0 = json.loads((out["p0"] / "status.json").read_text())
+    runner0 = json.loads((sp.outputs_of[0] / "_control" / "sweep" / "runner" / "status.json").read_text())
+    for pid in [runner0["wrapper_pid"], runner0["pid"], node0["wrapper_pid"]] + marked_pids([node0["nonce"]]):
+        try:  # p0 dies
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # p0 is down for good before anyone read the run's end there: it is re-placed whole,
+    # on p1 and p2, at attempt 2 (a run read ended on all its pods stays as it ended)
+    runtime.reset()
+    cfg = runtime.config()
+    by_name = {p.name: p for p in pool.pods(cfg)}
+    end = time.monotonic() + 60  # p2's runner ends its sweep: p1 and p2 are idle
+    while True:
+        read = balance.Keeper(cfg, [by_name["p1"], by_name["p2"]]).read()
+        up = {r.pod.name: r.value[0] for r in read}
+        if all(st.state != "running" for st in up.values()) or time.monotonic() > end:
+            break
+        time.sleep(0.5)
+    placement = pooled.load(cfg)
+    gone = pool.PodResult(by_name["p0"], error=RuntimeError("unreachable"))
+    [shown] = pooled.merge([gone] + [pool.PodResult(r.pod, value=r.value[0]) for r in read], placement)["runs"]
+    assert (shown["id"], shown["state"]) == ("mn", "pending"), shown  # shown once: it waits for its pods
+    assert balance.plan_moves({"p2": up["p2"]}, ["p0", "p1"], placement) == []  # one live pod: it waits
+    [move] = balance.plan_moves(up, ["p0"], placement)
+    said = []
+    assert balance.execute(cfg, move, placement, said.append) == ["mn"], said
+    assert pooled.load(cfg).nodes == {"mn": ["p1", "p2"]} and pooled.load(cfg).left == {"mn": ["p0"]}
+    runtime.reset()
+
+    sp.wf("sweep-wait", "--timeout-secs", "150", check=0)
+    [run] = sp.status()["runs"]
+    assert run["state"] == "success" and [(n["pod"], n["state"]) for n in run["nodes"]] == [
+        ("p1", "success"), ("p2", "success")], run
+    for name in ("p1", "p2"):  # every node again, at attempt 2, in one new rendezvous
+        status = json.loads((out[name] / "status.json").read_text())
+        assert status["attempt"] == 2 and "--rdzv_id=mn-2" in status["argv"], status
+
+def _state(d):
+    try:
+        return json.loads((d / "status.json").read_text()).get("state")
+    except (OSError, ValueError):
+        return None

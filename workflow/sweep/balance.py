@@ -170,6 +170,8 @@ class Move:
     or they were withdrawn already)."""
     why: str
     """``balance`` (pending runs of a busy pod), ``recover`` (a down pod's), ``stranded``."""
+    nodes: Tuple[str, ...] = ()
+    """A multi-node run re-placed (its one run): all its new pods, ``to`` among them."""
 
 
 def _idle(st) -> bool:
@@ -190,18 +192,39 @@ def orphans(up: Mapping[str, object], down: Sequence[str], placement: pooled.Pla
     return out
 
 
+def lost_gangs(down: Sequence[str], placement: pooled.Placement, recover: bool) -> List[str]:
+    """Multi-node runs with a node on a down pod, not known to have ended (with ``recover``)."""
+    if not recover:
+        return []
+    return [run_id for run_id, gang in placement.nodes.items()
+            if run_id not in placement.ended and any(name in down for name in gang)]
+
+
 def plan_moves(up: Mapping[str, object], down: Sequence[str], placement: pooled.Placement,
                recover: bool = True) -> List[Move]:
     """The moves of one round. ``up``: pod name -> its ``SweepStatus`` (pod order);
-    ``down``: the pods that are down."""
+    ``down``: the pods that are down.
+
+    A multi-node run with a node on a down pod is re-placed whole, on as many idle pods
+    that are up (its own live pods first), all its nodes again, never some of them; with
+    fewer idle pods it waits (pending) for a later round."""
     idle = [name for name, st in up.items() if _idle(st)]
     if not idle:
         return []
     def may(run_id: str, pod: str) -> bool:  # a pod a run left while down is not given it again
         return pod not in placement.left.get(run_id, ())
 
-    homeless = orphans(up, down, placement, recover)
     moves: List[Move] = []
+    for run_id in lost_gangs(down, placement, recover):
+        gang = placement.nodes[run_id]
+        fits = sorted([name for name in idle if may(run_id, name)], key=lambda name: name not in gang)
+        if len(fits) < len(gang):
+            continue  # too few pods now: it waits
+        chosen = tuple(sorted(fits[:len(gang)], key=list(up).index))
+        moves.append(Move((run_id,), chosen[0], None, "recover", nodes=chosen))
+        idle = [name for name in idle if name not in chosen]
+
+    homeless = orphans(up, down, placement, recover)
     if homeless:
         for i, name in enumerate(idle):
             fits = [o for o in homeless if may(o[0], name)]
@@ -270,6 +293,8 @@ def execute(cfg, move: Move, seen: pooled.Placement, say: Say,
     round (withdrawn ones are then ``stranded``), and says why. ``present``: for a target
     that replaced a down pod, the runs its sweep lists (the old pod's are not there)."""
     pods = _by_name(cfg)
+    if move.nodes:
+        return _execute_gang(cfg, move, seen, say, pods)
     with turn(cfg):
         now = pooled.load(cfg)
         runs = [r for r in move.runs if now.pod_of(r) == seen.pod_of(r) and r not in now.ended]
@@ -304,6 +329,44 @@ def execute(cfg, move: Move, seen: pooled.Placement, say: Say,
     return runs
 
 
+def _execute_gang(cfg, move: Move, seen: pooled.Placement, say: Say, pods: Mapping[str, pool.Pod]) -> List[str]:
+    """Re-place a multi-node run whole on ``move.nodes``: a new rendezvous (node 0's
+    address, fresh ports, the probe), every node launched at the run's next attempt (one
+    ``rdzv_id``), then the record: its new pods, and the down pods it left."""
+    from workflow.sweep import multinode
+    from workflow.sweep.control import start_sweep
+
+    [run_id] = move.runs
+    with turn(cfg):
+        now = pooled.load(cfg)
+        if list(now.nodes.get(run_id) or ()) != list(seen.nodes.get(run_id) or ()) or run_id in now.ended:
+            return []  # another client moved it since
+        attempt = now.attempt_of(run_id) + 1
+        targets = [pods[name] for name in move.nodes]
+        try:
+            nodes = pooled._rendezvous({run_id: move.nodes}, {}, targets, attempts={run_id: attempt})
+            first = next(mine[run_id] for mine in nodes.values() if mine[run_id].rank == 0)
+            multinode.probe_rendezvous({run_id: first}, pods)
+
+            def start(pod):
+                keep = set(now.held_by(pod.name)) | {r for r, gang in now.nodes.items() if pod.name in gang}
+                return start_sweep(runtime.config(), runtime.agent(), runtime.fsm(), csv=now.csv,
+                                   run_ids=keep | {run_id}, launch_ids={run_id}, attempts={run_id: attempt},
+                                   nodes=nodes[pod.name])
+
+            pool.raise_failures(pool.fan_out(targets, start))
+        except PodflowError as exc:
+            say(f"{', '.join(move.nodes)}: could not start {run_id} on {len(targets)} nodes: "
+                f"{getattr(exc, 'message', exc)}; it waits for pods")
+            return []
+        old = list(now.nodes.get(run_id) or ())
+        pooled.save(cfg, {run_id: first.pods[0]}, attempts={run_id: attempt},
+                    left={run_id: [name for name in old if name not in first.pods]}, nodes={run_id: first.pods})
+    say(f"{', '.join(first.pods)} took {run_id} on {len(first.pods)} nodes (it had {', '.join(old)}; "
+        f"attempt {attempt})")
+    return [run_id]
+
+
 def cancel_stale(cfg, up: Mapping[str, object], placement: pooled.Placement, say: Say) -> None:
     """Withdraw and cancel, on pods that answer, copies of runs the record gives to another pod."""
     pods = _by_name(cfg)
@@ -324,10 +387,30 @@ def record_ends(cfg, up: Mapping[str, object], placement: pooled.Placement) -> p
     ended = {r.id: r.state for name, st in up.items() for r in st.runs
              if r.state in pooled.TERMINAL and placement.pod_of(r.id) == name and placement.ended.get(r.id) != r.state
              and r.id not in placement.nodes}  # node 0's end is not a multi-node run's
+    ended.update(_gang_ends(up, placement))
     if not ended:
         return placement
     with turn(cfg):
         return pooled.save(cfg, {}, ended=ended)
+
+
+def _gang_ends(up: Mapping[str, object], placement: pooled.Placement) -> Dict[str, str]:
+    """Multi-node runs that ended, read on all their pods (``multinode.combine``), at their
+    current attempt (a node's earlier end is not the re-placed run's)."""
+    from workflow.sweep import multinode
+
+    out: Dict[str, str] = {}
+    for run_id, gang in placement.nodes.items():
+        if not all(name in up for name in gang):
+            continue
+        entries = [next((r for r in up[name].runs if r.id == run_id), None) for name in gang]
+        if any(e is None or int(e.attempt or 1) < placement.attempt_of(run_id) for e in entries):
+            continue
+        state = multinode.combine([{"rank": i, "state": e.state, "finished_at": e.finished_at}
+                                   for i, e in enumerate(entries)])
+        if state in pooled.TERMINAL and placement.ended.get(run_id) != state:
+            out[run_id] = state
+    return out
 
 
 @dataclass

@@ -135,15 +135,16 @@ def check_fits(run_id: str, nodes: int, pods: int) -> None:
 
 def combine(nodes: Sequence[Mapping[str, Any]]) -> str:
     """The state of a run from its nodes' states (rank order): ``success`` when all
-    succeeded; once any node ended otherwise, the state of the first one that ended that
-    way (it ends the others); else ``running`` while any node runs; else node 0's."""
+    succeeded; once any node ended otherwise, ``lost`` if one was lost, else the state of
+    the first one that ended that way (it ends the others); else ``running`` while any node runs; else node 0's."""
     states = [n.get("state") for n in nodes]
     if states and all(s == "success" for s in states):
         return "success"
     bad = [n for n in nodes if n.get("state") in ENDED and n.get("state") != "success"]
     if bad:
-        # an end with no time (a lost node: nothing wrote it) is taken for the first
-        first = min(bad, key=lambda n: (n.get("finished_at") or "", n.get("rank", 0)))
+        # a lost node is taken for the cause: its end time is when a reader noticed (the
+        # repair pass wrote it), not when it died; the others failed or ended after it
+        first = min(bad, key=lambda n: (n.get("state") != "lost", n.get("finished_at") or "", n.get("rank", 0)))
         return str(first["state"])
     if "running" in states:
         return "running"

@@ -173,11 +173,12 @@ def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) ->
 
 
 def _rendezvous(gangs: Mapping[str, Tuple[str, ...]], probed: Mapping[str, Any],
-                selected: Sequence[Any]) -> Dict[str, Dict[str, Any]]:
+                selected: Sequence[Any], attempts: Mapping[str, int] = {}) -> Dict[str, Dict[str, Any]]:
     """Each node of each multi-node run: node 0's address and a port free there (one
     ``net.facts`` call per pod, all at once), the interface holding each pod's address,
-    the rendezvous id from node 0's attempt, and whether the run starts at all
-    (its nodes' last states, ``multinode.combine``)."""
+    the rendezvous id from node 0's attempt (or ``attempts``: a run re-placed), and
+    whether the run starts at all (its nodes' last states in ``probed``, the pods' dry
+    runs, ``multinode.combine``; a pod not there has no earlier state)."""
     from workflow import pool, runtime
     from workflow.sweep import multinode
 
@@ -195,11 +196,11 @@ def _rendezvous(gangs: Mapping[str, Tuple[str, ...]], probed: Mapping[str, Any],
     out: Dict[str, Dict[str, Any]] = {}
     for run_id, chosen in gangs.items():
         first = chosen[0]
-        before = {pr.plan.run_id: pr for pr in probed[first].value.runs}.get(run_id)
-        attempt = before.resume.attempt if before is not None and before.resume else 1
+        before = {pr.plan.run_id: pr for pr in _runs_of(probed, first)}.get(run_id)
+        attempt = attempts.get(run_id) or (before.resume.attempt if before is not None and before.resume else 1)
         endpoint = f"{net[first]['addr']}:{free[first].pop(0)}"
         watch = f"{net[first]['addr']}:{free[first].pop(0)}"
-        previous = [{"rank": i, "state": next((pr.previous_state for pr in probed[name].value.runs
+        previous = [{"rank": i, "state": next((pr.previous_state for pr in _runs_of(probed, name)
                                                 if pr.plan.run_id == run_id), None)}
                     for i, name in enumerate(chosen)]
         states = [n["state"] for n in previous]
@@ -210,6 +211,10 @@ def _rendezvous(gangs: Mapping[str, Tuple[str, ...]], probed: Mapping[str, Any],
                 rank=rank, pods=tuple(chosen), endpoint=endpoint, rdzv_id=f"{run_id}-{attempt}",
                 addr=addrs[name], iface=net[name].get("iface"), previous=prev, watch=watch)
     return out
+
+
+def _runs_of(probed: Mapping[str, Any], name: str) -> Sequence[Any]:
+    return probed[name].value.runs if name in probed else ()
 
 
 # ---------------------------------------------------------------- the record
@@ -271,7 +276,7 @@ def load(config) -> Placement:
 
 def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
          attempts: Optional[Mapping[str, int]] = None, ended: Optional[Mapping[str, str]] = None,
-         csv: Optional[str] = None, left: Optional[Mapping[str, str]] = None,
+         csv: Optional[str] = None, left: Optional[Mapping[str, Any]] = None,
          nodes: Optional[Mapping[str, Sequence[str]]] = None) -> Placement:
     """Record ``placed``, ``attempts``, ``ended``, the pods runs ``left`` and the pods of
     multi-node runs ``nodes`` (merged over what was recorded; a run placed anew forgets
@@ -279,10 +284,11 @@ def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
     before = load(config)
     runs, tries, done = dict(before.runs), dict(before.attempts), dict(before.ended)
     gone = {k: list(v) for k, v in before.left.items()}
-    for run_id, pod in (left or {}).items():
+    for run_id, pods in (left or {}).items():  # one pod, or several (a multi-node run's)
         gone.setdefault(run_id, [])
-        if pod not in gone[run_id]:
-            gone[run_id].append(pod)
+        for pod in [pods] if isinstance(pods, str) else pods:
+            if pod not in gone[run_id]:
+                gone[run_id].append(pod)
     runs.update(placed)
     for run_id in placed:
         if placed[run_id] != before.runs.get(run_id):
@@ -325,7 +331,9 @@ def merge(read: Sequence[Any], placement: Placement) -> Dict[str, Any]:
     elsewhere is stale); a pod that could not be read is ``down`` and the runs it holds
     are ``unknown`` (or the end last read from it, ``Placement.ended``). A multi-node run
     is shown once: node 0's entry, its state combined over its nodes
-    (``multinode.combine``), and ``nodes``: each node's pod and state."""
+    (``multinode.combine``), and ``nodes``: each node's pod and state; while one of its
+    pods cannot be read, the end last recorded (``Placement.ended``), else ``pending``
+    (it waits to be re-placed whole)."""
     from workflow.fsm import order
     from workflow.sweep import multinode
 
@@ -376,6 +384,8 @@ def merge(read: Sequence[Any], placement: Placement) -> Dict[str, Any]:
                          "exit_code": entries.get(name, {}).get("exit_code"),
                          "finished_at": entries.get(name, {}).get("finished_at")} for i, name in enumerate(gang)]
         run["state"] = multinode.combine(run["nodes"])
+        if any(name in down for name in gang):  # what is known of it, else it waits to be re-placed whole
+            run["state"] = placement.ended.get(run["id"]) or "pending"
         if run["state"] != "success" and run.get("exit_code") == 0:
             run["exit_code"] = next((n["exit_code"] for n in run["nodes"] if n["exit_code"]), run["exit_code"])
     runs.sort(key=lambda run: (run.get("line") is None, run.get("line") or 0))
