@@ -344,7 +344,7 @@ def _execute_gang(cfg, move: Move, seen: pooled.Placement, say: Say, pods: Mappi
         attempt = now.attempt_of(run_id) + 1
         targets = [pods[name] for name in move.nodes]
         try:
-            nodes = pooled._rendezvous({run_id: move.nodes}, {}, targets, attempts={run_id: attempt})
+            nodes = pooled.rendezvous({run_id: move.nodes}, {}, targets, attempts={run_id: attempt})
             first = next(mine[run_id] for mine in nodes.values() if mine[run_id].rank == 0)
             multinode.probe_rendezvous({run_id: first}, pods)
 

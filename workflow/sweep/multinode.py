@@ -136,7 +136,8 @@ def check_fits(run_id: str, nodes: int, pods: int) -> None:
 def combine(nodes: Sequence[Mapping[str, Any]]) -> str:
     """The state of a run from its nodes' states (rank order): ``success`` when all
     succeeded; once any node ended otherwise, ``lost`` if one was lost, else the state of
-    the first one that ended that way (it ends the others); else ``running`` while any node runs; else node 0's."""
+    the first one that ended that way (it ends the others); else ``running`` while any
+    node runs; else node 0's."""
     states = [n.get("state") for n in nodes]
     if states and all(s == "success" for s in states):
         return "success"

@@ -120,7 +120,7 @@ def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) ->
     record's ``left``: its copies lose if it comes back, as after ``sweep-recover``). Any
     other failure (bad CSV, a refusing state machine) stops the whole start, before
     anything runs, and so does no pod answering. Multi-node runs then get their
-    rendezvous (``_rendezvous``)."""
+    rendezvous (``rendezvous``)."""
     from workflow import pool, runtime
     from workflow.sweep import multinode
     from workflow.sweep.control import start_sweep
@@ -168,11 +168,11 @@ def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) ->
         if len(chosen) > 1:
             gangs[run_id] = chosen
     answering = [p for p in selected if p.name not in gone]
-    nodes = _rendezvous(gangs, {r.pod.name: r for r in probed}, answering) if gangs else {}
+    nodes = rendezvous(gangs, {r.pod.name: r for r in probed}, answering) if gangs else {}
     return PoolPlan(by_pod, nodes, unreachable, left)
 
 
-def _rendezvous(gangs: Mapping[str, Tuple[str, ...]], probed: Mapping[str, Any],
+def rendezvous(gangs: Mapping[str, Tuple[str, ...]], probed: Mapping[str, Any],
                 selected: Sequence[Any], attempts: Mapping[str, int] = {}) -> Dict[str, Dict[str, Any]]:
     """Each node of each multi-node run: node 0's address and a port free there (one
     ``net.facts`` call per pod, all at once), the interface holding each pod's address,
