@@ -15,6 +15,7 @@ from fakes.harness import CloudProject
 from fakes.lium import LiumExecutor
 from fakes.runpod import GpuType
 from fakes.vast import VastOffer
+from workflow.agent import net
 
 pytestmark = pytest.mark.ssh
 
@@ -136,7 +137,7 @@ def _vast_offers(bad_second=False):
             VastOffer(4, dph_total=0.50, cluster_id=5, rent_error="invalid_args" if bad_second else None)]
 
 
-def test_vast_rents_one_physical_clusters_offers_on_an_overlay_and_ends_it(network):
+def test_vast_rents_one_physical_clusters_offers_on_an_overlay_and_ends_it(network, monkeypatch):
     cp = network("vastai", _vast_offers())
     offers = ok_json(cp.wf("offers", "--json"))["offers"]  # only a physical cluster with 2 offers can
     assert [(o["id"], o["price_per_hour"]) for o in offers] == [("cluster-5", 0.9)]
@@ -146,6 +147,10 @@ def test_vast_rents_one_physical_clusters_offers_on_an_overlay_and_ends_it(netwo
     assert overlay["cluster_id"] == 5
     rented = sorted(p.offer.id for p in cp.live_pods())
     assert rented == [3, 4] and sorted(overlay["instances"]) == sorted(p.id for p in cp.live_pods())
+    # inside an overlay each pod's address is its eth0's; these pods share this machine's eth0
+    # (an SSH host of its own, loopback, where the machine has none), and reach each other there
+    eth0 = net.iface_addr("eth0")
+    assert _rendezvous_over_the_network(cp, monkeypatch) == ([eth0 or "127.0.0.1"] * 2, "eth0" if eth0 else "lo")
 
     r = cp.wf("pod-down", "--destroy")
     assert r.returncode == 0, r.stdout + r.stderr
