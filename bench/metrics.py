@@ -30,6 +30,14 @@ sys.path.insert(0, str(ROOT))
 from workflow.agent.metrics import CHUNK, LogMetrics  # noqa: E402
 
 
+def _repeat(path: Path, mb: float, lines: list) -> None:
+    """``lines`` again and again until the file holds ``mb`` MB."""
+    block = "".join(lines).encode()
+    with open(path, "wb") as fh:
+        while fh.tell() < mb * (1 << 20):
+            fh.write(block)
+
+
 def write_log(path: Path, mb: float) -> None:
     lines = []
     for i in range(20000):
@@ -38,10 +46,7 @@ def write_log(path: Path, mb: float) -> None:
             lines.append("step %d: train loss %.4f, val loss %.4f\n" % (i, 3.06, 3.10))
         if i % 3 == 0:
             lines.append("W1202 dataloader.py:123] prefetch took longer than expected\n")
-    block = "".join(lines).encode()
-    with open(path, "wb") as fh:
-        while fh.tell() < mb * (1 << 20):
-            fh.write(block)
+    _repeat(path, mb, lines)
 
 
 def write_hf_log(path: Path, mb: float) -> None:
@@ -51,10 +56,7 @@ def write_hf_log(path: Path, mb: float) -> None:
                      % (4.0 / (i + 1) + 1, 0.5 + i % 5 / 10, 5e-5, i / 100))
         lines.append("".join(" %d%%|#####     | %d/2000 [00:%02d<01:40,  1.50it/s]\r" % (i // 20, i, i % 60)
                              for _ in range(10)))
-    block = "".join(lines).encode()
-    with open(path, "wb") as fh:
-        while fh.tell() < mb * (1 << 20):
-            fh.write(block)
+    _repeat(path, mb, lines)
 
 
 def write_kv_log(path: Path, mb: float) -> None:
@@ -64,10 +66,7 @@ def write_kv_log(path: Path, mb: float) -> None:
         lines.append("loss=%.4f lr=%.2e grad_norm=%.3f\n" % (4.0 / (i + 1) + 1, 3e-4 * (1 - i / 5000), 0.5 + i % 5 / 10))
         if i % 3 == 0:
             lines.append("W1202 dataloader.py:123] prefetch took longer than expected\n")
-    block = "".join(lines).encode()
-    with open(path, "wb") as fh:
-        while fh.tell() < mb * (1 << 20):
-            fh.write(block)
+    _repeat(path, mb, lines)
 
 
 def physical_limit(path: Path) -> dict:
