@@ -249,15 +249,15 @@ def scan_chunk(shapes, raw, parse_rest):
     if b"\r" in raw:
         raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     text = b"\n" + raw + (b"" if raw.endswith(b"\n") else b"\n")
-    lines = text.count(b"\n") - 1
-    found, matched, hot = [], 0, shapes.hot()
+    size = len(text) - 1  # the bytes of the lines, each with its \n first (as the rows are)
+    found, covered, hot = [], 0, shapes.hot()
     for shape in hot:
         if shape.start not in text:  # found at memory speed: no pass of the regular expression
             continue
         rows = shape.rx.findall(text)
         if not rows:
             continue
-        matched += len(rows)
+        covered += sum(map(len, rows))  # (faster than counting lines)
         shapes.freq[shape.key] = shapes.freq.get(shape.key, 0) + len(rows)
         if shape.plan is None:
             continue
@@ -271,12 +271,12 @@ def scan_chunk(shapes, raw, parse_rest):
         except ValueError:
             return None
         found.append(Found(shape, rows, raws, stats))
-    if matched > lines:
+    if covered > size:
         return None
-    if matched < lines and (len(text.translate(None, _OTHER_LINE_ENDS)) < len(text)
+    if covered < size and (len(text.translate(None, _OTHER_LINE_ENDS)) < len(text)
                             or any(end in text for end in _OTHER_LINE_ENDS_UTF8)):
         return None  # (lines of hot shapes hold none)
-    if matched < lines and shapes.rest_rx(b"=" in text).search(text):  # a line of no hot shape that may hold metrics
+    if covered < size and shapes.rest_rx(b"=" in text).search(text):  # a line of no hot shape that may hold metrics
         for line in shapes.union_rx().sub(b"", text).decode("utf-8", "replace").splitlines():
             if line and not TQDM_LINE.match(("\n" + line).encode("utf-8")) and parse_rest(line) is not None:
                 return None
