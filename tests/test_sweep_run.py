@@ -367,4 +367,19 @@ def test_gpus_counted_by_torch_when_there_is_no_nvidia_smi(tmp_path, monkeypatch
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
     assert gpus.detect_gpus({}, str(fake_python)) == (["0", "1", "2"], "torch")
     assert gpus.detect_gpus({}, str(tmp_path / "missing")) == ([], "none")
+    # torch's answer is kept (importing torch takes seconds) until the venv changes
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
+    kept, cache = venv / "bin" / "python", tmp_path / "ctl" / "torch-gpus.json"
+    (tmp_path / "ctl").mkdir()
+    kept.write_text("#!/bin/sh\necho 2\n")
+    kept.chmod(0o755)
+    assert gpus.detect_gpus({}, str(kept), cache=str(cache)) == (["0", "1"], "torch")
+    st = os.lstat(kept)
+    kept.write_text("#!/bin/sh\nexit 1\n")  # would say none, were it asked
+    os.utime(kept, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert gpus.detect_gpus({}, str(kept), cache=str(cache)) == (["0", "1"], "torch")  # not asked: kept
+    (venv / "lib" / "python3.11" / "site-packages" / "torch").mkdir()  # a package added: asked again
+    assert gpus.detect_gpus({}, str(kept), cache=str(cache)) == ([], "none")
     assert gpus.detect_gpus({"CUDA_VISIBLE_DEVICES": "4,5"}, str(fake_python)) == (["4", "5"], "remote.env CUDA_VISIBLE_DEVICES")

@@ -1,9 +1,14 @@
 """The pod's GPUs as the sweep sees them: ``remote.env``/the environment's
 ``CUDA_VISIBLE_DEVICES``, else nvidia-smi, else torch in the checkout's venv."""
 
+import glob
+import json
 import os
 import shutil
 import subprocess
+
+from .fsutil import write_json_atomic
+from .job_status import boot_id
 
 
 def _split_gpus(text):
@@ -27,9 +32,44 @@ def _torch_gpus(python):
     return [str(i) for i in range(count)]
 
 
-def detect_gpus(remote_env=None, venv_python=None):
+def _venv_key(python):
+    """What torch's answer depends on: the venv's python and packages (their dirs' mtimes
+    change when the venv is made again or a package is added or replaced), and the boot."""
+    venv = os.path.dirname(os.path.dirname(python))
+    try:
+        stamps = [os.lstat(python).st_mtime_ns] + [os.stat(d).st_mtime_ns for d in
+                                                   sorted(glob.glob(os.path.join(venv, "lib", "python*", "site-packages")))]
+    except OSError:
+        return None
+    return [os.path.abspath(python), stamps, boot_id()]
+
+
+def _torch_gpus_kept(python, cache):
+    """``_torch_gpus``, its answer kept in the file ``cache`` while ``_venv_key`` holds:
+    importing torch takes seconds, and every sweep-start probes (on a pool: twice per pod,
+    and again for every run a pod takes from another)."""
+    key = _venv_key(python) if cache and python and os.path.isfile(python) else None
+    if key is not None:
+        try:
+            with open(cache) as fh:
+                doc = json.load(fh)
+            if doc.get("key") == key:
+                return list(doc["ids"])
+        except (IOError, OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+    ids = _torch_gpus(python)
+    if key is not None and ids is not None:
+        try:
+            write_json_atomic(cache, {"key": key, "ids": ids})
+        except (IOError, OSError):
+            pass  # a cache that cannot be written only costs the next probe its time
+    return ids
+
+
+def detect_gpus(remote_env=None, venv_python=None, cache=None):
     """(gpu ids, where they came from): CUDA_VISIBLE_DEVICES of remote.env, else of the
-    pod's environment, else nvidia-smi, else torch in the checkout's venv, else none."""
+    pod's environment, else nvidia-smi, else torch in the checkout's venv (its answer
+    kept in the file ``cache``, when given), else none."""
     remote_env = remote_env or {}
     if "CUDA_VISIBLE_DEVICES" in remote_env:
         return _split_gpus(str(remote_env["CUDA_VISIBLE_DEVICES"])), "remote.env CUDA_VISIBLE_DEVICES"
@@ -45,7 +85,7 @@ def detect_gpus(remote_env=None, venv_python=None):
                 return ids, "nvidia-smi"
         except (OSError, subprocess.SubprocessError):
             pass
-    ids = _torch_gpus(venv_python)
+    ids = _torch_gpus_kept(venv_python, cache)
     if ids:
         return ids, "torch"
     return [], "none"

@@ -73,7 +73,8 @@ def probe(request):
             missing.append([line, path])
     entry = request.get("entrypoint")
     entry_missing = bool(entry) and not os.path.isfile(os.path.join(run_root, entry))
-    gpus, source = detect_gpus(request.get("remote_env"), os.path.join(workdir, ".venv", "bin", "python"))
+    gpus, source = detect_gpus(request.get("remote_env"), os.path.join(workdir, ".venv", "bin", "python"),
+                               cache=os.path.join(outputs, "_control", "torch-gpus.json"))
     runs = {}
     for run_id in request.get("run_ids") or []:
         d = run_dir(outputs, run_id)
