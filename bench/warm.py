@@ -2,7 +2,7 @@
 login each) vs warm (through the pod's kept connection), and raw ``ssh`` through an
 OpenSSH ControlMaster doing the same remote reads as the limit.
 
-    .venv/bin/python bench/warm.py [--repeat 7]
+    .venv/bin/python bench/warm.py [--repeat 7] [--editable]
 
 Commands: ``fsm-status``, ``task-list`` of 100 tasks, ``task-run`` -> ``task-wait`` of
 ``true``, ``sweep-status`` of 1000 runs (200 log lines each). Cold runs set
@@ -10,6 +10,7 @@ Commands: ``fsm-status``, ``task-list`` of 100 tasks, ``task-run`` -> ``task-wai
 server the first command left ("no zyg": warm, but ``WF_ZYGOTE=0``, so each ``wf``
 imports the CLI itself). The ControlMaster limit reads the same files with ``cat`` (``task-run`` ->
 ``task-wait``: a detached ``sh`` writes its exit code, a second exec waits for it).
+``wf`` is installed as a user installs it (``plain_install``), unless ``--editable``.
 Prints medians in seconds and warm / ControlMaster ratios. Targets (warm): fsm-status
 <= 0.12 s, task-list <= 0.08 s, task-run -> task-wait <= 0.35 s, sweep-status of 1000
 runs <= 0.25 s: no slower than the ControlMaster on every command.
@@ -73,10 +74,33 @@ def populate(outputs: Path, tasks: int, runs: int, chown) -> None:
     chown(outputs)
 
 
+def plain_install(where: Path) -> str:
+    """A ``wf`` as ``pip install podflow`` (not editable) gives: this venv's packages and
+    the package on ``sys.path`` as plain paths, and pip's own console script. The dev
+    venv's editable install adds an import hook that every python start loads (~15 ms)."""
+    import sysconfig
+
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "podflow.pth").write_text(f"{ROOT}\n{sysconfig.get_paths()['purelib']}\n")
+    script = Path(WF).read_text().split("\n", 1)[1]  # pip's console script, run by the new venv's python
+    wf = venv / "bin" / "wf"
+    wf.write_text(f"#!{venv / 'bin' / 'python'}\n{script}")
+    wf.chmod(0o755)
+    return str(wf)
+
+
 def main() -> None:
+    global WF
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--editable", action="store_true", help="time this venv's own wf (editable install) instead")
     args = ap.parse_args()
+    installed = Path(tempfile.mkdtemp(prefix="podflow-bench-install-"))
+    if not args.editable:
+        WF = plain_install(installed)
     # An installed package has its bytecode; a checkout run with PYTHONDONTWRITEBYTECODE
     # would compile every module of `wf` on every start (~0.1 s of CPU): compile once.
     compileall.compile_dir(str(ROOT / "workflow"), quiet=1)
@@ -139,7 +163,8 @@ def main() -> None:
             unserved = {name: timed(lambda: fn(unserved_env), args.repeat) for name, fn in cmds.items()}
             assert pod.accepted_logins() == logins_warm, "a warm command logged in"
             served = (project / ".podflow" / "cli" / "zygote.log").read_text().count(" served)\n")
-            floor = timed(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), args.repeat * 3)[0]
+            python = Path(WF).with_name("python")
+            floor = timed(lambda: subprocess.run([python, "-c", "pass"], check=True), args.repeat * 3)[0]
 
             # The limit: OpenSSH with a ControlMaster, reading the same files.
             cfg = load_config(cwd=project)
@@ -197,7 +222,7 @@ def main() -> None:
             load = os.getloadavg()[0]
             print(f"warm CLI server: ran {served} of the warm commands (a child each: its CPU is in the warm column); "
                   f"'no zyg' is warm with "
-                  f"WF_ZYGOTE=0 (each wf imports the CLI itself); a bare `python -c pass` of this venv: {floor:.3f} s")
+                  f"WF_ZYGOTE=0 (each wf imports the CLI itself); a bare `python -c pass` of {'this (editable) venv' if args.editable else 'the plain install'}: {floor:.3f} s")
             print(f"medians of {args.repeat}; load average {load:.1f} on {os.cpu_count()} CPUs")
             print(f"{'':28} {'wall seconds':^42}  {'ratios':^18}  {'CPU seconds (local)':^34}")
             print(f"{'command':28} {'cold':>7} {'no zyg':>7} {'warm':>7} {'ssh CM':>7} {'warm':>7}   cold/warm  warm/CM  "
@@ -213,6 +238,7 @@ def main() -> None:
             kept.stop(project)
             zygote.stop(project)
             shutil.rmtree(project, ignore_errors=True)
+            shutil.rmtree(installed, ignore_errors=True)
 
 
 if __name__ == "__main__":
