@@ -92,3 +92,18 @@ def test_a_killed_or_stopped_server_is_routed_around_within_a_bound(warm):
     finally:
         if alive(cli):
             os.kill(cli, signal.SIGCONT)
+
+
+def test_a_config_parsed_ahead_serves_only_the_same_text_and_as_a_copy():
+    from workflow.config import yamlfile
+
+    text = "project: ahead\npod:\n  provider: ssh\n"
+    yamlfile.parse_ahead(text)
+    try:
+        doc = yamlfile.read_yaml(text)
+        assert doc.data == {"project": "ahead", "pod": {"provider": "ssh"}} and doc.lines[("pod", "provider")] == 3
+        doc.data["pod"]["provider"] = "local"
+        assert yamlfile.read_yaml(text).data["pod"]["provider"] == "ssh"
+        assert yamlfile.read_yaml(text.replace("ahead", "other")).data["project"] == "other"
+    finally:
+        yamlfile._ahead.pop(text, None)

@@ -402,6 +402,18 @@ def _run_like_python(main) -> int:
 # -- the process
 
 
+def _parse_config_ahead(root: Path) -> None:
+    """The project's YAML parsed once here; a command whose file holds the same text uses
+    it (``yamlfile.parse_ahead``), any other text is parsed as usual."""
+    from workflow.config.loader import DEFAULT_CONFIG
+    from workflow.config.yamlfile import YamlSyntaxError, parse_ahead
+
+    try:
+        parse_ahead((root / DEFAULT_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, YamlSyntaxError):
+        pass
+
+
 def run(job: dict) -> int:
     directory = server_dir(job["root"])
     lock = open(directory / LOCK, "a+")
@@ -422,6 +434,10 @@ def run(job: dict) -> int:
 
     ns.task_names  # noqa: B018 -- computed once here, not in every child
     schema.schema()  # read once here (and watched below with the sources)
+    _parse_config_ahead(Path(job["root"]))
+    import gc
+
+    gc.freeze()  # what it imported is never collected: a child's collections leave those pages shared
     sock_path = directory / entry.SOCKET
 
     listener = bind(sock_path)

@@ -51,8 +51,24 @@ def _index(node: Any, path: Path_, doc: YamlDoc) -> None:
             _index(item, sub, doc)
 
 
+#: Documents parsed ahead by their whole text (``parse_ahead``): the warm CLI server
+#: parses its project's config once, and each command it forks finds it here while the
+#: file holds the same text.
+_ahead: Dict[str, YamlDoc] = {}
+
+
+def parse_ahead(text: str) -> None:
+    """Parse ``text`` now; a later ``read_yaml`` of the same text gets a copy."""
+    _ahead[text] = read_yaml(text)
+
+
 def read_yaml(text: str) -> YamlDoc:
     """Parse ``text``; raises ``YamlSyntaxError`` (with the line) on bad YAML."""
+    ahead = _ahead.get(text)
+    if ahead is not None:
+        import copy
+
+        return copy.deepcopy(ahead)
     import yaml
 
     try:
