@@ -204,7 +204,11 @@ def exit_like(status: int) -> None:
 def main() -> None:
     argv = sys.argv[1:]
     if servable(argv):
-        status = through_server(argv)
+        try:
+            status = through_server(argv)
+        except KeyboardInterrupt:  # before the command started (its child, if any, ends with our socket)
+            sys.stderr.write("interrupted\n")
+            os._exit(130)
         if status is not None:
             exit_like(status)
     from workflow.cli.main import main as run_here

@@ -212,7 +212,9 @@ class Zygote:
 
     def caller_spoke(self, conn: socket.socket) -> None:
         """A caller only ever hangs up (Ctrl-C and the like reach its child directly)."""
-        child = next(c for c in self.children.values() if c.conn is conn)
+        child = next((c for c in self.children.values() if c.conn is conn), None)
+        if child is None:  # reaped in this same round: its caller has its status already
+            return
         try:
             data = conn.recv(1)
         except OSError:
@@ -272,22 +274,40 @@ class Zygote:
         return None
 
     def fork(self, conn: socket.socket, req: dict, fds: List[int]) -> None:
+        """Fork the command's child. It starts the command only once its caller was told
+        (``R``): a caller that gives up waiting runs the command itself, so a server
+        stopped or killed in between must leave no second run behind."""
+        go_r, go_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            code = 70
+            code = 70  # EX_SOFTWARE: it could not become the command (said on stderr)
             try:
+                os.close(go_w)
+                told = os.read(go_r, 1)
+                os.close(go_r)
+                if not told:
+                    os._exit(code)  # the caller never heard of it: it runs the command itself
                 code = self.become(conn, req, fds)
+            except BaseException:  # noqa: BLE001 -- said, then this process ends
+                import traceback
+
+                traceback.print_exc()
             finally:
                 os._exit(code)
         try:
             os.setpgid(pid, pid)
         except OSError:
             pass  # it did so itself already
+        os.close(go_r)
         pidfd = os.pidfd_open(pid)
         self.children[pidfd] = _Child(pid, pidfd, conn, req["argv"])
+        try:
+            entry.send(conn, b"R", {"pid": pid})
+            os.write(go_w, b"1")
+        finally:
+            os.close(go_w)
         self.served += 1
         _log(f"serving {' '.join(req['argv'][1:2])} (child {pid}; {self.served} served)")
-        entry.send(conn, b"R", {"pid": pid})
 
     # -- in the child
 
@@ -300,9 +320,9 @@ class Zygote:
         conn.close()
         self.listener.close()
         self.lock.close()  # the server's lock is its own, not its children's
+        signal.set_wakeup_fd(-1)
         os.close(self.wake_r)
         os.close(self.wake_w)
-        signal.set_wakeup_fd(-1)
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT, signal.SIGWINCH):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
