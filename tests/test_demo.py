@@ -66,6 +66,15 @@ def test_demo_on_two_pods_one_killed_halfway_then_again_on_one(tmp_path):
     for run in ("demo-tiny-s0", "demo-tiny-s1-lr05"):  # started over: the runs ran again from scratch
         status = json.loads((demo_dir / "pod" / "outputs" / run / "status.json").read_text())
         assert status["attempt"] == 1, run
+    # torch's GPU count was kept by the checkout's preflight, and sweep-start's probe used it
+    # (a probe that imported torch again would have written it after the checkout ended)
+    from datetime import datetime
+
+    kept = demo_dir / "pod" / "outputs" / "_control" / "torch-gpus.json"
+    assert json.loads(kept.read_text())["ids"] == []  # CPU torch
+    task = max((demo_dir / "pod" / "outputs" / "_tasks").glob("checkout-*/status.json"), key=lambda p: p.stat().st_mtime)
+    ended = datetime.fromisoformat(json.loads(task.read_text())["finished_at"].replace("Z", "+00:00")).timestamp()
+    assert kept.stat().st_mtime < ended
 
 
 TORCH_SITE = next((REPO / ".venv-torch" / "lib").glob("python3*/site-packages"), None) \

@@ -13,6 +13,7 @@ import re
 from .checkout_data import ensure_data
 from .checkout_venv import VENV_NAME, make_venv, preflight, venv_env, wants_cuda
 from .fsutil import expand, makedirs, utcnow
+from .gpus import cache_path as gpus_cache, keep_torch_count
 from .step_runner import StepFailed, mask_url, run_main
 
 
@@ -223,6 +224,9 @@ def do_checkout(r, result):
     if spec.get("require_torch") or wants_cuda(spec):
         with r.step("preflight", "import torch%s" % (" and CUDA" if wants_cuda(spec) else "")):
             torch_info = preflight(r, spec, venv, python)
+        # what the sweep's probe would import torch again to learn (GPU ids as torch counts them)
+        keep_torch_count(os.path.join(venv, "bin", "python"), gpus_cache(expand(spec["outputs_dir"])),
+                         [str(i) for i in range(torch_info.get("devices") or 0 if torch_info.get("cuda") else 0)])
     data = {"downloaded": False}
     if spec.get("data_checks"):
         with r.step("data", "%d check(s)" % len(spec["data_checks"])):

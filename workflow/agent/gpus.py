@@ -44,6 +44,22 @@ def _venv_key(python):
     return [os.path.abspath(python), stamps, boot_id()]
 
 
+def cache_path(outputs):
+    """Where a pod keeps torch's GPU count (``detect_gpus``' ``cache``)."""
+    return os.path.join(outputs, "_control", "torch-gpus.json")
+
+
+def keep_torch_count(python, cache, ids):
+    """Keep torch's answer ``ids`` for the venv of ``python`` (the checkout's preflight has
+    it: the first sweep-start then needs no import of its own)."""
+    key = _venv_key(python) if os.path.isfile(python) else None
+    if key is not None:
+        try:
+            write_json_atomic(cache, {"key": key, "ids": list(ids)})
+        except (IOError, OSError):
+            pass  # a cache that cannot be written only costs the next probe its time
+
+
 def _torch_gpus_kept(python, cache):
     """``_torch_gpus``, its answer kept in the file ``cache`` while ``_venv_key`` holds:
     importing torch takes seconds, and every sweep-start probes (on a pool: twice per pod,
@@ -59,10 +75,7 @@ def _torch_gpus_kept(python, cache):
             pass
     ids = _torch_gpus(python)
     if key is not None and ids is not None:
-        try:
-            write_json_atomic(cache, {"key": key, "ids": ids})
-        except (IOError, OSError):
-            pass  # a cache that cannot be written only costs the next probe its time
+        keep_torch_count(python, cache, ids)
     return ids
 
 

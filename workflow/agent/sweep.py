@@ -41,7 +41,7 @@ import uuid
 
 from . import procs, resume, state
 from .fsutil import expand, locked, makedirs, utcnow, write_atomic, write_json_atomic
-from .gpus import detect_gpus
+from .gpus import cache_path as gpus_cache, detect_gpus
 from .protocol import AgentError
 from .sweep_runner import runner_main
 from .sweep_status import status, wait
@@ -74,7 +74,7 @@ def probe(request):
     entry = request.get("entrypoint")
     entry_missing = bool(entry) and not os.path.isfile(os.path.join(run_root, entry))
     gpus, source = detect_gpus(request.get("remote_env"), os.path.join(workdir, ".venv", "bin", "python"),
-                               cache=os.path.join(outputs, "_control", "torch-gpus.json"))
+                               cache=gpus_cache(outputs))
     runs = {}
     for run_id in request.get("run_ids") or []:
         d = run_dir(outputs, run_id)
