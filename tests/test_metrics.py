@@ -296,6 +296,7 @@ def test_the_grouped_and_scanned_paths_give_what_line_by_line_gives(tmp_path, mo
     monkeypatch.setattr(metrics, "CHUNK", 40000)  # many chunks, each read ending inside a line
     monkeypatch.setattr(metrics, "SCAN_BYTES", 15000)  # and scanned in pieces
     monkeypatch.setattr(metrics, "LEARN_BYTES", 6000)
+    monkeypatch.setattr(metrics, "MAX_POINTS", 300)  # series thinned many times
     scanned = []  # chunks taken by a scan
     take = LogMetrics._take
 
@@ -323,13 +324,15 @@ def test_the_grouped_and_scanned_paths_give_what_line_by_line_gives(tmp_path, mo
         lines.append('{"step": 8000, "loss": 2.25}')
     log = tmp_path / "stdout.log"
     log.write_text("\n".join(lines) + "\n")
-    fast, slow = LogMetrics(), LogMetrics(series=True)
+    fast, report, slow = LogMetrics(), LogMetrics(series=True), LogMetrics(series=True)
     fast.feed_file(str(log))
+    report.feed_file(str(log))
     for line in log.read_bytes().decode().splitlines():  # the reference: one line at a time
         slow.feed_line(line)
     a, b = fast.state(), slow.state()
     for key in ("last", "lo", "hi", "steps", "step", "total", "count", "tqdm"):
-        assert a[key] == b[key], key
+        assert a[key] == b[key] == report.state()[key], key
+    assert report.series == slow.series and list(report.series) == list(slow.series)  # every point, thinned alike
     assert b["total"] == (40 if kinds is KEY_VALUE_LINES else 8000)  # max_iters of the echo, else step i/8000
     assert len(b["last"]) >= 3 and b["tqdm"][1] == 8000 and b["tqdm"][0] > 7000
     assert "dropout" not in a["last"] and "max_iters" not in a["last"] and a["lo"]["loss"][0] <= 0.0001

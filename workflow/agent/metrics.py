@@ -36,7 +36,7 @@ import time
 
 from .fsutil import makedirs, read_json
 from .metrics_parse import SPLIT_RE, STEP_KEYS, compile_patterns, number, parse_line, parse_metrics_line
-from .metrics_shapes import TQDM_LINE, Shapes, last_tqdm, scan_chunk
+from .metrics_shapes import TQDM_LINE, Shapes, last_tqdm, number_of_bytes, scan_chunk
 from .protocol import AgentError
 
 __all__ = ["CHUNK", "STEP_KEYS", "LogMetrics", "compile_patterns", "parse_metrics_line", "pick_primary", "progress",
@@ -194,7 +194,7 @@ class LogMetrics(object):
         yet is tried again after its first ``LEARN_BYTES / 8``, then ``LEARN_BYTES``, went
         line by line (which learns the shapes, and passes the configuration echo)."""
         for learn in (LEARN_BYTES // 8, LEARN_BYTES, None):
-            if self.shapes is None or self.series is not None or _NEW_ATTEMPT in raw:
+            if self.shapes is None or _NEW_ATTEMPT in raw:
                 break
             if self.started and self.shapes.hot():
                 got = scan_chunk(self.shapes, raw, self.shapes.parse)
@@ -264,6 +264,9 @@ class LogMetrics(object):
         stepless = [f for f in found if f.shape.step_at is None]
         if stepless and len(found) > 1 and (self.step is None or len(stepless) < len(found)):
             return False
+        names = [name for f in found for name, _ in f.shape.names]
+        if self.series is not None and len(set(names)) < len(names):
+            return False  # (a series fed by two shapes: its points in the order of their lines)
         for f in stepless:  # a line without a step takes the last step, else its count
             f.step_base = (lambda r, s=self.step: s) if self.step is not None else (lambda r, c=self.count: c + r + 1)
         self._set_tqdm(tqdm)
@@ -299,6 +302,8 @@ class LogMetrics(object):
         for name, (v, f, j, r) in hi.items():
             if name not in self.hi or v > self.hi[name][0]:
                 self.hi[name] = [f.value(j, r), f.step(r)]
+        if self.series is not None:
+            self._add_points(sorted(found, key=lambda f: pos(f, 0)))  # new series in the order of their lines
         if found[-1].shape.step_at is not None:
             self.step = found[-1].step(len(found[-1].rows) - 1)
         for f in reversed(found):
@@ -306,6 +311,21 @@ class LogMetrics(object):
                 self.total = int(f.raw(f.shape.total_at, len(f.rows) - 1)) or self.total
                 break
         return True
+
+    def _add_points(self, found):
+        """Every row's (step, value) to its series, thinned as ``feed_line`` thins them (each
+        time a series passes MAX_POINTS)."""
+        for f in found:
+            steps = [f.step(r) for r in range(len(f.rows))]
+            for name, j in f.shape.names:
+                pts = self.series.setdefault(name, [])
+                points = [[step, value] for step, value in zip(steps, map(number_of_bytes, f.raws[j]))]
+                while points:
+                    room = MAX_POINTS + 1 - len(pts)
+                    pts.extend(points[:room])
+                    del points[:room]
+                    if len(pts) > MAX_POINTS:
+                        del pts[0:-1:2]
 
     def _aggregate(self, buckets, lines):
         """Each bucket is [plan, positions, rows of number strings] of one shape."""

@@ -211,12 +211,17 @@ class Found(object):
         return self.raws[j][r].decode("ascii")
 
     def value(self, j, r):
-        return number(self.raw(j, r))
+        return number_of_bytes(self.raws[j][r])
 
     def step(self, r):
         if self.shape.step_at is None:
             return self.step_base(r)
         return self.value(self.shape.step_at, r)
+
+
+def number_of_bytes(raw):
+    """``metrics_parse.number`` of a number run that converts (an int when all digits)."""
+    return int(raw) if raw.lstrip(b"+-").isdigit() else float(raw)
 
 
 def column_stats(col):
