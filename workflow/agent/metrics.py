@@ -36,7 +36,7 @@ import time
 
 from .fsutil import makedirs, read_json
 from .metrics_parse import SPLIT_RE, STEP_KEYS, compile_patterns, number, parse_line, parse_metrics_line
-from .metrics_shapes import TQDM_LINE, Shapes, last_tqdm, number_of_bytes, scan_chunk
+from .metrics_shapes import TQDM_LINE, Shapes, last_tqdm, numbers_of_bytes, scan_chunk
 from .protocol import AgentError
 
 __all__ = ["CHUNK", "STEP_KEYS", "LogMetrics", "compile_patterns", "parse_metrics_line", "pick_primary", "progress",
@@ -316,10 +316,10 @@ class LogMetrics(object):
         """Every row's (step, value) to its series, thinned as ``feed_line`` thins them (each
         time a series passes MAX_POINTS)."""
         for f in found:
-            steps = [f.step(r) for r in range(len(f.rows))]
+            steps = f.steps()
             for name, j in f.shape.names:
                 pts = self.series.setdefault(name, [])
-                points = [[step, value] for step, value in zip(steps, map(number_of_bytes, f.raws[j]))]
+                points = list(map(list, zip(steps, numbers_of_bytes(f.raws[j]))))
                 while points:
                     room = MAX_POINTS + 1 - len(pts)
                     pts.extend(points[:room])

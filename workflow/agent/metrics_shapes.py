@@ -218,10 +218,26 @@ class Found(object):
             return self.step_base(r)
         return self.value(self.shape.step_at, r)
 
+    def steps(self):
+        """Every row's step."""
+        if self.shape.step_at is None:
+            return [self.step_base(r) for r in range(len(self.rows))]
+        return numbers_of_bytes(self.raws[self.shape.step_at])
+
 
 def number_of_bytes(raw):
     """``metrics_parse.number`` of a number run that converts (an int when all digits)."""
     return int(raw) if raw.lstrip(b"+-").isdigit() else float(raw)
+
+
+def numbers_of_bytes(col):
+    """``number_of_bytes`` of each of a column, a whole column at once when it can."""
+    joined = b"".join(col)
+    if joined.isdigit():
+        return list(map(int, col))
+    if joined.count(b".") == len(col):  # a point in each: all floats
+        return list(map(float, col))
+    return list(map(number_of_bytes, col))
 
 
 def column_stats(col):
