@@ -23,8 +23,9 @@ reads only the bytes written since the previous one. ``series=True`` also keeps 
 
 Speed (a status may meet gigabytes of new log): one line's parse is in
 ``metrics_parse``; lines are parsed once per *shape* and whole chunks of a log whose
-shapes are known are scanned in C, a regular expression per shape over the raw bytes
-(``metrics_shapes``), with each metric's min, max and last taken per column.
+shapes are known are scanned in C, in pieces of ``SCAN_BYTES``, a regular expression per
+shape over the raw bytes (``metrics_shapes``), with each metric's min, max and last (and,
+for the report, every point) taken per column.
 """
 
 import json
