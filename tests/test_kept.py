@@ -75,13 +75,14 @@ def gone_within(pid, secs):
 
 def zygote_pid(project):
     """The project's warm CLI server's pid (``workflow/cli/zygote.py``), once it listens."""
+    from workflow import unixsock
     from workflow.cli import entry
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         pid = zygote.running(project)
         try:
-            sock, listener = entry.connect(str(project / entry.DIR / entry.SOCKET), 5)
+            sock, listener = unixsock.connect(project / entry.DIR / entry.SOCKET, 5)
             sock.close()
             if listener == pid:
                 return pid

@@ -20,9 +20,10 @@ PKG = Path(__file__).resolve().parents[1] / "workflow"
 #: layer -> the workflow packages/modules it may import (besides itself).
 ALLOWED = {
     "workflow.errors": set(),
+    "workflow.unixsock": set(),  # stdlib only: the wf entry's first import
     "workflow.agent": set(),  # stdlib only: it is shipped to the pod
     "workflow.config": {"workflow.errors"},
-    "workflow.transport": {"workflow.errors", "workflow.config", "workflow.agent"},
+    "workflow.transport": {"workflow.errors", "workflow.config", "workflow.agent", "workflow.unixsock"},
 }
 UPPER = ("workflow.providers", "workflow.runtime", "workflow.session", "workflow.cli", "workflow.prepare",
          "workflow.sweep", "workflow.tracked", "workflow.agent_client", "workflow.fsm", "workflow.results")

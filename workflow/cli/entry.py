@@ -21,6 +21,8 @@ import struct
 import sys
 import time
 
+from workflow.unixsock import connect
+
 #: The commands a warm server runs: reads and short pod-side acts that never read stdin
 #: (``sweep-status --watch``, a live screen, is not served).
 SERVED = frozenset({
@@ -50,36 +52,6 @@ def servable(argv: list) -> bool:
         if word == "--watch" or word.startswith("--watch=") or (word[:1] == "-" and word[:2] != "--" and "w" in word):
             return False
     return True
-
-
-def socket_address(path: str) -> tuple[str, int | None]:
-    """An address ``bind``/``connect`` accept for ``path``: unix socket paths are limited
-    to 107 bytes, so a longer one goes through ``/proc/self/fd/N/`` of its directory
-    (the returned fd is the caller's to close)."""
-    if len(path.encode()) < 100:
-        return path, None
-    fd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
-    return f"/proc/self/fd/{fd}/{os.path.basename(path)}", fd
-
-
-def connect(path: str, timeout: float) -> tuple[socket.socket, int]:
-    """A connection to the server at ``path`` and the server's pid; ``OSError`` when none
-    answers there or it runs as another user (``SO_PEERCRED``)."""
-    address, fd = socket_address(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(address)
-        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        if uid != os.getuid():
-            raise PermissionError("the warm server is another user's")
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return sock, pid
 
 
 def send(sock: socket.socket, kind: bytes, doc, fds: tuple = ()) -> None:

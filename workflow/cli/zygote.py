@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from workflow import unixsock
 from workflow.cli import entry
 from workflow.transport.kept.server import bind, unbind
 
@@ -231,7 +232,7 @@ class Zygote:
             return
         fds: List[int] = []
         try:
-            pid, uid = _peer(conn)
+            pid, uid = unixsock.peer(conn)
             if uid != os.getuid():
                 _log(f"refused a caller of uid {uid} (pid {pid})")
                 conn.close()
@@ -354,13 +355,6 @@ def _signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _peer(conn: socket.socket) -> Tuple[int, int]:
-    import struct
-
-    pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    return pid, uid
 
 
 def _fresh_stdio() -> None:

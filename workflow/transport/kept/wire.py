@@ -18,6 +18,8 @@ import struct
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
+from workflow import unixsock
+
 _HEADER = struct.Struct("!cI")
 #: The server sends a heartbeat when a command has been quiet this long; a caller that
 #: hears nothing for several of these counts the kept connection as dead.
@@ -65,9 +67,7 @@ def credential() -> str:
 
 def peer_uid(sock: socket.socket) -> Tuple[int, int]:
     """(pid, uid) of the process at the other end of a unix socket (``SO_PEERCRED``)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", creds)
-    return pid, uid
+    return unixsock.peer(sock)
 
 
 def kept_dir(root: os.PathLike) -> Path:
@@ -84,30 +84,11 @@ def base_name(pod: str, key: str) -> str:
 
 
 def socket_address(path: Path) -> Tuple[str, Optional[int]]:
-    """An address ``bind``/``connect`` accept for ``path``: unix socket paths are limited
-    to 107 bytes, so a longer one goes through ``/proc/self/fd/N/`` of its directory
-    (the returned fd is the caller's to close)."""
-    text = str(path)
-    if len(text.encode()) < 100:
-        return text, None
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
-    return f"/proc/self/fd/{fd}/{path.name}", fd
+    """See ``workflow.unixsock.socket_address`` (paths past 107 bytes)."""
+    return unixsock.socket_address(path)
 
 
 def connect(path: Path, timeout: float) -> socket.socket:
     """A unix connection to the server at ``path``, whose peer must be this uid
     (``OSError`` otherwise, or when nothing answers there)."""
-    address, fd = socket_address(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(address)
-        if peer_uid(sock)[1] != os.getuid():
-            raise PermissionError("the socket's server is another user")
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return sock
+    return unixsock.connect(path, timeout)[0]
