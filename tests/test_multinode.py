@@ -334,7 +334,7 @@ def test_a_frozen_node_is_lost_and_ends_the_others(tmp_path):
     assert "node 0 ended lost: node 2 was lost" in docs[1]["error"]
     assert docs[2]["error"].startswith("node 0 was lost: silent for 15s")
 
-def test_a_node_whose_launch_failed_on_its_pod_tells_node_0(tmp_path):
+def test_a_node_that_could_not_start_ends_the_others_with_the_reason(tmp_path):
     from workflow.agent import node_watch
 
     [d0] = _node_jobs(tmp_path, ["sleep 120"], nnodes=2)  # node 1's wrapper never starts
@@ -342,6 +342,13 @@ def test_a_node_whose_launch_failed_on_its_pod_tells_node_0(tmp_path):
     node_watch.tell(dict(env, WF_NODE_RANK="1"), "failed")  # what the sweep runner then does
     [doc] = _ended([d0], secs=45)
     assert (doc["state"], doc["error"]) == ("failed", "node 1 ended failed")
+
+    # a running node ended by the client (another node's pod refused its start): its reason
+    from workflow.agent import procs
+
+    [d1] = _node_jobs(tmp_path / "ended", ["sleep 120"])
+    doc, was = procs.terminate(str(d1), grace_secs=2, end=("failed", "node 1 (p1) could not be started: x"))
+    assert was and (doc["state"], doc["error"]) == ("failed", "node 1 (p1) could not be started: x"), doc
 
 
 def _env_of(d):
@@ -410,3 +417,28 @@ def _state(d):
         return json.loads((d / "status.json").read_text()).get("state")
     except (OSError, ValueError):
         return None
+
+
+def test_a_pod_that_refuses_its_nodes_start_ends_the_others_and_the_run_fails(two_pods):
+    from test_sweep_run_helpers import marked_pids
+
+    sp = two_pods
+    _mnjob(sp, "run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,,,2\n")
+    blocker = sp.outputs_of[1] / "_manifests"  # p1 answers the probe, then its start fails
+    shutil.rmtree(blocker, ignore_errors=True)
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a directory")
+    res = sp.wf("sweep-start")
+    assert res.returncode != 0 and "node 1 (p1) could not be started" in res.stderr, res.stdout + res.stderr
+    node0 = sp.outputs_of[0] / "mn" / "status.json"
+    end = time.monotonic() + 60  # node 0 ends now, not after torchrun's join timeout (30 minutes)
+    while time.monotonic() < end and _state(sp.outputs_of[0] / "mn") not in multinode.ENDED:
+        time.sleep(0.2)
+    doc = json.loads(node0.read_text())
+    assert doc["state"] == "failed" and doc["error"].startswith("node 1 (p1) could not be started: "), doc
+    end = time.monotonic() + 30
+    while marked_pids([doc["nonce"]]) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not marked_pids([doc["nonce"]])
+    [run] = sp.status()["runs"]
+    assert run["state"] == "failed", run

@@ -88,9 +88,10 @@ def wait(d, secs, poll=0.02, check_every=0.5, abandoned=None):
         time.sleep(min(poll, max(0.0, deadline - now)))
 
 
-def terminate(d, grace_secs=None, wait_secs=None):
+def terminate(d, grace_secs=None, wait_secs=None, end=None):
     """Cancel a job: TERM then KILL its whole process group (and marked stragglers);
-    the state becomes ``cancelled``. Returns (status, was_active)."""
+    the state becomes ``cancelled``, or ``end = (state, why)`` (a multi-node run's node
+    ended because another node could not start). Returns (status, was_active)."""
     doc = refresh_status(d)
     if doc is None:
         raise AgentError("input", "no such task directory %s" % d)
@@ -106,7 +107,8 @@ def terminate(d, grace_secs=None, wait_secs=None):
     grace = GRACE_SECS if grace_secs is None else float(grace_secs)
     alive = wrapper_alive(doc)
     if alive:
-        update_status(d, cancel_requested_at=utcnow(), cancel_grace_secs=grace)
+        update_status(d, cancel_requested_at=utcnow(), cancel_grace_secs=grace,
+                      **({"cancel_state": end[0], "cancel_reason": end[1]} if end else {}))
         try:
             os.kill(int(doc["wrapper_pid"]), signal.SIGTERM)
         except OSError:
@@ -123,6 +125,7 @@ def terminate(d, grace_secs=None, wait_secs=None):
     with locked(os.path.join(d, LOCK_FILE)):
         cur = read_status(d) or doc
         if cur.get("state") in ACTIVE:
-            cur.update(finish_fields(CANCELLED, cur.get("exit_code"), "cancelled; the wrapper did not answer"))
+            cur.update(finish_fields(end[0] if end else CANCELLED, cur.get("exit_code"),
+                                     (end[1] + "; " if end else "cancelled; ") + "the wrapper did not answer"))
             write_json_atomic(status_path(d), cur)
     return cur, True

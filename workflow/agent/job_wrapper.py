@@ -169,6 +169,8 @@ def wrap_main(argv):
             if cur.get("cancel_grace_secs") is not None:
                 grace = float(cur["cancel_grace_secs"])
             reason = (CANCELLED, "cancelled (SIG%s)" % ("TERM" if info.si_signo == signal.SIGTERM else "INT"))
+            if cur.get("cancel_state") in (FAILED, CANCELLED) and cur.get("cancel_reason"):
+                reason = (cur["cancel_state"], cur["cancel_reason"])  # ended with the canceller's reason
         break
 
     if watch is not None and reason is not None:

@@ -24,6 +24,10 @@ Ops (one exec each, JSON in/out):
 * ``sweep.wait``: block until the runner ends (bounded), then the status;
 * ``sweep.stop``: no more launches, every active run cancelled (its whole process
   group, torchrun workers included), the runner ended;
+* ``sweep.end_run``: ``{run_id, state, reason}``: a node of a multi-node run ends here
+  because another of its nodes could not start: running, it is ended with ``state``
+  and ``reason``; not launched yet, it never is and its status says so (under the
+  launch lock: one or the other);
 * ``sweep.withdraw``: a pool moves runs away from this pod: under the launch lock (the
   runner launches under it too) each run not yet launched by this sweep is marked
   withdrawn (``_control/sweep/withdrawn.json``), so the runner never launches it; with
@@ -42,6 +46,7 @@ import uuid
 from . import procs, resume, state
 from .fsutil import expand, locked, makedirs, utcnow, write_atomic, write_json_atomic
 from .gpus import cache_path as gpus_cache, detect_gpus
+from .job_status import finish_fields
 from .protocol import AgentError
 from .sweep_runner import runner_main
 from .sweep_status import status, wait
@@ -208,6 +213,32 @@ def stop(request):
     return out
 
 
+def end_run(request):
+    """``{run_id, state, reason}`` -> ``{run_id, ended: "running"|"not launched"|None}``."""
+    outputs = expand(request["outputs_dir"])
+    ctl = control_dir(outputs)
+    plan = read_plan(ctl) or {}
+    r = dict((x["run_id"], x) for x in plan.get("runs") or []).get(request["run_id"])
+    end = (request.get("state") or procs.FAILED, request.get("reason") or "ended by podflow")
+    if r is None:
+        return {"run_id": request["run_id"], "ended": None}
+    d = r["out_dir"]
+    with locked(os.path.join(ctl, ".launch.lock")):
+        doc = read_status_safe(d) if os.path.isfile(procs.status_path(d)) else None
+        launched = doc is not None and doc.get("sweep_id") == plan.get("sweep_id")
+        if not launched:  # the runner skips a run its sweep already ended
+            makedirs(d)
+            procs.prepare(d, r["run_id"], "# never launched: %s\n" % end[1],
+                          attempt=int(r.get("attempts_before") or 0) + 1,
+                          extra={"sweep_id": plan.get("sweep_id"), "line": r.get("line"), "argv": r.get("argv")})
+            procs.update_status(d, **finish_fields(end[0], None, end[1]))
+            return {"run_id": r["run_id"], "ended": "not launched"}
+    if doc.get("state") in procs.ACTIVE:
+        terminate_all([d], float(request.get("grace_secs") or procs.GRACE_SECS), end=end)
+        return {"run_id": r["run_id"], "ended": "running"}
+    return {"run_id": r["run_id"], "ended": None}
+
+
 def withdraw(request):
     """``{run_ids, cancel}`` -> ``{withdrawn: [...], kept: {run_id: why}, cancelled: [...]}``.
 
@@ -259,6 +290,7 @@ OPS = {
     "sweep.wait": wait,
     "sweep.stop": stop,
     "sweep.withdraw": withdraw,
+    "sweep.end_run": end_run,
 }
 
 COMMANDS = {RUN_COMMAND: runner_main}

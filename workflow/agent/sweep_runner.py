@@ -389,6 +389,10 @@ class Runner(object):
                 if prev and prev.get("state") == procs.SUCCESS and r["run_id"] not in self.tries and not many:
                     self.queue.pop(i)
                     continue  # already ok (an earlier sweep); a node of a multi-node run: the client decided
+                if (prev and prev.get("sweep_id") == self.sweep_id and r["run_id"] not in self.tries
+                        and procs.is_terminal(prev.get("state"))):
+                    self.queue.pop(i)
+                    continue  # ended in this sweep before its launch (sweep.end_run)
                 take = self._reserve(r)
                 if take is None:
                     if not self.gpus or many:

@@ -66,12 +66,12 @@ def read_withdrawn(ctl, sweep_id):
     return set(doc.get("runs") or ()) if doc.get("sweep_id") == sweep_id else set()
 
 
-def terminate_all(dirs, grace):
+def terminate_all(dirs, grace, end=None):
     results = {}
 
     def one(d):
         try:
-            results[d] = procs.terminate(d, grace_secs=grace)[1]
+            results[d] = procs.terminate(d, grace_secs=grace, end=end)[1]
         except AgentError:
             results[d] = False
 

@@ -205,6 +205,12 @@ def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_r
                       to_doc=lambda started: started.to_dict(), json=json, pods=holders, raise_errors=False,
                       earlier=placed.unreachable)
     started = [r for r in results if r.ok]
+    refused = {r.pod.name: r.error for r in results if not r.ok and r not in placed.unreachable}
+    if gangs and refused and not dry_run:
+        import sys
+
+        for line in multinode.end_unstarted(gangs, refused, {p.name: p for p in holders}):
+            print(f"warning: {line}", file=sys.stderr)
     if started and not dry_run:
         pooled.save(cfg, {pr.plan.run_id: r.pod.name for r in started for pr in r.value.runs
                           if pr.plan.node_rank == 0}, started[0].value.sweep_id, csv=csv,

@@ -354,7 +354,11 @@ def _execute_gang(cfg, move: Move, seen: pooled.Placement, say: Say, pods: Mappi
                                    run_ids=keep | {run_id}, launch_ids={run_id}, attempts={run_id: attempt},
                                    nodes=nodes[pod.name])
 
-            pool.raise_failures(pool.fan_out(targets, start))
+            results = pool.fan_out(targets, start)
+            refused = {r.pod.name: r.error for r in results if not r.ok}
+            for line in multinode.end_unstarted({run_id: first}, refused, pods):
+                say(line)
+            pool.raise_failures(results)
         except PodflowError as exc:
             say(f"{', '.join(move.nodes)}: could not start {run_id} on {len(targets)} nodes: "
                 f"{getattr(exc, 'message', exc)}; it waits for pods")

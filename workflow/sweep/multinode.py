@@ -181,6 +181,30 @@ def probe_rendezvous(gangs: Mapping[str, Node], by_name: Mapping[str, Any]) -> N
                               "or set pod.hosts[].addr to an address the other pods reach")
 
 
+def end_unstarted(gangs: Mapping[str, Node], failed: Mapping[str, BaseException],
+                  by_name: Mapping[str, Any]) -> List[str]:
+    """Multi-node runs some of whose pods could not start them (``failed``: pod name ->
+    its error, after the probe): their nodes on the other pods end now as ``failed``
+    with the reason (``sweep.end_run``: a running node is ended, one not launched yet
+    never is), not after torchrun's join timeout. Returns a line per run saying so."""
+    from workflow import pool, runtime
+
+    said = []
+    for run_id, node in gangs.items():
+        bad = [name for name in node.pods if name in failed]
+        started = [by_name[name] for name in node.pods if name not in failed]
+        if not bad or not started:
+            continue
+        why = "; ".join(f"node {node.pods.index(name)} ({name}) could not be started: "
+                        f"{getattr(failed[name], 'message', failed[name])}" for name in bad)
+        ended = pool.fan_out(started, lambda pod: runtime.agent().call(
+            "sweep.end_run", timeout=120, run_id=run_id, state="failed", reason=why))
+        not_ended = [r.pod.name for r in ended if not r.ok]
+        said.append(f"run {run_id}: {why}; its nodes on {', '.join(p.name for p in started)} "
+                    + ("were ended (failed)" if not not_ended else f"could not all be ended ({', '.join(not_ended)})"))
+    return said
+
+
 def fetch_node_logs(run_id: str, gang: Sequence[str], by_name: Mapping[str, Any], dest) -> List[str]:
     """Node i's ``stdout.log`` (i ≥ 1) from its pod into ``dest/stdout.node<i>.log``, the
     pods at once; node 0's run dir is fetched as the run's. Returns the files written."""
