@@ -391,6 +391,8 @@ def test_a_pod_down_at_start_is_left_out_and_a_run_held_by_another_pod_is_left_a
                  "r02,configs/tiny.json,2,steps=1,\n")
     down = sp.wf("pod-down", "--pod", "p2", "--destroy", check=0)  # a local pool pod dies: nothing answers there
     assert down.stdout.startswith("local pod terminated: "), down.stdout
+    said = json.loads(sp.wf("pod-status", "--pod", "p2", "--json", check=0).stdout)  # as a cloud API would say
+    assert (said["pod"]["state"], said["fsm_state"]) == ("terminated", None)
     res = sp.wf("sweep-start", "--json", check=0)  # p2 does not block the sweep: its share goes to p0, p1
     assert [(e["name"], e.get("exit_code")) for e in json.loads(res.stdout)["pods"]] == [
         ("p0", None), ("p1", None), ("p2", 4)]

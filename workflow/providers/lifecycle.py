@@ -322,6 +322,9 @@ def pod_status(config) -> Dict[str, Any]:
         pod = provider.get("")
         doc["pod"] = pod.as_dict()
         doc["endpoint"] = str(pod.endpoint) if pod.endpoint else "local"
+        if pod.state != PodState.RUNNING:  # a local pool pod taken down: its provider's word
+            doc["error"] = f"this local pod is {pod.raw_state} (wf pod-down); wf pod-up brings it back"
+            return doc
         st = _fsm_status()  # raises ConnectionFailed when the host is unreachable
         if not st.get("exists"):
             # SPEC §4: a reachable ssh/local pod with no state file is adopted: INIT -> POD_READY
