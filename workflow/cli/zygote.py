@@ -300,9 +300,9 @@ class Zygote:
         except OSError:
             pass  # it did so itself already
         os.close(go_r)
-        pidfd = os.pidfd_open(pid)
-        self.children[pidfd] = _Child(pid, pidfd, conn, req["argv"])
         try:
+            pidfd = os.pidfd_open(pid)
+            self.children[pidfd] = _Child(pid, pidfd, conn, req["argv"])
             entry.send(conn, b"R", {"pid": pid})
             os.write(go_w, b"1")
         finally:
