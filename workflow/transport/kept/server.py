@@ -90,13 +90,37 @@ class Server:
                 continue
             except OSError:
                 return "listener closed"
+            with self._count:
+                self.active += 1  # counted before its thread runs: drain() waits for it
             threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def drain(self, grace_secs: float = 10.0) -> None:
+        """On the way out: a caller already queued on the listener hears that its command
+        did not start (so it connects directly, as if no server had been found, instead of
+        failing as a lost link), and the callers being served get ``grace_secs`` to finish."""
+        self.listener.setblocking(False)
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                break
+            try:
+                conn.settimeout(1.0)
+                _kind, payload = wire.recv(conn)
+                if json.loads(payload).get("stdin"):
+                    wire.recv(conn)
+                wire.send_json(conn, b"F", {"started": False, "message": "the kept connection is ending"})
+            except (wire.Closed, OSError, ValueError):
+                pass
+            finally:
+                conn.close()
+        deadline = time.monotonic() + grace_secs
+        while self.active and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     # -- one caller
 
     def handle(self, conn: socket.socket) -> None:
-        with self._count:
-            self.active += 1
         try:
             pid, uid = wire.peer_uid(conn)
             if uid != os.getuid():
@@ -341,7 +365,8 @@ def run(job: dict) -> int:
     try:
         why = server.serve()
     finally:
-        unbind(sock_path)
+        unbind(sock_path)  # from here a new caller finds no server and connects directly
+        server.drain()
         listener.close()
         ssh.close()
         lock.seek(0)
