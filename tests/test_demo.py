@@ -9,10 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from leakcheck import ProcWatch, leaks_in_cmdlines, leaks_in_files
 
 REPO = Path(__file__).resolve().parents[1]
 WF = str(Path(sys.executable).with_name("wf"))
@@ -20,10 +23,12 @@ TORCH_PY = str(REPO / ".venv-torch" / "bin" / "python")
 
 
 @pytest.mark.skipif(not (REPO / ".venv-torch" / "bin" / "torchrun").exists(), reason="needs .venv-torch")
-def test_demo_on_two_pods_one_killed_halfway_then_again_on_one(tmp_path):
+def test_demo_on_two_pods_one_killed_halfway_then_again_on_one(tmp_path, isolated_home):
     """``wf demo --pods 2``: the last pod (p1) is killed for real halfway through its run
     (every process of it ended); its run finishes on p0 as attempt 2, resumed from its
-    checkpoint, and the demo says so. Then the plain demo starts over on one pod."""
+    checkpoint, and the demo says so. Then the plain demo starts over on one pod, with a
+    password and fake API keys in the environment (SPEC §2 over the whole workflow): no
+    output, file (HOME, the demo's dir) or command line seen during it holds any."""
     demo_dir = tmp_path / "demo"
     env = dict(os.environ, PODFLOW_DEMO_DIR=str(demo_dir))
     user_cfg = tmp_path / "elsewhere"
@@ -57,9 +62,16 @@ def test_demo_on_two_pods_one_killed_halfway_then_again_on_one(tmp_path):
     assert state["state"] == "SWEEP_COMPLETED"
     assert not list(user_cfg.iterdir())  # nothing written where it was started
 
-    again = subprocess.run([WF, "demo", "--json", "--python", TORCH_PY], cwd=user_cfg, env=env, capture_output=True,
-                           text=True, timeout=240)
+    secrets = {name: f"{name.lower()}-leak-{uuid.uuid4().hex}" for name in
+               ("REMOTE_SSH_PASSWORD", "VAST_API_KEY", "RUNPOD_API_KEY", "LIUM_API_KEY", "WANDB_API_KEY")}
+    with ProcWatch(os.getuid()) as watch:
+        again = subprocess.run([WF, "demo", "--json", "--python", TORCH_PY], cwd=user_cfg, env=dict(env, **secrets),
+                               capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stdout + again.stderr
+    leaks = [f"output: {n}" for n, v in secrets.items() if v in again.stdout + again.stderr]
+    files, found = leaks_in_files(secrets, ((isolated_home, ()), (demo_dir, ())))
+    leaks += found + leaks_in_cmdlines(secrets, watch)
+    assert files > 50 and watch.samples > 20 and not leaks, leaks
     doc = json.loads(again.stdout)
     assert doc["ok"] and [r["state"] for r in doc["runs"]] == ["success"] * 3
     assert all(isinstance(r["final_loss"], float) for r in doc["runs"])
@@ -115,21 +127,34 @@ def installed(tmp_path):
     return venv
 
 
-def _demo_from_empty_dir(venv: Path, empty: Path):
+def _demo_from_empty_dir(venv: Path, empty: Path, **extra_env: str):
     empty.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PODFLOW_DEMO_DIR", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+    env.update(extra_env)
     proc = subprocess.run([str(venv / "bin" / "wf"), "demo"], cwd=empty, env=env, capture_output=True,
                           text=True, timeout=600)
     return proc, empty
 
 
+SITECUSTOMIZE = '''\
+import os
+if os.environ.get("WF_RUN_ID") == "demo-tiny-s1-lr05" and os.environ.get("RANK") == "1":
+    print("rank 1 of demo-tiny-s1-lr05 aborting on purpose (test sitecustomize)", flush=True)
+    os.abort()
+'''
+
+
 @pytest.mark.skipif(TORCH_SITE is None or not Path("/usr/bin/python3").exists(),
                     reason="needs .venv-torch and /usr/bin/python3")
-def test_demo_from_a_wheel_in_a_fresh_venv(installed, tmp_path):
+def test_demo_from_a_wheel_in_a_fresh_venv_and_why_a_run_failed(installed, tmp_path):
     """Without torch: one line saying what to install, exit 2. Then torch "installed" in
     the fresh venv by linking .venv-torch's packages into its site-packages: the
-    interpreter running wf has torch (and so does the pod's venv made from it)."""
+    interpreter running wf has torch (and so does the pod's venv made from it). In that
+    demo a rank of one run crashes (SIGABRT, injected through a sitecustomize on
+    PYTHONPATH, which every process of the run imports): the demo exits 1 and prints,
+    under the table, how that run ended (torchrun's exit status, the rank and its signal)
+    and its last lines; the other runs' results are there as usual."""
     proc, _ = _demo_from_empty_dir(installed, tmp_path / "no-torch")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -143,44 +168,23 @@ def test_demo_from_a_wheel_in_a_fresh_venv(installed, tmp_path):
                 and not entry.name.startswith(("pip", "setuptools", "pkg_resources")) \
                 and not (site / entry.name).exists():
             (site / entry.name).symlink_to(entry)
-    proc, empty = _demo_from_empty_dir(installed, tmp_path / "with-torch")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    table = proc.stdout[proc.stdout.index("RUN "):]
-    for run in ("demo-tiny-s0", "demo-tiny-s1-lr05", "demo-small-s0"):
-        line = next(x for x in table.splitlines() if x.startswith(run + " "))
-        assert " success " in line, line
-        assert (empty / ".podflow" / "demo" / "artifacts" / run / "summary.json").is_file()
-    assert "scripts/" not in proc.stdout + proc.stderr
-
-
-SITECUSTOMIZE = '''\
-import os
-if os.environ.get("WF_RUN_ID") == "demo-tiny-s1-lr05" and os.environ.get("RANK") == "1":
-    print("rank 1 of demo-tiny-s1-lr05 aborting on purpose (test sitecustomize)", flush=True)
-    os.abort()
-'''
-
-
-@pytest.mark.skipif(not (REPO / ".venv-torch" / "bin" / "torchrun").exists(), reason="needs .venv-torch")
-def test_demo_shows_why_a_run_failed_right_under_the_table(tmp_path):
-    """A rank of one run crashes (SIGABRT, injected through a sitecustomize on PYTHONPATH,
-    which every process of the run imports): the demo exits 1 and prints, under the table,
-    how that run ended (torchrun's exit status, the rank and its signal) and its last lines."""
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = dict(os.environ, PODFLOW_DEMO_DIR=str(tmp_path / "demo"), PYTHONPATH=str(inject))
-    proc = subprocess.run([WF, "demo", "--python", TORCH_PY], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc, empty = _demo_from_empty_dir(installed, tmp_path / "with-torch", PYTHONPATH=str(inject))
     assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "scripts/" not in proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     head = next(i for i, x in enumerate(lines) if x.startswith("RUN "))
     states = {x.split()[0]: x.split()[1] for x in lines[head + 1:head + 4]}
     assert states == {"demo-tiny-s0": "success", "demo-tiny-s1-lr05": "failed", "demo-small-s0": "success"}
+    demo = empty / ".podflow" / "demo"
+    for run in ("demo-tiny-s0", "demo-small-s0"):
+        assert (demo / "artifacts" / run / "summary.json").is_file()
     assert lines[head + 4].startswith(
         "--- demo-tiny-s1-lr05: failed: exit code 1; rank 1 killed by SIGABRT (root cause)"), proc.stdout
     tail = lines[head + 5:lines.index(next(x for x in lines if x.startswith("demo finished with failed runs")))]
     assert tail and all(x.startswith("    ") for x in tail)
     assert any("Signal 6 (SIGABRT) received by PID" in x for x in tail), proc.stdout
-    log = (tmp_path / "demo" / "pod" / "outputs" / "demo-tiny-s1-lr05" / "stdout.log").read_text()
+    log = (demo / "pod" / "outputs" / "demo-tiny-s1-lr05" / "stdout.log").read_text()
     assert "aborting on purpose" in log and "Signal 6 (SIGABRT)" in log  # the whole log is kept

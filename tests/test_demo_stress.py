@@ -1,8 +1,12 @@
 """The demo's sweep back to back on this machine with two busy processes beside it, until
-``PODFLOW_STRESS_RUNS`` runs of 2 ranks (default 3: one `wf demo`) have ended: none may
-fail (issue 17: a finished 2-rank run aborted at gloo teardown under load).
+``PODFLOW_STRESS_RUNS`` runs of 2 ranks have ended: none may fail (issue 17: a finished
+2-rank run aborted at gloo teardown under load, about 1 run in 25 before the fix).
 
     PODFLOW_STRESS_RUNS=50 .venv/bin/python -m pytest -q -s -m stress tests/test_demo_stress.py
+
+It runs only when asked (``PODFLOW_STRESS_RUNS`` set): a few runs in every CI run would
+cost half a minute and catch a 1-in-25 failure rarely; the demo itself (a whole flow of
+2-rank runs) runs in every CI run in ``test_demo.py``.
 
 The first round is a whole `wf demo`; the next ones start the demo's sweep again on the
 same pod (its runs removed first) with `wf sweep-start` / `wf sweep-wait`. A failure is
@@ -24,9 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 WF = str(Path(sys.executable).with_name("wf"))
 CSV = REPO / "examples" / "demo-sweep.csv"
 TORCH_PY = str(REPO / ".venv-torch" / "bin" / "python")
-RUNS = int(os.environ.get("PODFLOW_STRESS_RUNS") or 3)
+RUNS = int(os.environ.get("PODFLOW_STRESS_RUNS") or 0)
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(600 + 120 * RUNS),
+              pytest.mark.skipif(RUNS <= 0, reason="a stress run: set PODFLOW_STRESS_RUNS=N to run it"),
               pytest.mark.skipif(not (REPO / ".venv-torch" / "bin" / "torchrun").exists(),
                                  reason="needs .venv-torch")]
 
