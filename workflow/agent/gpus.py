@@ -49,10 +49,11 @@ def cache_path(outputs):
     return os.path.join(outputs, "_control", "torch-gpus.json")
 
 
-def keep_torch_count(python, cache, ids):
+def keep_torch_count(python, cache, ids, key=None):
     """Keep torch's answer ``ids`` for the venv of ``python`` (the checkout's preflight has
     it: the first sweep-start then needs no import of its own)."""
-    key = _venv_key(python) if os.path.isfile(python) else None
+    if key is None:
+        key = _venv_key(python) if os.path.isfile(python) else None
     if key is not None:
         try:
             write_json_atomic(cache, {"key": key, "ids": list(ids)})
@@ -75,7 +76,7 @@ def _torch_gpus_kept(python, cache):
             pass
     ids = _torch_gpus(python)
     if key is not None and ids is not None:
-        keep_torch_count(python, cache, ids)
+        keep_torch_count(python, cache, ids, key)
     return ids
 
 
