@@ -419,7 +419,7 @@ def _start_time(pid):
         return None
 
 
-def _owner_pid(ctl):
+def owner_pid(ctl):
     """The pid of the live watchdog of these outputs, or None. The pid file holds the
     watchdog's pid and start time: a reused pid is not taken for it (its command line
     proves nothing: a long-lived agent forks it)."""
@@ -487,9 +487,9 @@ def start(request):
         finally:
             os._exit(0)
     deadline = time.time() + 10
-    while time.time() < deadline and _owner_pid(ctl) != pid:
+    while time.time() < deadline and owner_pid(ctl) != pid:
         time.sleep(0.02)
-    return {"pid": pid, "running": _owner_pid(ctl) == pid}
+    return {"pid": pid, "running": owner_pid(ctl) == pid}
 
 
 def status(request):
@@ -500,13 +500,13 @@ def status(request):
         decision = read_json(os.path.join(ctl, DECISION), default=None, what="autostop decision")
     except AgentError:
         state, decision = None, None
-    return {"running": _owner_pid(ctl) is not None, "state": state, "decision": decision}
+    return {"running": owner_pid(ctl) is not None, "state": state, "decision": decision}
 
 
 def stop(request):
     """End this pod's watchdog (autostop switched off)."""
     ctl = _ctl(request["outputs_dir"])
-    pid = _owner_pid(ctl)
+    pid = owner_pid(ctl)
     if pid:
         try:
             os.kill(pid, signal.SIGTERM)

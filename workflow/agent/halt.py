@@ -16,7 +16,7 @@ import signal
 import shutil
 import subprocess
 
-from .autostop import _owner_pid
+from .autostop import owner_pid
 from .fsutil import expand
 from .job_scan import job_pids, wrapper_alive
 from .job_status import ACTIVE, read_status
@@ -39,7 +39,7 @@ def _live_pids(outputs):
         if wrapper_alive(doc):
             pids.add(int(doc["wrapper_pid"]))
         pids.update(job_pids(doc.get("nonce"), doc.get("pgid")))
-    watchdog = _owner_pid(os.path.join(outputs, "_control"))
+    watchdog = owner_pid(os.path.join(outputs, "_control"))
     if watchdog:
         pids.add(watchdog)
     pids.discard(os.getpid())

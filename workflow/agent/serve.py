@@ -30,7 +30,7 @@ COMMAND = "serve"
 READY = b"<<<PODFLOW-SERVE>>>\n"
 IDLE_SECS = 900.0
 #: Ops that always run in a python of their own: ``autostop.start`` forks the watchdog,
-#: which is then known by that python's command line (``autostop._owner_pid``).
+#: which is then known by that python's command line (``autostop.owner_pid``).
 ONE_SHOT_OPS = ("autostop.start",)
 _channel = []  # the fd requests come on, while serving
 
