@@ -120,7 +120,18 @@ def two_pods(project):
                       "run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,steps=4 log_every=1,,2\n")
     shutil.copytree(sp.repo, sp.pod / "repo-p1", symlinks=True)
     sp.outputs_of = [sp.pod / "outputs", sp.pod / "outputs-p1"]
+    for i in range(2):
+        _checked_out(sp, i)
     return sp
+
+
+def _checked_out(sp, i):
+    """What a checkout's preflight leaves on pod ``i`` besides the repo: torch's GPU count
+    (none here) kept for its venv, so that sweep-start's probe needs no torch import."""
+    from workflow.agent.gpus import cache_path, keep_torch_count
+
+    repo = sp.pod / ("repo" if i == 0 else f"repo-p{i}")
+    keep_torch_count(str(repo / ".venv" / "bin" / "python"), cache_path(str(sp.outputs_of[i])), [])
 
 
 def test_two_nodes_train_with_world_size_4_and_the_run_is_shown_once(two_pods):
@@ -184,6 +195,7 @@ def _mnjob(sp, csv, pods=2):
                                "args": ["{config}"]}})
     sp.write_csv(csv)
     for i in range(2, pods):  # a pod the fixture did not have: checked out by hand too
+        _checked_out(sp, i)
         sp.wf("fsm-reset", "CHECKED_OUT", "--pod", f"p{i}", "--reason", "checkout made by hand (test)", check=0)
 
 
@@ -357,60 +369,41 @@ def _env_of(d):
         return dict(item.decode().split("=", 1) for item in fh.read().split(b"\0") if b"=" in item)
 
 
-def test_a_multi_node_run_whose_pod_went_down_is_replaced_whole(two_pods):
-    import os
-    import signal
-
+def test_a_multi_node_run_whose_pod_is_killed_is_replaced_whole(two_pods):
     from test_sweep_run_helpers import marked_pids
-    from workflow import pool, runtime
-    from workflow.sweep import balance, pooled
 
     sp = two_pods
     _mnjob(sp, "run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,,,2\n", pods=3)
-    (sp.root / ".podflow").mkdir(exist_ok=True)  # an earlier sweep gave it p0 and p2 (it keeps them)
-    (sp.root / ".podflow" / "pool-sweep.json").write_text(json.dumps({"nodes": {"mn": ["p0", "p2"]}}))
+    sp.write_config({"pod": {"provider": "local", "count": 3}, "pool": {"down_after_secs": 5},
+                     "sweep": {"launcher": "torchrun", "entrypoint": "mnjob.py", "nproc_per_node": 1,
+                               "args": ["{config}"]}})
     sp.wf("sweep-start", check=0)
-    out = {"p0": sp.outputs_of[0] / "mn", "p1": sp.outputs_of[1] / "mn", "p2": sp.outputs_of[2] / "mn"}
+    assert json.loads((sp.root / ".podflow" / "pool-sweep.json").read_text())["nodes"] == {"mn": ["p0", "p1"]}
+    out = {f"p{i}": sp.outputs_of[i] / "mn" for i in range(3)}
     end = time.monotonic() + 90
-    while time.monotonic() < end and "world_size 2" not in _read(out["p2"] / "stdout.log"):
+    while time.monotonic() < end and "world_size 2" not in _read(out["p1"] / "stdout.log"):
         time.sleep(0.2)
-    node0 = json.loads((out["p0"] / "status.json").read_text())
-    runner0 = json.loads((sp.outputs_of[0] / "_control" / "sweep" / "runner" / "status.json").read_text())
-    for pid in [runner0["wrapper_pid"], runner0["pid"], node0["wrapper_pid"]] + marked_pids([node0["nonce"]]):
-        try:  # p0 dies
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    # p0 is down for good before anyone read the run's end there: it is re-placed whole,
-    # on p1 and p2, at attempt 2 (a run read ended on all its pods stays as it ended)
-    runtime.reset()
-    cfg = runtime.config()
-    by_name = {p.name: p for p in pool.pods(cfg)}
-    end = time.monotonic() + 60  # p2's runner ends its sweep: p1 and p2 are idle
-    while True:
-        read = balance.Keeper(cfg, [by_name["p1"], by_name["p2"]]).read()
-        up = {r.pod.name: r.value[0] for r in read}
-        if all(st.state != "running" for st in up.values()) or time.monotonic() > end:
-            break
-        time.sleep(0.5)
-    placement = pooled.load(cfg)
-    gone = pool.PodResult(by_name["p0"], error=RuntimeError("unreachable"))
-    [shown] = pooled.merge([gone] + [pool.PodResult(r.pod, value=r.value[0]) for r in read], placement)["runs"]
-    assert (shown["id"], shown["state"]) == ("mn", "pending"), shown  # shown once: it waits for its pods
-    assert balance.plan_moves({"p2": up["p2"]}, ["p0", "p1"], placement) == []  # one live pod: it waits
-    [move] = balance.plan_moves(up, ["p0"], placement)
-    said = []
-    assert balance.execute(cfg, move, placement, said.append) == ["mn"], said
-    assert pooled.load(cfg).nodes == {"mn": ["p1", "p2"]} and pooled.load(cfg).left == {"mn": ["p0"]}
-    runtime.reset()
+    old = {name: json.loads((out[name] / "status.json").read_text()) for name in ("p0", "p1")}
+    # p0 (node 0, the rendezvous host) dies as a machine dies: every process of it at once
+    sp.wf("pod-down", "--pod", "p0", "--destroy", check=0)
+    assert not marked_pids([old["p0"]["nonce"]])
 
-    sp.wf("sweep-wait", "--timeout-secs", "150", check=0)
-    [run] = sp.status()["runs"]
+    # sweep-wait finds p0 down and re-places the run whole: on p1 and p2, every node again at
+    # attempt 2, in one new rendezvous (p1's node of attempt 1 ended first: nothing of it runs on)
+    res = sp.wf("sweep-wait", "--timeout-secs", "150", timeout=200)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "p0 is down: the provider says it is terminated" in res.stdout, res.stdout
+    assert "p1, p2 took mn on 2 nodes (it had p0, p1; attempt 2)" in res.stdout, res.stdout
+    assert not marked_pids([old["p1"]["nonce"]]), "the old attempt's node still runs on p1"
+    [run] = json.loads(sp.wf("sweep-status", "--json", check=4).stdout)["runs"]  # 4: p0 cannot be read
     assert run["state"] == "success" and [(n["pod"], n["state"]) for n in run["nodes"]] == [
         ("p1", "success"), ("p2", "success")], run
-    for name in ("p1", "p2"):  # every node again, at attempt 2, in one new rendezvous
+    for name in ("p1", "p2"):
         status = json.loads((out[name] / "status.json").read_text())
         assert status["attempt"] == 2 and "--rdzv_id=mn-2" in status["argv"], status
+        assert status["nonce"] != old["p1"]["nonce"]
+    assert (old["p0"]["attempt"], old["p1"]["attempt"]) == (1, 1)
+
 
 def _state(d):
     try:
