@@ -273,18 +273,15 @@ def test_multi_node_runs_queued_with_single_runs_on_3_pods_never_deadlock(two_po
 # ---------------------------------------------------------------- the nodes' watchdogs, on the pod
 
 
-def _node_jobs(tmp_path, commands, timeout_secs=None, nnodes=None):
-    """Each command as node i of one run (its own job dir, launched as the sweep runner
-    launches a run: the wrapper with the node's environment); returns the dirs."""
-    import socket
-
+def _node_jobs(tmp_path, commands, timeout_secs=None, nnodes=None, first=0, port=None):
+    """Each command as node ``first + i`` of one run (its own job dir, launched as the
+    sweep runner launches a run: the wrapper with the node's environment, its watch on
+    ``port``, else a free one); returns the dirs."""
     from workflow.agent import procs
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = port or _free_port()
     dirs = []
-    for rank, command in enumerate(commands):
+    for rank, command in enumerate(commands, start=first):
         d = tmp_path / f"node{rank}"
         d.mkdir(parents=True)
         procs.prepare(str(d), "mn", command, timeout_secs=timeout_secs if rank == 0 else None)
@@ -306,10 +303,32 @@ def _ended(dirs, secs=60.0):
 
 
 def test_the_runs_timeout_is_node_0s_and_every_node_ends_timed_out(tmp_path):
+    from test_tasks_helpers import wait_until
+    from workflow.agent import node_word
+
     # node 1 has no deadline of its own: only node 0's clock (2 s) ends it, within seconds
-    docs = _ended(_node_jobs(tmp_path, ["sleep 120", "sleep 120"], timeout_secs=2), secs=45)
+    port = _free_port()
+    dirs = _node_jobs(tmp_path, ["sleep 120", "sleep 120"], timeout_secs=2, nnodes=3, port=port)
+    docs = _ended(dirs, secs=45)
     assert [d["state"] for d in docs] == ["timed_out", "timed_out"], docs
     assert docs[1]["timeout_secs"] is None and "node 0 ended timed_out" in docs[1]["error"]
+    assert node_word.live_pid(str(dirs[0]))  # node 0 left word for node 2, never heard from
+
+    # node 2's pod was busy until now: it starts after node 0's end, is told at once and
+    # ends with node 0's state (not after torchrun's 30-minute join timeout)
+    [late] = _ended(_node_jobs(tmp_path, ["sleep 120"], nnodes=3, first=2, port=port), secs=30)
+    assert (late["state"], late["error"]) == ("timed_out", "node 0 ended timed_out: timed out after 2s"), late
+    assert _read(tmp_path / "node0" / "status.json") == json.dumps(docs[0], indent=2, sort_keys=True) + "\n"
+    assert multinode.combine([dict(d, rank=i) for i, d in enumerate(docs + [late])]) == "timed_out"
+    assert wait_until(lambda: node_word.live_pid(str(dirs[0])) is None, secs=15)  # every node told: it is gone
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_a_node_that_fails_ends_the_others_on_the_pods_themselves(tmp_path):

@@ -1,5 +1,6 @@
 """End every process of a pod at once, as a dead machine would (a local pool pod taken
-down, SPEC §8): the sweep runner, every run and task, their tmux server, the watchdog.
+down, SPEC §8): the sweep runner, every run and task, their tmux server, the watchdog,
+the word a multi-node run's node 0 left for its late nodes.
 
 Nothing is told to stop and nothing writes an end state: the processes are frozen
 (SIGSTOP) as they are found, so the runner cannot launch or record anything meanwhile,
@@ -21,6 +22,7 @@ from .fsutil import expand
 from .job_scan import job_pids, wrapper_alive
 from .job_status import ACTIVE, read_status
 from .job_launch import tmux_socket_name
+from .node_word import live_pid
 
 
 def _job_dirs(outputs):
@@ -33,6 +35,9 @@ def _job_dirs(outputs):
 def _live_pids(outputs):
     pids = set()
     for d in _job_dirs(outputs):
+        word = live_pid(d)  # node 0's word for the nodes that never came (node_word)
+        if word:
+            pids.add(word)
         doc = read_status(d)
         if not doc or doc.get("state") not in ACTIVE:
             continue

@@ -141,6 +141,7 @@ def wrap_main(argv):
     deadline = t0 + float(timeout) if timeout else None
     next_beat = t0 + heartbeat
     reason = None  # why we stop it: (state, message)
+    by_canceller = False  # ended from outside (sweep-stop, sweep.end_run, tmux gone)
     while True:
         if child.poll() is not None:
             break
@@ -161,6 +162,7 @@ def wrap_main(argv):
         info = signal.sigtimedwait(_SIGS, max(0.001, until - now_m))
         if info is None or info.si_signo == signal.SIGCHLD:
             continue
+        by_canceller = True
         if info.si_signo == signal.SIGHUP:
             reason = (LOST, "the tmux window or server was closed (SIGHUP)")
             grace = min(grace, 2.0)
@@ -202,6 +204,8 @@ def wrap_main(argv):
             if time.monotonic() > give_up:
                 raise
             time.sleep(1.0)
+    if watch is not None and not by_canceller:
+        watch.leave_word(d, nonce, state, msg)  # for nodes that start after this end
     return 0
 
 

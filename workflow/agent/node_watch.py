@@ -102,6 +102,8 @@ class NodeWatch(object):
     def __init__(self, rank, nnodes, host, port, wake):
         self.rank, self.nnodes, self.host, self.port, self.wake = rank, nnodes, host, port, wake
         self.reason = None
+        self.heard = set()
+        """Ranks node 0 heard from (said ``hello``)."""
         self._told = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -135,6 +137,18 @@ class NodeWatch(object):
                 conn.send(line)
                 conn.close()
             self._conns = []
+
+    def leave_word(self, d, nonce, state, why):
+        """Node 0's job ended by itself with ``state`` (not by a canceller): nodes never
+        heard from will still start (their pods were busy): leave them node 0's word
+        (``node_word``). Returns the word process's pid, or None."""
+        from .node_word import leave
+
+        late = sorted(set(range(1, self.nnodes)) - self.heard)
+        if self.rank != 0 or state == SUCCESS or not late:
+            return None
+        self._thread.join(2.0)  # the hub closes the watch port first
+        return leave(d, nonce, self.host, self.port, late, state, why)
 
     # -- node 0
     def _hub(self):
@@ -184,6 +198,7 @@ class NodeWatch(object):
                         words = line.split(" ", 2)
                         if words[0] == "hello" and len(words) > 1 and words[1].isdigit():
                             item.rank = int(words[1])
+                            self.heard.add(item.rank)
                             _note("node watch: node %d joined" % item.rank)
                         if item.rank is None:
                             continue

@@ -15,10 +15,11 @@ import os
 import shutil
 
 from . import procs
+from .node_word import WORD_FILE
 
 #: The engine's own files in a run dir (top level).
 RUN_ENGINE_FILES = (procs.STATUS_FILE, procs.LOG_FILE, procs.COMMAND_FILE, procs.LOCK_FILE, procs.FIFO_FILE,
-                    procs.WRAPPER_LOG)
+                    procs.WRAPPER_LOG, WORD_FILE)
 #: Never "earlier files" of the script: the engine's, and the summary the runner merges into.
 ENGINE_OWN = RUN_ENGINE_FILES + ("summary.json", "summary.json.unparsable")
 

@@ -15,7 +15,7 @@ import select
 import shutil
 import sys
 
-from . import procs, serve
+from . import node_word, procs, serve
 from .fsutil import expand, makedirs, utcnow
 from .protocol import AgentError
 
@@ -223,5 +223,5 @@ OPS = {
     "task.kill": kill,
 }
 
-COMMANDS = {procs.WRAP_COMMAND: procs.wrap_main}
+COMMANDS = {procs.WRAP_COMMAND: procs.wrap_main, node_word.WORD_COMMAND: node_word.word_main}
 
