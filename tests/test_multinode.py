@@ -338,7 +338,7 @@ def test_a_node_that_fails_ends_the_others_on_the_pods_themselves(tmp_path):
     assert docs[0]["error"] == "node 2 ended failed" and "node 0 ended failed: node 2" in docs[1]["error"]
 
 
-def test_a_frozen_node_is_lost_and_ends_the_others(tmp_path):
+def test_a_frozen_or_killed_node_ends_the_others(tmp_path):
     import os
     import signal
 
@@ -349,8 +349,18 @@ def test_a_frozen_node_is_lost_and_ends_the_others(tmp_path):
     # other node 0 does (node 1 notices); their pods cut off: nothing closes a connection
     three = _node_jobs(tmp_path / "a", ["sleep 120"] * 3)
     two = _node_jobs(tmp_path / "b", ["sleep 120"] * 2)
+    # and a third run: node 1's training processes are killed, its wrapper lives on
+    killed = _node_jobs(tmp_path / "c", ["sleep 120"] * 2)
     assert wait_until(lambda: _read(three[0] / "wrapper.log").count("joined") == 2
-                      and "joined" in _read(two[0] / "wrapper.log"), secs=30)
+                      and "joined" in _read(two[0] / "wrapper.log") and "joined" in _read(killed[0] / "wrapper.log"),
+                      secs=30)
+    victim = json.loads((killed[1] / "status.json").read_text())
+    for pid in marked_pids([victim["nonce"]]):
+        os.kill(pid, signal.SIGKILL)
+    ends = _ended(killed, secs=30)  # the node's exit ends the run at once, not at its timeout
+    assert [(d["state"], d["error"]) for d in ends] == [("failed", "node 1 ended failed"),
+                                                         ("failed", "killed by SIGKILL")], ends
+    assert not marked_pids([d["nonce"] for d in ends])
     frozen = [json.loads((d / "status.json").read_text()) for d in (three[2], two[0])]
     for pid in [doc[k] for doc in frozen for k in ("wrapper_pid", "pid")]:
         os.kill(pid, signal.SIGSTOP)
