@@ -5,8 +5,10 @@ ended together; a failure midway leaves nothing billing; Lium is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 
 import pytest
 
@@ -15,6 +17,8 @@ from fakes.harness import CloudProject
 from fakes.lium import LiumExecutor
 from fakes.runpod import GpuType
 from fakes.vast import VastOffer
+from gitrepo import git_daemon, git_repo  # noqa: F401 - fixtures
+from test_sweep_run_helpers import JOB
 from workflow.agent import net
 
 pytestmark = pytest.mark.ssh
@@ -30,8 +34,14 @@ def network(tmp_path, ssh_client_keys, ssh_session_dir):
         made.append(cp)
         sshd = cp.api.make_sshd
 
-        def own_machine():  # each pod its own HOME (its sshd's own directory), as separate machines
+        def own_machine():  # each pod its own HOME and ~/w (its sshd's own), as separate machines
             p = sshd()
+            mine, seen = p.remote_dir / "w", p.home / "w"  # tasks see the user's passwd home: bind its ~/w
+            for d in (mine, seen):
+                d.mkdir(exist_ok=True)
+                os.chown(d, p.uid, p.gid)
+            p._sshd_prefix = lambda: ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                                      'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(mine), str(seen)]
             inject = p.inject_env
             p.inject_env = lambda env: inject({"HOME": str(p.remote_dir), **env})
             p.inject_env({})
@@ -106,6 +116,16 @@ def test_runpod_rents_one_instant_cluster_and_ends_it_whole(network, monkeypatch
     assert sorted(p["id"] for p in cost["pods"] if p["state"] != "destroyed") == sorted(members)
 
     assert cp.wf("pod-down").returncode == 2  # a cluster's pods cannot be stopped
+    # nor can one be replaced: an instant cluster adds no pod (refused, saying what to do instead)
+    r = cp.wf("sweep-recover", "--replace")
+    assert r.returncode == 2 and "adds no pod" in r.stderr and "'wf pod-down --destroy', 'wf pod-up'" in r.stderr, \
+        r.stdout + r.stderr
+    cp.config["pool"] = {"replace": True}
+    cp.write_config()
+    r = cp.wf("pod-status")
+    assert r.returncode == 2 and "pool.replace: a down pod of a runpod private network cannot be replaced" in r.stderr
+    del cp.config["pool"]
+    cp.write_config()
     r = cp.wf("pod-down", "--destroy")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "destroyed runpod pod" in r.stdout and cluster["id"] in r.stdout
@@ -134,11 +154,34 @@ def _vast_offers(bad_second=False):
     return [VastOffer(1, dph_total=0.05),  # cheapest, but on no physical cluster
             VastOffer(2, dph_total=0.06, cluster_id=9),  # a cluster with one offer cannot hold two pods
             VastOffer(3, dph_total=0.40, cluster_id=5),
-            VastOffer(4, dph_total=0.50, cluster_id=5, rent_error="invalid_args" if bad_second else None)]
+            VastOffer(4, dph_total=0.50, cluster_id=5, rent_error="invalid_args" if bad_second else None),
+            VastOffer(5, dph_total=0.70, cluster_id=5)]  # a spare: what a replacement rents
 
 
-def test_vast_rents_one_physical_clusters_offers_on_an_overlay_and_ends_it(network, monkeypatch):
+def _preempt(fake) -> None:
+    """The API says exited, its sshd is gone, and so is every process of that pod."""
+    fake.stop()
+    fake.sshd.drop_connections()
+    for pid in fake.sshd.user_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_vast_rents_an_overlay_a_preempted_member_is_replaced_on_it_and_the_network_ends_whole(
+        network, monkeypatch, git_repo, git_daemon):
+    for path, text in (("examples/job.py", JOB), ("examples/configs/tiny.json", "{}\n")):
+        (git_repo.work / path).parent.mkdir(parents=True, exist_ok=True)
+        sha = git_repo.commit("main", path, text)
     cp = network("vastai", _vast_offers())
+    cp.config.update(
+        checkout={"repo_url": git_daemon.url(git_repo), "require_cuda": False, "require_torch": False},
+        pool={"down_after_secs": 3, "replace": True},
+        sweep={"csv": "sweeps/sweep.csv", "workdir": "examples", "launcher": "python", "entrypoint": "job.py",
+               "args": ["{config}", "--seed={seed}"]})
+    cp.write_config()
+    (cp.root / "sweeps").mkdir()
+    (cp.root / "sweeps" / "sweep.csv").write_text("run_id,config,seed,overrides,notes\n" + "".join(
+        f"v{i},configs/tiny.json,{i},steps=3 sleep=0.5,\n" for i in range(4)))
     offers = ok_json(cp.wf("offers", "--json"))["offers"]  # only a physical cluster with 2 offers can
     assert [(o["id"], o["price_per_hour"]) for o in offers] == [("cluster-5", 0.9)]
     r = cp.wf("pod-up")
@@ -152,7 +195,36 @@ def test_vast_rents_one_physical_clusters_offers_on_an_overlay_and_ends_it(netwo
     eth0 = net.iface_addr("eth0")
     assert _rendezvous_over_the_network(cp, monkeypatch) == ([eth0 or "127.0.0.1"] * 2, "eth0" if eth0 else "lo")
 
-    r = cp.wf("pod-down", "--destroy")
+    # p1 preempted mid-sweep (pool.replace): another ask of physical cluster 5 is rented in its
+    # place and joined to the same overlay; the runs finish there and on p0
+    for step in ("bootstrap", "checkout", "sweep-start"):
+        r = cp.wf(step, timeout=180)
+        assert r.returncode == 0, r.stdout + r.stderr
+    old = json.loads((cp.root / ".podflow" / "session-p1.json").read_text())["pod_id"]
+    _preempt(cp.api.pods[old].fake)
+    r = cp.wf("sweep-wait", "--timeout-secs", "150", timeout=200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "p1 is down: the provider says it is stopped" in r.stdout, r.stdout
+    assert f"renting RTX 4090 x1 at $0.700/h (offer 5) onto network {overlay['name']}" in r.stdout, r.stdout
+    assert "p1: replaced, checked out at " + sha[:12] in r.stdout, r.stdout
+    new = json.loads((cp.root / ".podflow" / "session-p1.json").read_text())
+    assert new["pod_id"] != old and new["cluster"] == overlay["name"] and cp.api.pods[old].fake.destroyed
+    assert cp.api.pods[new["pod_id"]].offer.id == 5 and int(new["pod_id"]) in overlay["instances"]
+    doc = ok_json(cp.wf("sweep-status", "--json"))
+    assert doc["counts"] == {"success": 4} and any(run["attempt"] == 2 for run in doc["runs"]), doc
+    assert _rendezvous_over_the_network(cp, monkeypatch)[0] == [eth0 or "127.0.0.1"] * 2  # on the overlay
+
+    # p1 preempted again, and no ask of physical cluster 5 is left: a clear error (exit 4), the
+    # dead member destroyed, nothing rented; p0 lives on
+    rents = cp.api.count("PUT", r"^/api/v0/asks/")
+    _preempt(cp.api.pods[new["pod_id"]].fake)
+    r = cp.wf("sweep-recover", "--replace")
+    assert r.returncode == 4 and f"p1: no offer that can join network {overlay['name']}" in r.stderr, \
+        r.stdout + r.stderr
+    assert cp.api.count("PUT", r"^/api/v0/asks/") == rents and cp.api.pods[new["pod_id"]].fake.destroyed
+    assert [p.offer.id for p in cp.live_pods()] == [3]
+
+    r = cp.wf("pod-down", "--destroy", "--force")
     assert r.returncode == 0, r.stdout + r.stderr
     assert not cp.api.overlays and not cp.live_pods()
     assert {p["state"] for p in ok_json(cp.wf("cost", "--json"))["pods"]} == {"destroyed"}

@@ -56,7 +56,7 @@ def pods(config) -> Tuple[Pod, ...]:
     provider = config.get("pod.provider", "local")
     count_set = (config.sources or {}).get("pod.count", "default") != "default"
     if config.get("pod.network", None) == "cluster":
-        _check_network(provider, count)
+        _check_network(provider, count, bool(config.get("pool.replace", False)))
     if hosts:
         if provider != "ssh":
             raise ConfigError(f"pod.hosts is for provider 'ssh', not {provider!r}",
@@ -74,9 +74,10 @@ def pods(config) -> Tuple[Pod, ...]:
     return tuple(Pod(f"p{i}", i) for i in range(count))
 
 
-def _check_network(provider: str, count: int) -> None:
+def _check_network(provider: str, count: int, replace: bool = False) -> None:
     """``pod.network: cluster`` is for providers that rent pods on one private network
-    (SPEC §9); anywhere else it is refused before anything is rented."""
+    (SPEC §9); anywhere else it is refused before anything is rented. So is
+    ``pool.replace`` where a down member cannot be replaced on the network (RunPod)."""
     from workflow.providers import CLOUD, provider_class
 
     if provider not in CLOUD or not provider_class(provider).can_cluster:
@@ -91,6 +92,9 @@ def _check_network(provider: str, count: int) -> None:
     if count < 2:
         raise ConfigError(f"pod.network: cluster needs pod.count of at least 2 (it is {count})",
                           hint="set pod.count to the number of nodes, or remove pod.network")
+    if replace and not provider_class(provider).can_grow_cluster:
+        raise ConfigError(f"pool.replace: a down pod of a {provider} private network cannot be replaced",
+                          hint=provider_class(provider).cannot_grow_cluster + "; remove pool.replace")
 
 
 def _plain(value: Any) -> Any:

@@ -4,7 +4,8 @@
   ``reliability2``, ``geolocation``)
 - ``PUT /api/v0/asks/{id}/`` rent -> ``{"success": true, "new_contract": N}``, or per offer
   ``{"success": true, "instances": {"id": N}}``, or ``{"success": true}`` with no id at all
-  (found by label); a snatched offer -> 404 ``{"error": "no_such_ask"}``
+  (found by label); a snatched offer -> 404 ``{"error": "no_such_ask"}``; an ask rented here is
+  no longer listed
 - ``GET /api/v0/instances/{id}/`` -> wrapped in ``{"instances": {...}}``; the state in
   ``actual_status`` or (quirk) only ``cur_state``; ``public_ipaddr``; direct port in
   ``ports["22/tcp"]``; the proxy in ``ssh_host``/``ssh_port``
@@ -58,6 +59,8 @@ class VastOffer:
     """the physical cluster (one host's machines on one LAN) the machine is in"""
     rent_error: Optional[str] = None
     """renting it answers 400 with this error (an API failure)"""
+    rented: bool = False
+    """rented through this API: no longer listed by the search (nor rentable again)"""
     timeline: Timeline = field(default_factory=Timeline)
 
 
@@ -128,6 +131,8 @@ class FakeVast(FakeApi):
         q = body or {}
         rows = []
         for o in self.offers.values():
+            if o.rented:
+                continue
             rows.append({
                 "id": o.id, "ask_contract_id": o.id, "machine_id": 500 + o.id, "gpu_name": o.gpu_name,
                 "num_gpus": o.num_gpus, "gpu_ram": o.gpu_ram_gb * 1000, "dph_total": o.dph_total,
@@ -149,7 +154,7 @@ class FakeVast(FakeApi):
 
     def rent(self, body, query, ask):
         o = self.offers.get(int(ask))
-        if o is None or o.snatched:
+        if o is None or o.snatched or o.rented:
             return Reply(404, {"success": False, "error": "no_such_ask", "msg": f"Instance type {ask} is no longer available."})
         if o.rent_error:
             return Reply(400, {"success": False, "error": o.rent_error, "msg": o.rent_error})
@@ -159,7 +164,7 @@ class FakeVast(FakeApi):
         fake = FakePod(self.make_sshd(), o.timeline, key_attached=False,
                        env={"CONTAINER_ID": str(iid), "CONTAINER_API_KEY": key})
         self.pods[str(iid)] = VastPod(iid, o, fake, (body or {}).get("label") or "", (body or {}).get("image") or "", key)
-        o.snatched = True  # an ask is rented once
+        o.rented = True  # an ask is rented once
         if o.id_quirk == "new_contract":
             return {"success": True, "new_contract": iid}
         if o.id_quirk == "instances":

@@ -198,7 +198,8 @@ def _network_down(pod, destroy: bool, force: bool, json: bool) -> None:
         print_json({"pods": docs})
         return
     for doc in docs:
-        print(f"{doc['name']}: destroyed {doc['provider']} pod {doc['pod_id']} with network {network.id}"
+        print(f"{doc['name']}: {doc['message']}" if doc["action"] == "none" else
+              f"{doc['name']}: destroyed {doc['provider']} pod {doc['pod_id']} with network {network.id}"
               + (" (forced)" if force else ""))
 
 

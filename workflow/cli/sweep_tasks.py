@@ -479,8 +479,11 @@ def sweep_recover(c, replace=False, json=False):
     (pending, running, lost) go to the pods whose runner has ended, their attempt counted
     one more; runs no pod can take now wait for one (sweep-wait places them). A down pod
     that comes back is not given them again, and its copies of them are cancelled. With
-    --replace (or pool.replace) a cloud pod is first replaced. Exit 0 when no run is left
-    without a pod, 1 otherwise, 4 when no pod is up.
+    --replace (or pool.replace) a cloud pod is first replaced; on a private network
+    (pod.network: cluster) the replacement joins it (Vast: an offer of the overlay's
+    physical cluster), and a RunPod instant cluster, which adds no pod, is refused (exit 2).
+    Exit 0 when no run is left without a pod, 1 otherwise, 4 when no pod is up or a
+    replacement could not be rented (its runs went to the pods that are up).
     """
     import sys
 
@@ -494,6 +497,10 @@ def sweep_recover(c, replace=False, json=False):
         print(text, file=sys.stderr if json else sys.stdout, flush=True)
 
     cfg = runtime.config()
+    if replace:
+        from workflow.providers import clusters
+
+        clusters.check_growable(cfg)  # a RunPod instant cluster: refused before anything moves
     keeper = Keeper(cfg, pool.pods(cfg), metrics=metrics_options(cfg), say=say, recover=True,
                     replace=bool(replace) or bool(cfg.get("pool.replace", False)), health=Health(0.0))
     keeper.round(balance=False)
@@ -510,6 +517,8 @@ def sweep_recover(c, replace=False, json=False):
         print(f"down: {', '.join(f'{n} ({why})' for n, why in rnd.down.items()) or 'none'}; "
               f"re-placed: {', '.join(rnd.moved) or 'none'}"
               + (f"; waiting for a free pod: {', '.join(waiting)} (wf sweep-wait places them)" if waiting else ""))
+    if keeper.unreplaced:  # asked for and not done (e.g. no offer can join the network): exit 4
+        raise next(iter(keeper.unreplaced.values()))
     if waiting:
         raise Exit(code=1)
 

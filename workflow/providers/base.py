@@ -248,6 +248,10 @@ class Provider(abc.ABC):
     default_user: ClassVar[Optional[str]] = None
     #: rents several pods on one private network (``create_cluster``)
     can_cluster: ClassVar[bool] = False
+    #: rents one more pod onto a network it made (``join_cluster``): a down member replaced
+    can_grow_cluster: ClassVar[bool] = False
+    #: why a network of this provider cannot take one more pod (the hint of the refusal)
+    cannot_grow_cluster: ClassVar[str] = "this provider's networks have a fixed set of pods"
 
     #: API retry bound: attempts and the longest single wait (seconds)
     retry_attempts: ClassVar[int] = 4
@@ -350,6 +354,17 @@ class Provider(abc.ABC):
     def destroy_cluster(self, cluster: Cluster) -> None:
         """End every pod of the cluster and the network itself. Idempotent."""
         raise self.unsupported("pod.network: cluster")
+
+    def member_offers(self, cluster: Cluster, spec: OfferSpec) -> List[Offer]:
+        """Offers a pod could be rented from that ``join_cluster`` can put on ``cluster``'s
+        network (Vast: asks of the overlay's physical cluster). ``PodGone`` when the network
+        itself is gone."""
+        raise self.unsupported("adding a pod to a private network", hint=self.cannot_grow_cluster)
+
+    def join_cluster(self, cluster: Cluster, offer: Offer, request: CreateRequest) -> PodInfo:
+        """Rent one pod of ``offer`` onto ``cluster``'s network, or nothing: a pod rented but
+        not joined is destroyed before the error is raised. ``OfferUnavailable`` as ``create``."""
+        raise self.unsupported("adding a pod to a private network", hint=self.cannot_grow_cluster)
 
     def stop_unsupported_reason(self, pod: Optional[PodInfo]) -> Optional[str]:
         """Why this pod can only be destroyed, or None when ``stop`` works for it."""

@@ -17,6 +17,11 @@ offer tried (``bring_up``).
 ends the network at once (``take_down``): no pod of it is left billing, the ledger says
 destroyed for each. Stopping is refused: RunPod's cluster pods cannot be stopped, and a
 network half stopped is not one.
+
+A member that is down is replaced alone where the provider lets a pod join the network
+(``replace_member``; ``pool.replace``, ``sweep-recover --replace``): Vast rents another ask
+of the overlay's physical cluster and joins it to the same overlay. A RunPod instant
+cluster adds no pod: that is refused (exit 2) with what to do instead.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from workflow import pool
 from workflow import session as sessions
 from workflow.errors import ProviderError
 from workflow.money import spend, watchdog
-from workflow.providers import get_provider
+from workflow.providers import get_provider, lifecycle
 from workflow.providers.base import Cluster, Offer, OfferUnavailable, PodGone, Provider
 from workflow.providers.lifecycle import _request, _say, _spec_text
 from workflow.providers.presets import offer_spec
@@ -140,16 +145,87 @@ def rent(config, skip: Sequence[str] = ()) -> Tuple[Cluster, Optional[Offer]]:
         at = time.time()
         price = (cluster.price_per_hour or offer.price_per_hour) / count
         for (pod, cfg), pod_id in zip(members, cluster.pod_ids):
-            spend.note(cfg, "rent", provider.name, pod_id, price=price, label=f"{request.name} {pod.name}", at=at)
-            sessions.save(sessions.Session(
-                provider=provider.name, pod_id=pod_id, name=f"{request.name} {pod.name}", created_at=at,
-                created_by_podflow=True, price_per_hour=price, gpu=offer.gpu or None, cluster=cluster.id,
-                ttl=str(config.pod.ttl) if config.pod.ttl not in (None, "") else None), cfg)
+            _keep(cfg, provider, pod_id, f"{request.name} {pod.name}", price, offer, cluster.id, at)
         say(f"  rented {provider.name} network {cluster.id}: pods {', '.join(cluster.pod_ids)}")
         return cluster, offer
     raise ProviderError(provider.name, f"no private network of {count} pods could be rented "
                                        f"after {len(skipped)} offer(s) ({'; '.join(skipped)})",
                         hint="pod.max_offer_attempts and pod.offer control the search; try again later")
+
+
+def _keep(cfg, provider: Provider, pod_id: str, label: str, price: float, offer: Offer, network: str,
+          at: float) -> None:
+    """A member just rented: its ``rent`` line in the ledger, its session naming the network."""
+    spend.note(cfg, "rent", provider.name, pod_id, price=price, label=label, at=at)
+    sessions.save(sessions.Session(
+        provider=provider.name, pod_id=pod_id, name=label, created_at=at, created_by_podflow=True,
+        price_per_hour=price, gpu=offer.gpu or None, cluster=network,
+        ttl=str(cfg.pod.ttl) if cfg.pod.ttl not in (None, "") else None), cfg)
+
+
+def check_growable(config) -> None:
+    """``--replace`` on a network whose provider cannot add a pod to it: UnsupportedAction
+    (exit 2) before anything is done, with what to do instead."""
+    provider = get_provider(config)
+    if wanted(config) and not provider.can_grow_cluster:
+        raise provider.unsupported("replacing a pod of a private network", hint=provider.cannot_grow_cluster)
+
+
+def replace_member(config, pod: pool.Pod, say) -> None:
+    """A pod of the network that is down, replaced under its name (``pool.replace``,
+    ``sweep-recover --replace``): the old member destroyed, a new one rented from an offer
+    that can join the same network (Vast: an ask of the overlay's physical cluster, cheapest
+    first, at most ``pod.max_offer_attempts``) and joined, then brought up as ``pod-up``
+    does (must be called in the pod's ``runtime.on_pod``). A member that never becomes
+    usable is destroyed and the next offer tried. ``config`` is the pool's. Raises
+    UnsupportedAction (exit 2) where the provider's networks cannot take a pod (RunPod
+    instant clusters), ProviderError (exit 4) when no offer can join: nothing this call
+    rented is left billing."""
+    check_growable(config)
+    provider = get_provider(config)
+    network = known(config)
+    if network is None:
+        raise ProviderError(provider.name, f"{pod.name}: this project knows no network to put a replacement on",
+                            hint="'wf pod-up' rents the whole network")
+    cfg = pool.pod_config(config, pod)
+    old = sessions.load(cfg)
+    if old is not None and old.pod_id:
+        say(f"{pod.name}: destroying the down pod {old.pod_id} of network {network.id} and renting a replacement")
+        lifecycle._destroy_quietly(provider, old.pod_id, say, cfg, reason="down: replaced")
+    sessions.clear(cfg)
+    spec = offer_spec(cfg)
+    offers = provider.member_offers(network, spec)
+    if not offers:
+        raise ProviderError(provider.name, f"{pod.name}: no offer that can join network {network.id} is left "
+                                           f"(wanted: {_spec_text(spec)})",
+                            hint="its runs go to the pods that are up (pool.recover); relax pod.offer, or "
+                                 "'wf pod-down --destroy' and 'wf pod-up' for a whole new network")
+    request = _request(cfg)
+    skipped: List[str] = []
+    for offer in offers[:max(1, int(cfg.pod.max_offer_attempts or 5))]:
+        say(f"{pod.name}: renting {offer.gpu or 'cpu'} x{offer.num_gpus} at ${offer.price_per_hour:.3f}/h "
+            f"(offer {offer.id}) onto network {network.id}")
+        try:
+            member = provider.join_cluster(network, offer, request)
+        except OfferUnavailable as exc:
+            skipped.append(f"{offer.id}: {exc.reason}")
+            say(f"  skipped offer {offer.id}: {exc.reason}")
+            continue
+        _keep(cfg, provider, member.id, f"{request.name} {pod.name}", member.price_per_hour or offer.price_per_hour,
+              offer, network.id, time.time())
+        try:
+            lifecycle.pod_up(cfg)
+        except BaseException as exc:
+            lifecycle._destroy_quietly(provider, member.id, say, cfg)
+            sessions.clear(cfg)
+            if not isinstance(exc, PodNeverReady):
+                raise
+            skipped.append(f"{offer.id}: never usable")
+            continue
+        return
+    raise ProviderError(provider.name, f"{pod.name}: no pod could join network {network.id} after "
+                                       f"{len(skipped)} offer(s) ({'; '.join(skipped)})",
+                        hint="its runs go to the pods that are up (pool.recover); try again later")
 
 
 def abandon(config, cluster: Cluster, reason: Optional[str]) -> None:

@@ -439,6 +439,9 @@ def pod_down(config, *, destroy: bool = False, force: bool = False, together: bo
     except PodGone:
         pod = None
     if pod_id is None:
+        if together:  # a member of the network already ended alone (a replacement that failed)
+            return {"provider": provider.name, "pod_id": None, "action": "none",
+                    "message": f"no {provider.name} pod (it already ended)"}
         raise ConnectionFailed(f"no {provider.name} pod known for this project", hint="nothing to take down")
     if pod is None or pod.state == PodState.TERMINATED:
         spend.observe(config, provider.name, pod_id, gone=True)

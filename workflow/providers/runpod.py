@@ -27,7 +27,8 @@ Instant clusters (``pod.network: cluster``), as the same OpenAPI file
   "Instant Clusters"; the private network is on the ``ens*`` interfaces, never ``eth0``).
 - ``DELETE /v2/clusters/{id}`` (204) terminates every member pod. Member pods cannot be
   stopped, modified or deleted through ``/v2/pods`` (409), and ``GET /v2/pods`` leaves
-  them out unless ``includeClusterPods=true``.
+  them out unless ``includeClusterPods=true``. Nothing adds a pod to a cluster, so a member
+  that died cannot be replaced (``cannot_grow_cluster`` says what to do instead).
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ def ssh_endpoints(pod: Dict[str, Any], *, allow_private: bool = False) -> List[E
 class RunpodProvider(Provider):
     name = "runpod"
     can_create = can_stop = can_start = can_destroy = can_cluster = True
+    cannot_grow_cluster = ("a RunPod instant cluster keeps the pods it was created with: its API creates and "
+                           "deletes clusters whole and adds no pod to one. Its runs go to the pods that are "
+                           "up (pool.recover); for a whole cluster again: 'wf fetch-all', 'wf pod-down "
+                           "--destroy', 'wf pod-up'")
     #: how long the member pods of a new cluster may take to be listed with their ranks
     cluster_listing_secs = 120.0
     default_user = "root"

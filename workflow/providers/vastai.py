@@ -19,7 +19,9 @@ CLUSTER_ID NAME`` is ``POST /api/v0/overlay/ {"cluster_id", "name"}``; ``join ov
 INSTANCE_ID`` is ``PUT /api/v0/overlay/ {"name", "instance_id"}``; ``show overlays`` is
 ``GET /api/v0/overlay/`` (``overlay_id``, ``name``, ``internal_subnet``, ``cluster_id``,
 ``instances``); ``delete overlay`` is ``DELETE /api/v0/overlay/ {"overlay_name"}``. Inside a
-joined instance the overlay is ``eth0`` (the agent's ``net.addr`` reads it).
+joined instance the overlay is ``eth0`` (the agent's ``net.addr`` reads it). A member that
+died is replaced by renting another ask of the overlay's physical cluster
+(``search offers cluster_id=N``) and joining it to the same overlay (``join_cluster``).
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def ssh_endpoints(inst: Dict[str, Any]) -> List[Endpoint]:
 
 class VastProvider(Provider):
     name = "vastai"
-    can_create = can_stop = can_start = can_destroy = can_cluster = True
+    can_create = can_stop = can_start = can_destroy = can_cluster = can_grow_cluster = True
     default_user = "root"
     status_map = {
         "running": PodState.RUNNING,
@@ -247,6 +249,28 @@ class VastProvider(Provider):
             raise
         return Cluster(self.name, overlay, tuple(p.id for p in pods),
                        price_per_hour=sum(p.price_per_hour or 0.0 for p in pods) or offer.price_per_hour)
+
+    def _overlay(self, name: str) -> Dict[str, Any]:
+        """The overlay named ``name`` (``show overlays``); PodGone when the account has none."""
+        found = self._call("show overlays", self.sdk.show_overlays) or []
+        for overlay in found if isinstance(found, list) else []:
+            if isinstance(overlay, dict) and overlay.get("name") == name:
+                return overlay
+        raise PodGone(self.name, f"overlay network {name} no longer exists")
+
+    def member_offers(self, cluster: Cluster, spec: OfferSpec) -> List[Offer]:
+        physical = self._overlay(cluster.id).get("cluster_id")
+        found = [o for o in map(self._offer, self._rows(spec, cluster_id={"eq": physical})) if o is not None]
+        return sorted((o for o in found if spec.matches(o)[0]), key=lambda o: (o.price_per_hour, o.id))
+
+    def join_cluster(self, cluster: Cluster, offer: Offer, request: CreateRequest) -> PodInfo:
+        pod = self.create(offer, request)
+        try:
+            self._call(f"join instance {pod.id} to overlay {cluster.id}", self.sdk.join_overlay, cluster.id, int(pod.id))
+        except BaseException:
+            self.destroy(pod.id)  # only what this attempt created
+            raise
+        return pod
 
     def destroy_cluster(self, cluster: Cluster) -> None:
         for pod_id in cluster.pod_ids:

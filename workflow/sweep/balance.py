@@ -122,27 +122,28 @@ def provider_says(pod: pool.Pod) -> Optional[str]:
 
 def replace_pod(pod: pool.Pod, sha: Optional[str], say: Say) -> None:
     """Rent a new cloud pod under ``pod``'s name (the old one destroyed if its provider still
-    has it), bootstrap it and check it out at ``sha`` (the pool's commit)."""
+    has it; with ``pod.network: cluster`` onto the pool's network, ``clusters.replace_member``),
+    bootstrap it and check it out at ``sha`` (the pool's commit)."""
     from workflow import prepare, session
     from workflow.errors import InputError
-    from workflow.providers import get_provider, lifecycle
+    from workflow.providers import clusters, get_provider, lifecycle
 
+    project = runtime.config()
     with runtime.on_pod(pod):
         cfg = runtime.config()
         if cfg.pod.provider in ("local", "ssh"):
             raise InputError(f"{pod.name}: a {cfg.pod.provider} pod cannot be replaced: nothing to rent",
                              hint="pool.replace and --replace are for cloud pools (lium, vastai, runpod)")
-        old = session.load(cfg)
-        if (old is not None and old.cluster) or cfg.get("pod.network", None) == "cluster":
-            raise InputError(f"{pod.name}: a pod of a private network (pod.network: cluster) cannot be replaced alone",
-                             hint="its runs go to the pods that are up (pool.recover); 'wf pod-down --destroy' "
-                                  "then 'wf pod-up' rents a whole new network")
-        if old is not None and old.pod_id:
-            say(f"{pod.name}: destroying the down pod {old.pod_id} and renting a replacement")
-            lifecycle._destroy_quietly(get_provider(cfg), old.pod_id, say, cfg, reason="down: replaced")
-        session.clear(cfg)
         runtime.forget_pod(pod)
-        lifecycle.pod_up(cfg)
+        if clusters.wanted(cfg):  # onto the pool's private network (Vast), or refused (RunPod)
+            clusters.replace_member(project, pod, say)
+        else:
+            old = session.load(cfg)
+            if old is not None and old.pod_id:
+                say(f"{pod.name}: destroying the down pod {old.pod_id} and renting a replacement")
+                lifecycle._destroy_quietly(get_provider(cfg), old.pod_id, say, cfg, reason="down: replaced")
+            session.clear(cfg)
+            lifecycle.pod_up(cfg)
         prepare.run("bootstrap", progress="quiet")
         prepare.run("checkout", progress="quiet", sha=sha)
     say(f"{pod.name}: replaced, checked out at {(sha or 'the default branch')[:12]}")
@@ -444,6 +445,8 @@ class Keeper:
         self.reported: Dict[str, str] = {}
         self.replaced: Dict[str, str] = {}
         """Pods replaced whose old runs still wait to be re-placed (name -> why it was down)."""
+        self.unreplaced: Dict[str, PodflowError] = {}
+        """Down pods whose replacement failed (name -> why): their runs go to the pods that are up."""
 
     def read(self) -> List[pool.PodResult]:
         from workflow.sweep.control import sweep_status
@@ -492,7 +495,9 @@ class Keeper:
                 replace_pod(r.pod, pool_sha(ready), self.say)
             except PodflowError as exc:
                 self.say(f"{r.pod.name}: no replacement: {getattr(exc, 'message', exc)}")
+                self.unreplaced[r.pod.name] = exc
                 continue
+            self.unreplaced.pop(r.pod.name, None)
             self.replaced[r.pod.name] = down[r.pod.name]
             out[i] = self._read_one(r.pod)
             self.health.observe(out[i], provider_says)
