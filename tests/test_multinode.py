@@ -243,6 +243,8 @@ def test_a_killed_node_makes_the_run_lost_and_nothing_is_left_running(two_pods):
     [run] = sp.status()["runs"]
     assert run["state"] == "lost", run
     assert [n["state"] for n in run["nodes"]][1] == "lost" and json.loads(status1.read_text())["state"] == "lost"
+    status0 = json.loads((sp.outputs_of[0] / "mn" / "status.json").read_text())  # the run's status.json
+    assert status0["state"] == "lost" and status0["error"].startswith("node 1 was lost: "), status0
     end = time.monotonic() + 30
     while marked_pids(nonces) and time.monotonic() < end:
         time.sleep(0.1)
@@ -349,18 +351,22 @@ def test_a_frozen_or_killed_node_ends_the_others(tmp_path):
     # other node 0 does (node 1 notices); their pods cut off: nothing closes a connection
     three = _node_jobs(tmp_path / "a", ["sleep 120"] * 3)
     two = _node_jobs(tmp_path / "b", ["sleep 120"] * 2)
-    # and a third run: node 1's training processes are killed, its wrapper lives on
+    # a third: node 1's training processes are killed, its wrapper lives on (the node
+    # fails); a fourth: node 1's wrapper dies with them, its connection closes unsaid
     killed = _node_jobs(tmp_path / "c", ["sleep 120"] * 2)
-    assert wait_until(lambda: _read(three[0] / "wrapper.log").count("joined") == 2
-                      and "joined" in _read(two[0] / "wrapper.log") and "joined" in _read(killed[0] / "wrapper.log"),
-                      secs=30)
-    victim = json.loads((killed[1] / "status.json").read_text())
-    for pid in marked_pids([victim["nonce"]]):
+    vanished = _node_jobs(tmp_path / "d", ["sleep 120"] * 2)
+    assert wait_until(lambda: _read(three[0] / "wrapper.log").count("joined") == 2 and all(
+        "joined" in _read(run[0] / "wrapper.log") for run in (two, killed, vanished)), secs=30)
+    victims = [json.loads((run[1] / "status.json").read_text()) for run in (killed, vanished)]
+    for pid in marked_pids([victims[0]["nonce"]]) + [victims[1]["wrapper_pid"]] + marked_pids([victims[1]["nonce"]]):
         os.kill(pid, signal.SIGKILL)
     ends = _ended(killed, secs=30)  # the node's exit ends the run at once, not at its timeout
     assert [(d["state"], d["error"]) for d in ends] == [("failed", "node 1 ended failed"),
                                                          ("failed", "killed by SIGKILL")], ends
-    assert not marked_pids([d["nonce"] for d in ends])
+    [first] = _ended(vanished[:1], secs=30)  # sooner than silence would say (15 s)
+    assert (first["state"], first["error"].split(":")[0]) == ("lost", "node 1 was lost"), first
+    assert "connection closed without a word" in first["error"]
+    assert not marked_pids([d["nonce"] for d in ends + [first, victims[1]]])
     frozen = [json.loads((d / "status.json").read_text()) for d in (three[2], two[0])]
     for pid in [doc[k] for doc in frozen for k in ("wrapper_pid", "pid")]:
         os.kill(pid, signal.SIGSTOP)

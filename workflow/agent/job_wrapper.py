@@ -189,6 +189,9 @@ def wrap_main(argv):
     if reason is None:
         state, msg = (SUCCESS, None) if code == 0 else (
             FAILED, "killed by %s" % signal_name(sig) if sig else "exit code %s" % code)
+        lost = watch.lost_peer() if watch is not None and state == FAILED else None
+        if lost:  # a node died and took this one's collectives with it: the run is lost
+            state, msg = LOST, "%s; then this node's command ended (%s)" % (lost, msg)
     else:
         state, msg = reason
     if watch is not None:

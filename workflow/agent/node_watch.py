@@ -16,7 +16,13 @@ connection per node ≥ 1 to node 0:
 * a node heard from once and then silent for ``LOST_SECS`` (its pod died or was cut
   off, its processes were killed or frozen: beats stop, whatever TCP does) is lost:
   the hub ends its job as ``lost`` (and tells the others), a node whose hub went
-  silent ends as ``lost``.
+  silent ends as ``lost``;
+* a connection closed without a word (no ``bye``/``end``: the other side's process
+  died, as only a killed wrapper leaves it) that is not made again within
+  ``VANISH_SECS`` is a lost node too, sooner. And when this node's own job fails
+  meanwhile (torch's collectives break as soon as a peer's processes die), its end is
+  taken for that loss (``lost_peer``): every node of the run then says ``lost``, the
+  run's state, with the node that vanished as the cause.
 
 Only silence that lasts counts (every line received resets it; a connection that drops
 is retried meanwhile), so a loaded machine that delays a beat by seconds never ends a
@@ -35,6 +41,7 @@ from .job_status import LOST, SUCCESS, TERMINAL
 
 BEAT_SECS = 2.0
 LOST_SECS = 15.0
+VANISH_SECS = 5.0
 WATCH_VAR = "WF_NODE_WATCH"
 
 
@@ -104,6 +111,7 @@ class NodeWatch(object):
         self.reason = None
         self.heard = set()
         """Ranks node 0 heard from (said ``hello``)."""
+        self._vanished = {}  # rank -> when its connection closed without a word (monotonic)
         self._told = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -192,6 +200,8 @@ class NodeWatch(object):
                         with self._lock:
                             if item in self._conns:
                                 self._conns.remove(item)
+                            if item.rank is not None and item.rank not in done:
+                                self._vanished.setdefault(item.rank, now)
                         item.close()
                         continue
                     for line in lines:
@@ -199,6 +209,8 @@ class NodeWatch(object):
                         if words[0] == "hello" and len(words) > 1 and words[1].isdigit():
                             item.rank = int(words[1])
                             self.heard.add(item.rank)
+                            with self._lock:
+                                self._vanished.pop(item.rank, None)  # it came back
                             _note("node watch: node %d joined" % item.rank)
                         if item.rank is None:
                             continue
@@ -217,6 +229,7 @@ class NodeWatch(object):
                     if rank not in done and now - at > LOST_SECS:
                         self._end(LOST, "node %d was lost: silent for %ds (its pod is down or cut off, or its "
                                         "processes were killed)" % (rank, LOST_SECS))
+                self._vanish_check(now)
         finally:
             srv.close()
 
@@ -231,12 +244,14 @@ class NodeWatch(object):
                     if got is not None and not self._told:
                         conn = got
                         self._conns = [conn]
+                        self._vanished.pop(0, None)  # node 0 answers again
                         conn.send("hello %d" % self.rank)
                         next_beat = 0.0
                     elif got is not None:
                         got.close()
                 if conn is None:
                     self._silent(heard, now)
+                    self._vanish_check(now)
                     self._stop.wait(1.0)
                     continue
             if now >= next_beat:
@@ -252,6 +267,8 @@ class NodeWatch(object):
             if lines is None:
                 with self._lock:
                     self._conns = []
+                    if not self._stop.is_set() and self.reason is None:
+                        self._vanished.setdefault(0, time.monotonic())
                 conn.close()
                 conn = None
                 lines = []
@@ -265,6 +282,31 @@ class NodeWatch(object):
                     else:
                         self._end(state, "node 0 ended %s: %s" % (state, words[2] if len(words) > 2 else ""))
             self._silent(heard, time.monotonic())
+
+    def _vanish_check(self, now):
+        with self._lock:
+            gone = [rank for rank, at in sorted(self._vanished.items()) if now - at > VANISH_SECS]
+        if gone:
+            self._end(LOST, self._vanished_why(gone[0]))
+
+    @staticmethod
+    def _vanished_why(rank):
+        return ("node %d was lost: its watch connection closed without a word and was not made again (its "
+                "processes were killed, or its pod died)" % rank)
+
+    def lost_peer(self, settle=0.5):
+        """Why this node's own failure is taken for a lost node's: a node whose connection
+        closed without a word (node 0's, for a node ≥ 1) and did not come back; None when
+        none did. Waits up to ``settle`` s for the watch to read what already arrived."""
+        end = time.monotonic() + settle
+        while True:
+            with self._lock:
+                gone = sorted(self._vanished)
+            if gone:
+                return self._vanished_why(gone[0])
+            if time.monotonic() >= end:
+                return None
+            time.sleep(0.05)
 
     def _silent(self, heard, now):
         if heard is not None and now - heard > LOST_SECS:
