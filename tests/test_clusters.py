@@ -1,7 +1,9 @@
 """Pods on one private network (SPEC §9, ``pod.network: cluster``) through the real ``wf``
 CLI, against the fake RunPod (instant clusters) and Vast (overlay networks) APIs, whose
-pods are real loopback sshds: rented together, usable, private addresses, in the ledger,
-ended together; a failure midway leaves nothing billing; Lium is refused."""
+pods are real loopback sshds (each its own ``~/w``, as separate machines): rented together,
+usable, private addresses, in the ledger, ended together; a down Vast member replaced on
+its overlay (RunPod refuses: an instant cluster adds no pod); an overlay whose pods all
+ended alone deleted; a failure midway leaves nothing billing; Lium is refused."""
 
 from __future__ import annotations
 
@@ -167,7 +169,7 @@ def _preempt(fake) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def test_vast_rents_an_overlay_a_preempted_member_is_replaced_on_it_and_the_network_ends_whole(
+def test_vast_rents_an_overlay_a_preempted_member_is_replaced_on_it_and_the_overlay_ends_with_its_pods(
         network, monkeypatch, git_repo, git_daemon):
     for path, text in (("examples/job.py", JOB), ("examples/configs/tiny.json", "{}\n")):
         (git_repo.work / path).parent.mkdir(parents=True, exist_ok=True)
@@ -224,10 +226,33 @@ def test_vast_rents_an_overlay_a_preempted_member_is_replaced_on_it_and_the_netw
     assert cp.api.count("PUT", r"^/api/v0/asks/") == rents and cp.api.pods[new["pod_id"]].fake.destroyed
     assert [p.offer.id for p in cp.live_pods()] == [3]
 
-    r = cp.wf("pod-down", "--destroy", "--force")
-    assert r.returncode == 0, r.stdout + r.stderr
+    r = cp.wf("pod-down", "--destroy")  # the network ends whole: p0's runs were never fetched
+    assert r.returncode == 3 and "p0: refusing to destroy" in r.stderr and "p1:" not in r.stderr, r.stderr
+    assert "podflow stops none of them alone" in cp.wf("pod-status", "--pod", "p0").stdout
+
+    # its last pod ends alone, as its watchdog ends it (autostop, pod.ttl, budget) with the
+    # instance's own key, which cannot delete the overlay: the next pod-status deletes it
+    (p0,) = cp.live_pods()
+    assert _vast_call(cp, "DELETE", f"/api/v0/instances/{p0.id}/", p0.container_key) == 200
+    assert _vast_call(cp, "DELETE", "/api/v0/overlay/", p0.container_key, {"overlay_name": overlay["name"]}) == 401
+    r = cp.wf("pod-status")
+    assert r.returncode == 0 and f"network {overlay['name']}: every pod of it ended" in r.stderr, r.stdout + r.stderr
     assert not cp.api.overlays and not cp.live_pods()
     assert {p["state"] for p in ok_json(cp.wf("cost", "--json"))["pods"]} == {"destroyed"}
+
+
+def _vast_call(cp, method, path, key, body=None) -> int:
+    """One call to the fake Vast API with ``key``, as a pod's watchdog makes it; the status."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(cp.api.url + path, method=method, headers={"Authorization": f"Bearer {key}"},
+                                 data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_a_failure_midway_leaves_nothing_billing(network):

@@ -101,10 +101,19 @@ def pod_status(c, json=False, pod=None):
     """Show the pod: provider state, endpoint, uptime, price per hour and spend so far, FSM state, ttl.
 
     The price is the provider's for the live pod (pod.price_per_hour for ssh and local);
-    spend counts the time it ran, from .podflow/ledger.jsonl (see 'wf cost').
+    spend counts the time it ran, from .podflow/ledger.jsonl (see 'wf cost'). Pods on one
+    private network (pod.network: cluster) that all ended without podflow (their watchdogs:
+    autostop, pod.ttl, pod.max_cost_usd) take their network with them here: a Vast overlay
+    outlives its instances, and an instance's own API key cannot delete it.
     """
+    import sys
+
+    from workflow.providers import clusters
     from workflow.providers.lifecycle import pod_status as status
 
+    ended = clusters.tidy(runtime.config())
+    if ended is not None:
+        print(f"network {ended.id}: every pod of it ended; the network is deleted", file=sys.stderr)
     on_pods(pod, lambda: status(runtime.config()), render=_print_status, to_doc=lambda doc: doc, json=json)
 
 
@@ -117,7 +126,8 @@ def _print_status(doc) -> None:
     print(f"state: {pod['state']} ({pod.get('provider_state') or '-'})")
     print(f"endpoint: {doc.get('endpoint') or '-'}")
     if pod.get("cluster_id"):
-        print(f"network: {pod['cluster_id']}, private address {pod.get('private_addr') or 'not yet assigned'}")
+        print(f"network: {pod['cluster_id']}" + (f", private address {pod['private_addr']}" if pod.get("private_addr")
+                                                 else ""))
     if doc["provider"] not in ("local", "ssh"):
         print(f"uptime: {_dur(doc.get('uptime_secs'))}")
     if doc.get("price_per_hour") is not None:

@@ -18,7 +18,8 @@ ends the network at once (``take_down``): no pod of it is left billing, the ledg
 destroyed for each. Stopping is refused: RunPod's cluster pods cannot be stopped, and a
 network half stopped is not one.
 
-A member that is down is replaced alone where the provider lets a pod join the network
+A network all of whose pods ended without podflow (their watchdogs) is deleted by the next
+``pod-status`` (``tidy``). A member that is down is replaced alone where the provider lets a pod join the network
 (``replace_member``; ``pool.replace``, ``sweep-recover --replace``): Vast rents another ask
 of the overlay's physical cluster and joins it to the same overlay. A RunPod instant
 cluster adds no pod: that is refused (exit 2) with what to do instead.
@@ -35,7 +36,7 @@ from workflow import session as sessions
 from workflow.errors import ProviderError
 from workflow.money import spend, watchdog
 from workflow.providers import get_provider, lifecycle
-from workflow.providers.base import Cluster, Offer, OfferUnavailable, PodGone, Provider
+from workflow.providers.base import Cluster, Offer, OfferUnavailable, PodGone, PodState, Provider
 from workflow.providers.lifecycle import _request, _say, _spec_text
 from workflow.providers.presets import offer_spec
 from workflow.providers.readiness import PodNeverReady
@@ -226,6 +227,26 @@ def replace_member(config, pod: pool.Pod, say) -> None:
     raise ProviderError(provider.name, f"{pod.name}: no pod could join network {network.id} after "
                                        f"{len(skipped)} offer(s) ({'; '.join(skipped)})",
                         hint="its runs go to the pods that are up (pool.recover); try again later")
+
+
+def tidy(config) -> Optional[Cluster]:
+    """The project's network, ended here when every pod of it has ended without podflow
+    (the pods' watchdogs: autostop, ``pod.ttl``, ``pod.max_cost_usd``; the provider): the
+    network itself deleted (a Vast overlay outlives its instances, and the instance's own
+    key that a watchdog uses cannot delete it), the ledger and sessions closed. Returns
+    that network, or None (no network, or one with a pod still there)."""
+    network = known(config) if wanted(config) else None
+    if network is None:
+        return None
+    provider = get_provider(config)
+    for pod_id in network.pod_ids:
+        try:
+            if provider.get(pod_id).state != PodState.TERMINATED:
+                return None
+        except PodGone:
+            continue
+    abandon(config, network, reason="every pod of its network ended")
+    return network
 
 
 def abandon(config, cluster: Cluster, reason: Optional[str]) -> None:

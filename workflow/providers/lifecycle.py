@@ -13,7 +13,7 @@ import re
 import secrets
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from workflow import runtime
@@ -355,6 +355,8 @@ def pod_status(config) -> Dict[str, Any]:
     if pod is None:
         doc["session"] = s.to_dict() if s else None
         return doc
+    if s and s.pod_id == pod.id and s.cluster and not pod.cluster_id:  # a Vast overlay: the API names none
+        pod = replace(pod, cluster_id=s.cluster)
     now = time.time()
     created = (s.created_at if s and s.pod_id == pod.id else None) or pod.created_at
     spend.observe(config, provider.name, pod.id, pod)

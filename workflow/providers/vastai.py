@@ -352,6 +352,12 @@ class VastProvider(Provider):
         except PodGone:
             pass
 
+    def stop_unsupported_reason(self, pod: Optional[PodInfo]) -> Optional[str]:
+        if pod is not None and pod.cluster_id:
+            return (f"this instance is on Vast overlay network {pod.cluster_id}: the network's pods end together "
+                    "('wf pod-down --destroy', which also deletes the overlay); podflow stops none of them alone")
+        return None
+
 
 def _float(v) -> Optional[float]:
     try:
