@@ -145,7 +145,11 @@ def test_two_nodes_train_with_world_size_4_and_the_run_is_shown_once(two_pods):
     assert not (sp.outputs_of[0] / "mn").exists()
 
     sp.wf("sweep-start", check=0)
-    sp.wf("sweep-wait", "--timeout-secs", "150", check=0)
+    text = sp.wf("sweep-wait", "--timeout-secs", "150", check=0).stdout
+    [line] = [x for x in text.splitlines() if x.startswith("  mn ")]  # the run once, then its nodes
+    assert line.split()[:3] == ["mn", "p0", "success"], text
+    assert text.splitlines()[text.splitlines().index(line) + 1].split() == [
+        "nodes:", "0", "p0", "success", "(0),", "1", "p1", "success", "(0)"], text
     doc = sp.status()
     [run] = doc["runs"]
     assert (run["id"], run["state"], run["pod"]) == ("mn", "success", "p0")

@@ -90,10 +90,11 @@ def _fmt_metrics(metrics, best=None, limit: int = 4) -> str:
     return text
 
 
-def render_status(st, pod_of=None) -> str:
+def render_status(st, pod_of=None, nodes_of=None) -> str:
     """The text of ``sweep-status``: a header with counts and percent, one line per run,
     the last log lines of runs that did not succeed. ``pod_of`` (run id -> pod, a pool's)
-    adds a pod column."""
+    adds a pod column; ``nodes_of`` (run id -> its nodes, a multi-node run's ``nodes``
+    entries) a line under the run naming each node's pod and state."""
     if st.state == "none":
         return "no sweep has been started on this pod (wf sweep-start)"
     counts = ", ".join(f"{k} {v}" for k, v in sorted(st.counts.items()))
@@ -108,6 +109,10 @@ def render_status(st, pod_of=None) -> str:
         partial = "" if r.metrics_complete else " (log still being read)"
         lines.append(f"  {r.id:<{width}}  {pod_col(r.id)}{r.state:<9}  {code:>4}  {_fmt_secs(r.duration_secs):>7}  "
                      f"{_fmt_metrics(r.metrics, r.best)}{partial}".rstrip())
+        if (nodes_of or {}).get(r.id):
+            lines.append(f"  {'':<{width}}  nodes: " + ", ".join(
+                f"{n['rank']} {n['pod']} {n['state']}" + ("" if n.get("exit_code") is None else f" ({n['exit_code']})")
+                for n in nodes_of[r.id]))
     return "\n".join(lines + failure_tails(st))
 
 
@@ -380,7 +385,8 @@ def _show(results, json: bool, cost: bool = False):
                                + (f" ({', '.join(f'{k} {v}' for k, v in sorted(p['counts'].items()))})"
                                   if p["counts"] else "")
                                + (f": {p['error']}" if p.get("error") else "") for p in doc["pods"]))
-    print(render_status(SweepStatus.from_doc(doc), pod_of={run["id"]: run["pod"] for run in doc["runs"]}))
+    print(render_status(SweepStatus.from_doc(doc), pod_of={run["id"]: run["pod"] for run in doc["runs"]},
+                        nodes_of={run["id"]: run["nodes"] for run in doc["runs"] if run.get("nodes")}))
     if cost and doc["state"] != "none":
         print(render_cost(doc["cost"]))
     return doc
