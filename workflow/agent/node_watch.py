@@ -62,7 +62,7 @@ def _state_of(word):
     return word if word in TERMINAL else LOST
 
 
-class _Line(object):
+class Line(object):
     """One TCP connection carrying ``\\n``-ended lines, read without blocking."""
 
     def __init__(self, sock):
@@ -193,7 +193,7 @@ class NodeWatch(object):
                             if self._told:
                                 sock.close()
                                 continue
-                            self._conns.append(_Line(sock))
+                            self._conns.append(Line(sock))
                         continue
                     lines = item.read()
                     if lines is None:
@@ -316,7 +316,7 @@ class NodeWatch(object):
 
 def _connect(host, port):
     try:
-        return _Line(socket.create_connection((host, port), timeout=BEAT_SECS))
+        return Line(socket.create_connection((host, port), timeout=BEAT_SECS))
     except OSError:
         return None
 

@@ -18,6 +18,7 @@ new launch (another attempt: the record names another nonce), or after ``WORD_SE
 
 import os
 import select
+import signal
 import socket
 import subprocess
 import time
@@ -99,10 +100,11 @@ def _listen(host, port):
 
 def word_main(argv):
     """``podagent node-word DIR NONCE``: answer the nodes node 0 never heard from."""
-    from .node_watch import _Line
+    from .node_watch import Line
 
     if len(argv) != 2:
         return 2
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # the wrapper that started it blocks them
     d, nonce = argv
     doc = _read(d, WORD_FILE)
     if not doc or doc.get("nonce") != nonce:
@@ -123,7 +125,7 @@ def word_main(argv):
             for item in ready:
                 if item is srv:
                     try:
-                        conns.append(_Line(srv.accept()[0]))
+                        conns.append(Line(srv.accept()[0]))
                     except OSError:
                         pass
                     continue
