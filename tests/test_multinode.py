@@ -329,6 +329,19 @@ def test_the_runs_timeout_is_node_0s_and_every_node_ends_timed_out(tmp_path):
     assert wait_until(lambda: node_word.live_pid(str(dirs[0])) is None, secs=15)  # every node told: it is gone
 
 
+def test_a_pod_taken_down_ends_node_0s_word_too(tmp_path):
+    from test_tasks_helpers import wait_until
+    from workflow.agent import halt, node_word, procs
+
+    d = tmp_path / "outputs" / "mn"
+    d.mkdir(parents=True)
+    doc = procs.prepare(str(d), "mn", "true")
+    pid = node_word.leave(str(d), doc["nonce"], "127.0.0.1", _free_port(), [1], "failed", "node 2 ended failed")
+    assert pid and wait_until(lambda: node_word.live_pid(str(d)) == pid, secs=15)
+    assert halt.end_pod_processes(str(tmp_path / "outputs")) == 1  # the pod died: nothing answers there
+    assert wait_until(lambda: node_word.live_pid(str(d)) is None, secs=15)
+
+
 def _free_port():
     import socket
 
