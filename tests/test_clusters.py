@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import subprocess
 
 import pytest
 
@@ -20,7 +22,7 @@ from fakes.lium import LiumExecutor
 from fakes.runpod import GpuType
 from fakes.vast import VastOffer
 from gitrepo import git_daemon, git_repo  # noqa: F401 - fixtures
-from test_sweep_run_helpers import JOB
+from test_sweep_run_helpers import JOB, REPO, TORCH_VENV
 from workflow.agent import net
 
 pytestmark = pytest.mark.ssh
@@ -134,6 +136,49 @@ def test_runpod_rents_one_instant_cluster_and_ends_it_whole(network, monkeypatch
     assert cp.api.count("DELETE", r"^/v2/clusters/") == 1 and not cp.api.clusters and not cp.live_pods()
     cost = ok_json(cp.wf("cost", "--json"))
     assert {p["state"] for p in cost["pods"]} == {"destroyed"} and len(cost["pods"]) == 2
+
+
+def _torch_for(user: str) -> bool:
+    """Whether ``user`` (a pod's) can read this machine's CPU torch venv (``.venv-torch``)."""
+    found = sorted(TORCH_VENV.glob("lib/python3*/site-packages/torch/__init__.py"))
+    return bool(found) and subprocess.run(["runuser", "-u", user, "--", "test", "-r", str(found[0])],
+                                          capture_output=True, timeout=60).returncode == 0
+
+
+def test_two_nodes_train_over_an_instant_clusters_private_addresses(network):
+    """A ``nodes: 2`` row on the cluster's two pods: torchrun's c10d rendezvous on node 0's
+    private address (NODE_ADDR), gloo on the interface holding it; both nodes' logs fetched."""
+    cp = network("runpod", [GpuType("NVIDIA H100 80GB HBM3", "H100", secure_price=2.0, community_price=None)])
+    if not _torch_for(cp.config["pod"]["user"]):
+        pytest.skip(f"the pod user cannot run {TORCH_VENV} (bash scripts/setup makes it)")
+    cp.config["sweep"] = {"csv": "sweeps/sweep.csv", "workdir": "examples", "launcher": "torchrun",
+                          "entrypoint": "train.py", "nproc_per_node": 1,
+                          "args": ["{config}", "--seed={seed}", "--out_dir={out_dir}"]}
+    cp.config["remote"]["env"] = {"OMP_NUM_THREADS": "1"}
+    cp.write_config()
+    (cp.root / "sweeps").mkdir()
+    (cp.root / "sweeps" / "sweep.csv").write_text(
+        "run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,steps=4 log_every=1,,2\n")
+    r = cp.wf("pod-up")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for pod in cp.live_pods():  # what bootstrap + checkout leave, the venv being this machine's torch
+        sshd = pod.fake.sshd
+        repo = sshd.remote_dir / "w" / "repo"
+        shutil.copytree(REPO / "examples", repo / "examples", ignore=shutil.ignore_patterns("out", "__pycache__"))
+        (repo / ".venv").symlink_to(TORCH_VENV.resolve())
+        subprocess.run(["chown", "-R", f"{sshd.uid}:{sshd.gid}", str(repo)], check=True)
+    for step in (("fsm-reset", "CHECKED_OUT", "--reason", "checkout made by hand (test)"), ("sweep-start",),
+                 ("sweep-wait", "--timeout-secs", "150")):
+        r = cp.wf(*step, timeout=200)
+        assert r.returncode == 0, r.stdout + r.stderr
+    [run] = ok_json(cp.wf("sweep-status", "--json"))["runs"]
+    assert [(n["rank"], n["pod"], n["state"]) for n in run["nodes"]] == [(0, "p0", "success"), (1, "p1", "success")]
+    assert ok_json(cp.wf("fetch-run", "mn", "--json"))["run_id"] == "mn"
+    art = cp.root / "artifacts" / "mn"
+    first = json.loads((art / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["world_size"] == 2 and first["backend"] == "gloo"
+    assert "--rdzv_endpoint=127.77.1.1:" in (art / "command.sh").read_text()  # node 0's private address
+    assert (art / "stdout.node1.log").stat().st_size > 0
 
 
 def test_a_cluster_whose_pods_never_become_usable_is_ended_whole_and_the_next_offer_tried(network):
