@@ -365,6 +365,10 @@ def test_gpus_counted_by_torch_when_there_is_no_nvidia_smi(tmp_path, monkeypatch
     fake_python.chmod(0o755)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    monkeypatch.setattr(gpus, "DEVICE_NODES", ())  # no GPU device node: torch is not even asked
+    assert gpus.detect_gpus({}, str(fake_python)) == ([], "none")
+    (tmp_path / "nvidia0").touch()
+    monkeypatch.setattr(gpus, "DEVICE_NODES", (str(tmp_path / "nvidia[0-9]*"),))
     assert gpus.detect_gpus({}, str(fake_python)) == (["0", "1", "2"], "torch")
     assert gpus.detect_gpus({}, str(tmp_path / "missing")) == ([], "none")
     # torch's answer is kept (importing torch takes seconds) until the venv changes

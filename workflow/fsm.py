@@ -99,9 +99,10 @@ class Fsm:
         """The state document (``state``, ``updated_at``, ``history``, ...); INIT when absent."""
         return self.agent.call("state.read")
 
-    def check(self, command: str, *, runner_dead: bool = False) -> str:
-        """Fail fast (exit 3) if ``command`` may not start now; return the current state."""
-        current = self.status()["state"]
+    def check(self, command: str, *, runner_dead: bool = False, known: Optional[str] = None) -> str:
+        """Fail fast (exit 3) if ``command`` may not start now; return the current state.
+        ``known``: the state as a call made just now read it (no round trip of its own)."""
+        current = known or self.status()["state"]
         if current not in ANY:
             raise InputError(f"state file holds unknown state {current!r}; fix it with 'wf fsm-reset STATE --reason TEXT'")
         machine, model = build_machine(current)

@@ -1,5 +1,6 @@
 """The pod's GPUs as the sweep sees them: ``remote.env``/the environment's
-``CUDA_VISIBLE_DEVICES``, else nvidia-smi, else torch in the checkout's venv."""
+``CUDA_VISIBLE_DEVICES``, else nvidia-smi, else torch in the checkout's venv (only
+where a GPU device node exists: importing torch to hear "none" costs seconds)."""
 
 import glob
 import json
@@ -9,6 +10,11 @@ import subprocess
 
 from .fsutil import write_json_atomic
 from .job_status import boot_id
+
+
+#: Device nodes through which torch can reach a GPU (NVIDIA, AMD ROCm, WSL2): a pod with
+#: none of them has no GPU torch could count, so torch is not imported to say so.
+DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
 
 
 def _split_gpus(text):
@@ -83,7 +89,8 @@ def _torch_gpus_kept(python, cache):
 def detect_gpus(remote_env=None, venv_python=None, cache=None):
     """(gpu ids, where they came from): CUDA_VISIBLE_DEVICES of remote.env, else of the
     pod's environment, else nvidia-smi, else torch in the checkout's venv (its answer
-    kept in the file ``cache``, when given), else none."""
+    kept in the file ``cache``, when given) when the pod has a GPU device node
+    (``DEVICE_NODES``), else none."""
     remote_env = remote_env or {}
     if "CUDA_VISIBLE_DEVICES" in remote_env:
         return _split_gpus(str(remote_env["CUDA_VISIBLE_DEVICES"])), "remote.env CUDA_VISIBLE_DEVICES"
@@ -99,6 +106,8 @@ def detect_gpus(remote_env=None, venv_python=None, cache=None):
                 return ids, "nvidia-smi"
         except (OSError, subprocess.SubprocessError):
             pass
+    if not any(glob.glob(pattern) for pattern in DEVICE_NODES):
+        return [], "none"
     ids = _torch_gpus_kept(venv_python, cache)
     if ids:
         return ids, "torch"

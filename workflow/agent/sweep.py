@@ -14,8 +14,9 @@ Layout under ``<outputs_dir>``::
 Ops (one exec each, JSON in/out):
 
 * ``sweep.probe``: the pod's GPUs, which configs are missing, the runner's liveness,
-  every planned run's last state (the repair pass included) and earlier files
-  (``resume.earlier_files``): what ``sweep-start`` needs before it decides, in one call;
+  the state machine's state, every planned run's last state (the repair pass included)
+  and earlier files (``resume.earlier_files``): what ``sweep-start`` needs before it
+  decides, in one call;
 * ``sweep.start``: under the sweep lock, refuse when a runner is alive, move the state
   to SWEEP_RUNNING (compare-and-set against what the client saw), write the manifests
   and the plan, start ``sweep-run`` in tmux window ``sweep`` of the sweep session;
@@ -89,6 +90,10 @@ def probe(request):
         if doc is not None or os.path.isdir(d):
             runs.setdefault(run_id, {})["earlier"] = resume.earlier_files(d)
     ctl = control_dir(outputs)
+    try:
+        fsm_state = state.read_state(request)["state"]
+    except AgentError:
+        fsm_state = None  # the client reads it itself, and reports what is wrong with it
     return {
         "outputs_dir": outputs,
         "workdir": workdir,
@@ -102,6 +107,7 @@ def probe(request):
         "entrypoint_missing": entry_missing,
         "runner": runner_public(runner_state(ctl)),
         "runs": runs,
+        "fsm_state": fsm_state,
     }
 
 

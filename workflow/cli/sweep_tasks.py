@@ -205,7 +205,8 @@ def sweep_start(c, match=None, start_at=None, limit: Optional[int] = None, dry_r
         multinode.probe_rendezvous(gangs, {p.name: p for p in holders})
     results = on_pods(pod, lambda: start_sweep(runtime.config(), runtime.agent(), runtime.fsm(), dry_run=dry_run,
                                                run_ids=placed.runs[runtime.current_pod().name],
-                                               nodes=placed.nodes.get(runtime.current_pod().name, {}), **selection),
+                                               nodes=placed.nodes.get(runtime.current_pod().name, {}),
+                                               probed=placed.probed.get(runtime.current_pod().name), **selection),
                       render=lambda started: _print_started(started, dry_run, retry_failed),
                       to_doc=lambda started: started.to_dict(), json=json, pods=holders, raise_errors=False,
                       earlier=placed.unreachable)

@@ -448,15 +448,17 @@ class Keeper:
         self.unreplaced: Dict[str, PodflowError] = {}
         """Down pods whose replacement failed (name -> why): their runs go to the pods that are up."""
 
-    def read(self) -> List[pool.PodResult]:
+    def read(self, wait_secs: float = 0.0) -> List[pool.PodResult]:
+        """Every pod's status, read at once; ``wait_secs``: a pod whose runner is running is
+        read when it ends, or after that long (``control.sweep_status``)."""
         from workflow.sweep.control import sweep_status
 
         timeout = max(5.0, min(READ_TIMEOUT_SECS, self.health.down_after))
         return pool.fan_out(self.pods, lambda pod: self.each(sweep_status(runtime.agent(), metrics=self.metrics,
-                                                                          timeout=timeout)))
+                                                                          timeout=timeout, wait_secs=wait_secs)))
 
-    def round(self, balance: bool = True) -> Round:
-        results = self.read()
+    def round(self, balance: bool = True, wait_secs: float = 0.0) -> Round:
+        results = self.read(wait_secs)
         for r in results:
             self.health.observe(r, provider_says)
         down = {p.name: self.health.down(p.name) for p in self.pods if self.health.down(p.name)}
@@ -517,10 +519,15 @@ class Keeper:
         """Rounds until every run of the record has ended (a pod that cannot be read and is
         not down yet is waited for). Without ``recover`` a pod that cannot be read ends the
         wait at once (its failure is the caller's to raise). ``after(round)``: called after
-        each round (the demo kills a pod there). WaitTimeout (exit 5)."""
+        each round (the demo kills a pod there). WaitTimeout (exit 5).
+
+        A round starts every ``interval`` seconds: its reads of pods still running wait
+        for their runner to end up to then (``read``), so the end of the last pod's
+        runner ends the wait at once instead of at the next read."""
         deadline = None if timeout_secs is None else time.monotonic() + float(timeout_secs)
         while True:
-            rnd = self.round()
+            began = time.monotonic()
+            rnd = self.round(wait_secs=interval)
             if after is not None:
                 after(rnd)
             failed = [r for r in rnd.results if not r.ok]
@@ -536,4 +543,4 @@ class Keeper:
                     raise WaitTimeout(f"the sweep is still running after {timeout_secs}s "
                                       f"({doc['percent']:.0f}% done); it goes on",
                                       hint="wf sweep-wait waits again; wf sweep-status shows each run")
-                time.sleep(interval)
+                time.sleep(max(0.0, began + interval - time.monotonic()))

@@ -3,11 +3,12 @@
 Every function costs a fixed number of podagent calls whatever the number of runs:
 
 * ``start_sweep``: the CSV is validated here (exit 2, line numbers) before the pod is
-  touched; one ``sweep.probe`` call (GPUs, missing configs, runner liveness, each
-  run's last state); the state machine check (``sweep-start`` may start from
-  CHECKED_OUT, SWEEP_COMPLETED, or SWEEP_RUNNING whose runner is dead); the plan
-  (``plan_runs``); one ``sweep.start`` call that re-checks under a lock, moves the
-  state with compare-and-set, uploads the manifests and starts the runner in tmux.
+  touched; one ``sweep.probe`` call (GPUs, missing configs, runner liveness, the
+  state, each run's last state; a pool's start reuses its placement's, ``Probed``);
+  the state machine check (``sweep-start`` may start from CHECKED_OUT,
+  SWEEP_COMPLETED, or SWEEP_RUNNING whose runner is dead); the plan (``plan_runs``);
+  one ``sweep.start`` call that re-checks under a lock, moves the state with
+  compare-and-set, uploads the manifests and starts the runner in tmux.
 * ``sweep_status``: one call, 1000 runs included.
 * ``wait_sweep``: one call per ``MAX_BLOCK_SECS``; returns as soon as the runner ends.
 * ``stop_sweep``: one call, then the state back to CHECKED_OUT.
@@ -92,6 +93,17 @@ class PlannedRun:
 
 
 @dataclass(frozen=True)
+class Probed:
+    """What a dry run learnt of a pod, for the start that follows it to reuse (a pool's
+    placement probes every pod; its start then costs one call per pod, not three)."""
+
+    probe: Mapping[str, Any]
+    """The ``sweep.probe`` answer."""
+    state: Optional[str]
+    """The state the state machine allowed the start from (None: it was not asked)."""
+
+
+@dataclass(frozen=True)
 class SweepStart:
     """What ``start_sweep`` did (or, with ``dry_run``, would do)."""
 
@@ -106,6 +118,8 @@ class SweepStart:
     manifests: Mapping[str, str] = field(default_factory=dict)
     session: Optional[str] = None
     from_state: Optional[str] = None
+    probed: Optional[Probed] = field(default=None, repr=False, compare=False)
+    """A dry run's probe and state check (``start_sweep(probed=...)`` reuses them)."""
 
     @property
     def to_run(self) -> List[PlannedRun]:
@@ -226,7 +240,8 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
                 run_ids: Optional[Collection[str]] = None, check_state: bool = False,
                 launch_ids: Optional[Collection[str]] = None,
                 attempts: Optional[Mapping[str, int]] = None,
-                nodes: Mapping[str, Any] = {}, placing: bool = False) -> SweepStart:
+                nodes: Mapping[str, Any] = {}, placing: bool = False,
+                probed: Optional[Probed] = None) -> SweepStart:
     """Validate, probe, check the state, plan and start the sweep (see the module doc).
 
     ``run_ids``: only these of the selected rows (the ones a pool placed on this pod).
@@ -237,6 +252,8 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
     ``nodes``: run id -> its ``multinode.Node`` on this pod (SPEC §9): that node's launch,
     started or not as the whole run's last state says; a row on several nodes without
     one is refused (exit 2) unless ``placing`` (a pool's first phase, before placement).
+    ``probed``: that first phase's probe and state check of this pod (``SweepStart.probed``),
+    taken as this start's own: ``sweep.start`` re-checks both under its lock.
     Raises ``SweepCsvError``/``InputError`` (exit 2: bad CSV, configs missing on the pod,
     bad selection), ``TransitionRefused`` (exit 3), transport errors (exit 4)."""
     path = Path(cfg.local_path(csv or cfg.sweep.csv))
@@ -248,14 +265,17 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
         raise InputError(f"no run of {path} matches the selection", hint="check --match / --start-at / --limit")
     settings = SweepSettings.from_config(cfg)
     sweep = cfg.get("sweep")
-    probe = agent.call("sweep.probe", timeout=120, workdir=cfg.get("remote.workdir"),
-                       sweep_workdir=sweep.get("workdir") or ".", entrypoint=sweep.get("entrypoint"),
-                       configs=[[r.line, r.config] for r in selected], run_ids=[r.run_id for r in selected],
-                       remote_env=dict(settings.remote_env), data_dir=cfg.get("remote.data_dir", None))
+    if probed is None:
+        probe = agent.call("sweep.probe", timeout=120, workdir=cfg.get("remote.workdir"),
+                           sweep_workdir=sweep.get("workdir") or ".", entrypoint=sweep.get("entrypoint"),
+                           configs=[[r.line, r.config] for r in selected], run_ids=[r.run_id for r in selected],
+                           remote_env=dict(settings.remote_env), data_dir=cfg.get("remote.data_dir", None))
+    else:
+        probe = probed.probe
     runner_dead = not (probe.get("runner") or {}).get("alive")
-    current = None
-    if not dry_run or check_state:
-        current = fsm.check("sweep-start", runner_dead=runner_dead)
+    current = probed.state if probed is not None else None
+    if current is None and (not dry_run or check_state):
+        current = fsm.check("sweep-start", runner_dead=runner_dead, known=probe.get("fsm_state"))
     problems = []
     if not probe.get("run_root_exists"):
         raise InputError(f"sweep.workdir {probe['run_root']} does not exist on the pod",
@@ -299,7 +319,8 @@ def start_sweep(cfg, agent, fsm, *, csv: Optional[str] = None, match: Optional[s
     env = dict(settings.remote_env)
     env["PATH"] = f"{venv_bin}:$PATH"
     result = SweepStart(runs=tuple(planned), gpus=gpus, gpu_source=probe.get("gpu_source") or "none", env=env,
-                        venv_bin=venv_bin, dry_run=dry_run, session=settings.session)
+                        venv_bin=venv_bin, dry_run=dry_run, session=settings.session,
+                        probed=Probed(probe, current))
     if dry_run:
         return result
     push_local(agent.transport, probe["outputs_dir"], artifacts,
@@ -338,9 +359,14 @@ def metrics_options(cfg) -> Dict[str, Any]:
 
 
 def sweep_status(agent, *, tail: int = 15, metrics: Optional[Mapping[str, Any]] = None,
-                 timeout: float = 120) -> SweepStatus:
+                 timeout: float = 120, wait_secs: float = 0.0) -> SweepStatus:
     """Every run of the latest sweep, in one call (the repair pass included); ``metrics``:
-    ``metrics_options(cfg)``."""
+    ``metrics_options(cfg)``. ``wait_secs``: the call first waits up to that long for the
+    runner to end (``sweep.wait``; at once when none runs), so that a reader polling every
+    ``wait_secs`` hears of the end when it comes, not at its next read."""
+    if wait_secs > 0:
+        return SweepStatus.from_doc(agent.call("sweep.wait", timeout=timeout + wait_secs, wait_secs=wait_secs,
+                                               tail=tail, metrics=dict(metrics or {})))
     return SweepStatus.from_doc(agent.call("sweep.status", timeout=timeout, tail=tail, metrics=dict(metrics or {})))
 
 

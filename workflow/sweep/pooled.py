@@ -100,6 +100,8 @@ class PoolPlan:
     left: Mapping[str, str] = field(default_factory=dict)
     """run id -> the unreachable pod the record gave it to, which it now leaves (if that
     pod comes back, its copy is stale)."""
+    probed: Mapping[str, Any] = field(default_factory=dict)
+    """pod name -> its probe and state check (``control.Probed``), for its start to reuse."""
 
     @property
     def gangs(self) -> Dict[str, Any]:
@@ -114,7 +116,8 @@ def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) ->
     One pod has nothing to choose: it gets the rows, read here (no round trip); a row on
     several nodes cannot run there (exit 2). Several are first probed at once (a dry run
     that also asks the state machine, unless this is a dry run): the CSV, the configs on
-    each pod, each pod's GPUs and the runs it already has. A pod that cannot be reached
+    each pod, each pod's GPUs and the runs it already has; each pod's start reuses its
+    probe (``PoolPlan.probed``). A pod that cannot be reached
     is left out (``PoolPlan.unreachable``) and the rows go to the pods that answer; its
     runs the record knows ended ok stay ok there (not run again), its others move (the
     record's ``left``: its copies lose if it comes back, as after ``sweep-recover``). Any
@@ -169,7 +172,7 @@ def plan(selected: Sequence[Any], *, dry_run: bool = False, **selection: Any) ->
             gangs[run_id] = chosen
     answering = [p for p in selected if p.name not in gone]
     nodes = rendezvous(gangs, {r.pod.name: r for r in probed}, answering) if gangs else {}
-    return PoolPlan(by_pod, nodes, unreachable, left)
+    return PoolPlan(by_pod, nodes, unreachable, left, {r.pod.name: r.value.probed for r in probed})
 
 
 def rendezvous(gangs: Mapping[str, Tuple[str, ...]], probed: Mapping[str, Any],
