@@ -370,11 +370,22 @@ def test_a_sweep_spreads_over_the_pool_each_run_on_one_pod(pool_sweep):
 
     ok_before = {r: json.loads((sp.outputs_of[int(placed[r][1])] / r / "status.json").read_text())
                  for r in placed if r != "r05"}
+    sp.write_csv((sp.root / "sweeps" / "sweep.csv").read_text().replace("steps=2 fail=1", "steps=2 sleep=1 fail=1"))
     res = sp.wf("sweep-start", check=0)  # again: only the failed run, on its own pod
     holder = placed["r05"]
     assert f"{holder}: sweep" in res.stdout and "1 run(s), " in res.stdout, res.stdout
     assert res.stdout.count("started:") == 3
-    sp.wf("sweep-wait", "--timeout-secs", "150", check=1)
+    # the pool's wait hears the last runner's end when it comes: with rounds 300 s apart it
+    # still returns once r05's retry ends (a wait that slept between its reads would not)
+    from workflow import pool, runtime
+    from workflow.sweep.balance import Keeper
+
+    runtime.reset()
+    keeper = Keeper(runtime.config(), pool.pods(runtime.config()), say=lambda text: None)
+    began = time.monotonic()
+    doc = keeper.doc(keeper.wait(timeout_secs=150, interval=300))
+    assert time.monotonic() - began < 150 and doc["counts"] == {"success": 11, "failed": 1}, doc
+    runtime.reset()
     r05 = json.loads((sp.outputs_of[int(holder[1])] / "r05" / "status.json").read_text())
     assert r05["attempt"] == 2
     for r, before in ok_before.items():  # an ok run never runs again
