@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from workflow import pool
 from workflow import session as sessions
-from workflow.errors import ProviderError
+from workflow.errors import PodflowError, ProviderError
 from workflow.money import spend, watchdog
 from workflow.providers import get_provider, lifecycle
 from workflow.providers.base import Cluster, Offer, OfferUnavailable, PodGone, PodState, Provider
@@ -245,6 +245,8 @@ def tidy(config) -> Optional[Cluster]:
                 return None
         except PodGone:
             continue
+        except PodflowError:
+            return None  # the API cannot be read now: that says nothing of the pods
     abandon(config, network, reason="every pod of its network ended")
     return network
 

@@ -496,7 +496,9 @@ class Keeper:
             try:
                 replace_pod(r.pod, pool_sha(ready), self.say)
             except PodflowError as exc:
-                self.say(f"{r.pod.name}: no replacement: {getattr(exc, 'message', exc)}")
+                before = self.unreplaced.get(r.pod.name)
+                if before is None or str(before) != str(exc):  # tried again each round, said once
+                    self.say(f"{r.pod.name}: no replacement: {getattr(exc, 'message', exc)}")
                 self.unreplaced[r.pod.name] = exc
                 continue
             self.unreplaced.pop(r.pod.name, None)
