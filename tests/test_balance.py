@@ -285,13 +285,11 @@ from gitrepo import git_daemon, git_repo  # noqa: E402,F401 - fixtures
 
 def test_a_preempted_cloud_pod_is_replaced_and_the_replacement_finishes_its_runs(
         tmp_path, ssh_client_keys, ssh_session_dir, git_repo, git_daemon):
-    import signal
     import time
 
     from fakes.harness import CloudProject
     from fakes.runpod import GpuType
     from sshd import SshPod
-    from test_sweep_run_helpers import JOB
 
     made = []
 
@@ -301,9 +299,6 @@ def test_a_preempted_cloud_pod_is_replaced_and_the_replacement_finishes_its_runs
         made.append(p)
         return p
 
-    for path, text in (("examples/job.py", JOB), ("examples/configs/tiny.json", "{}\n")):
-        (git_repo.work / path).parent.mkdir(parents=True, exist_ok=True)
-        sha = git_repo.commit("main", path, text)
     gpu = GpuType("NVIDIA GPU 1", "GPU 1", secure_price=0.5, community_price=None)
     with contextlib.ExitStack() as stack:
         cp = stack.enter_context(CloudProject("runpod", tmp_path / "p", ssh_client_keys, ssh_session_dir, [gpu],
@@ -311,16 +306,10 @@ def test_a_preempted_cloud_pod_is_replaced_and_the_replacement_finishes_its_runs
         stack.callback(lambda: [shutil.rmtree(p.home / "wfrec", ignore_errors=True) for p in made])
         stack.callback(lambda: [p.cleanup() for p in made])
         cp.api.make_sshd = make_sshd
-        cp.config.update(
-            remote={"workdir": "~/wfrec/repo", "outputs_dir": "~/wfrec/outputs", "data_dir": "~/wfrec/data"},
-            checkout={"repo_url": git_daemon.url(git_repo), "require_cuda": False, "require_torch": False},
-            pool={"down_after_secs": 3, "replace": True},
-            sweep={"csv": "sweeps/sweep.csv", "workdir": "examples", "launcher": "python", "entrypoint": "job.py",
-                   "args": ["{config}", "--seed={seed}"]})
-        cp.write_config()
-        (cp.root / "sweeps").mkdir()
-        (cp.root / "sweeps" / "sweep.csv").write_text("run_id,config,seed,overrides,notes\n" + "".join(
-            f"c{i},configs/tiny.json,{i},steps=3 sleep=1,\n" for i in range(6)))
+        sha = cp.job_sweep(git_repo, git_daemon, "".join(f"c{i},steps=3 sleep=1\n" for i in range(6)),
+                           remote={"workdir": "~/wfrec/repo", "outputs_dir": "~/wfrec/outputs",
+                                   "data_dir": "~/wfrec/data"},
+                           pool={"down_after_secs": 3, "replace": True})
 
         def ok(*args, timeout=180):
             r = cp.wf(*args, timeout=timeout)
@@ -342,12 +331,7 @@ def test_a_preempted_cloud_pod_is_replaced_and_the_replacement_finishes_its_runs
             time.sleep(0.3)
         ok_before = [r["id"] for r in doc["runs"] if r["pod"] == "p1" and r["state"] == "success"]
         old = json.loads((cp.root / ".podflow" / "session-p1.json").read_text())["pod_id"]
-        fake = cp.api.pods[str(old)].fake
-        fake.stop()  # preempted: the API says exited, its sshd is gone, and so are its processes
-        fake.sshd.drop_connections()
-        for pid in fake.sshd.user_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        cp.api.pods[str(old)].fake.preempt()  # the API says exited, its sshd and its processes are gone
 
         res = cp.wf("sweep-wait", "--timeout-secs", "240", timeout=300)
         assert res.returncode == 0, res.stdout + res.stderr

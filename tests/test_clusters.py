@@ -7,11 +7,9 @@ ended alone deleted; a failure midway leaves nothing billing; Lium is refused.""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 
 import pytest
@@ -22,7 +20,7 @@ from fakes.lium import LiumExecutor
 from fakes.runpod import GpuType
 from fakes.vast import VastOffer
 from gitrepo import git_daemon, git_repo  # noqa: F401 - fixtures
-from test_sweep_run_helpers import JOB, REPO, TORCH_VENV
+from test_sweep_run_helpers import REPO, TORCH_VENV
 from workflow.agent import net
 
 pytestmark = pytest.mark.ssh
@@ -205,30 +203,11 @@ def _vast_offers(bad_second=False):
             VastOffer(5, dph_total=0.70, cluster_id=5)]  # a spare: what a replacement rents
 
 
-def _preempt(fake) -> None:
-    """The API says exited, its sshd is gone, and so is every process of that pod."""
-    fake.stop()
-    fake.sshd.drop_connections()
-    for pid in fake.sshd.user_pids():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 def test_vast_rents_an_overlay_a_preempted_member_is_replaced_on_it_and_the_overlay_ends_with_its_pods(
         network, monkeypatch, git_repo, git_daemon):
-    for path, text in (("examples/job.py", JOB), ("examples/configs/tiny.json", "{}\n")):
-        (git_repo.work / path).parent.mkdir(parents=True, exist_ok=True)
-        sha = git_repo.commit("main", path, text)
     cp = network("vastai", _vast_offers())
-    cp.config.update(
-        checkout={"repo_url": git_daemon.url(git_repo), "require_cuda": False, "require_torch": False},
-        pool={"down_after_secs": 3, "replace": True},
-        sweep={"csv": "sweeps/sweep.csv", "workdir": "examples", "launcher": "python", "entrypoint": "job.py",
-               "args": ["{config}", "--seed={seed}"]})
-    cp.write_config()
-    (cp.root / "sweeps").mkdir()
-    (cp.root / "sweeps" / "sweep.csv").write_text("run_id,config,seed,overrides,notes\n" + "".join(
-        f"v{i},configs/tiny.json,{i},steps=3 sleep=0.5,\n" for i in range(4)))
+    sha = cp.job_sweep(git_repo, git_daemon, "".join(f"v{i},steps=3 sleep=0.5\n" for i in range(4)),
+                       pool={"down_after_secs": 3, "replace": True})
     offers = ok_json(cp.wf("offers", "--json"))["offers"]  # only a physical cluster with 2 offers can
     assert [(o["id"], o["price_per_hour"]) for o in offers] == [("cluster-5", 0.9)]
     r = cp.wf("pod-up")
@@ -248,7 +227,7 @@ def test_vast_rents_an_overlay_a_preempted_member_is_replaced_on_it_and_the_over
         r = cp.wf(step, timeout=180)
         assert r.returncode == 0, r.stdout + r.stderr
     old = json.loads((cp.root / ".podflow" / "session-p1.json").read_text())["pod_id"]
-    _preempt(cp.api.pods[old].fake)
+    cp.api.pods[old].fake.preempt()
     r = cp.wf("sweep-wait", "--timeout-secs", "150", timeout=200)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "p1 is down: the provider says it is stopped" in r.stdout, r.stdout
@@ -264,7 +243,7 @@ def test_vast_rents_an_overlay_a_preempted_member_is_replaced_on_it_and_the_over
     # p1 preempted again, and no ask of physical cluster 5 is left: a clear error (exit 4), the
     # dead member destroyed, nothing rented; p0 lives on
     rents = cp.api.count("PUT", r"^/api/v0/asks/")
-    _preempt(cp.api.pods[new["pod_id"]].fake)
+    cp.api.pods[new["pod_id"]].fake.preempt()
     r = cp.wf("sweep-recover", "--replace")
     assert r.returncode == 4 and f"p1: no offer that can join network {overlay['name']}" in r.stderr, \
         r.stdout + r.stderr

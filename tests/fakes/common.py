@@ -6,8 +6,11 @@ the key is authorized), as seed 001 describes real pods doing.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -182,6 +185,14 @@ class FakePod:
             self.stopped = False
             if self.timeline.port is not None:
                 self.sshd.start()
+
+    def preempt(self) -> None:
+        """Preempted: the API says it stopped, its sshd is gone, and so is every process of it."""
+        self.stop()
+        self.sshd.drop_connections()
+        for pid in self.sshd.user_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def destroy(self) -> None:
         with self._lock:

@@ -98,6 +98,27 @@ class CloudProject:
         return subprocess.run([WF, *args], cwd=self.root, env={**self.env, **(env or {})}, capture_output=True,
                               text=True, timeout=timeout)
 
+    def job_sweep(self, git_repo, git_daemon, rows: str, **config: Any) -> str:
+        """A sweep of the test job (``test_sweep_run_helpers.JOB``, python launcher) from a real
+        checkout of ``git_repo`` served by ``git_daemon``; ``rows``: ``run_id,overrides`` lines
+        (config ``configs/tiny.json``, seed 0); ``config``: more sections (``pool``, ``remote``).
+        Returns the commit the pods will check out."""
+        from test_sweep_run_helpers import JOB
+
+        for path, text in (("examples/job.py", JOB), ("examples/configs/tiny.json", "{}\n")):
+            (git_repo.work / path).parent.mkdir(parents=True, exist_ok=True)
+            sha = git_repo.commit("main", path, text)
+        self.config.update(
+            checkout={"repo_url": git_daemon.url(git_repo), "require_cuda": False, "require_torch": False},
+            sweep={"csv": "sweeps/sweep.csv", "workdir": "examples", "launcher": "python", "entrypoint": "job.py",
+                   "args": ["{config}", "--seed={seed}"]}, **config)
+        self.write_config()
+        (self.root / "sweeps").mkdir(exist_ok=True)
+        (self.root / "sweeps" / "sweep.csv").write_text("run_id,config,seed,overrides,notes\n" + "".join(
+            f"{run_id},configs/tiny.json,0,{overrides},\n" for run_id, overrides in
+            (line.split(",", 1) for line in rows.strip().splitlines())))
+        return sha
+
     def live_pods(self) -> list:
         return [p for p in self.api.pods.values() if not getattr(p, "fake", p).destroyed]
 
