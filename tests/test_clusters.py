@@ -252,7 +252,8 @@ def test_vast_rents_an_overlay_a_preempted_member_is_replaced_on_it_and_the_over
 
     r = cp.wf("pod-down", "--destroy")  # the network ends whole: p0's runs were never fetched
     assert r.returncode == 3 and "p0: refusing to destroy" in r.stderr and "p1:" not in r.stderr, r.stderr
-    assert "podflow stops none of them alone" in cp.wf("pod-status", "--pod", "p0").stdout
+    assert f"on Vast overlay network {overlay['name']}: 'wf pod-down' stops none of its pods alone" in \
+        cp.wf("pod-status", "--pod", "p0").stdout
 
     # its last pod ends alone, as its watchdog ends it (autostop, pod.ttl, budget) with the
     # instance's own key, which cannot delete the overlay: the next pod-status deletes it

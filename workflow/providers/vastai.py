@@ -354,8 +354,9 @@ class VastProvider(Provider):
 
     def stop_unsupported_reason(self, pod: Optional[PodInfo]) -> Optional[str]:
         if pod is not None and pod.cluster_id:
-            return (f"this instance is on Vast overlay network {pod.cluster_id}: the network's pods end together "
-                    "('wf pod-down --destroy', which also deletes the overlay); podflow stops none of them alone")
+            return (f"this instance is on Vast overlay network {pod.cluster_id}: 'wf pod-down' stops none of its "
+                    "pods alone; they end together ('wf pod-down --destroy', which also deletes the overlay). "
+                    "Its watchdog (autostop, pod.ttl, pod.max_cost_usd) acts on this instance only")
         return None
 
 
