@@ -19,10 +19,10 @@ destroyed for each. Stopping is refused: RunPod's cluster pods cannot be stopped
 network half stopped is not one.
 
 A network all of whose pods ended without podflow (their watchdogs) is deleted by the next
-``pod-status`` (``tidy``). A member that is down is replaced alone where the provider lets a pod join the network
-(``replace_member``; ``pool.replace``, ``sweep-recover --replace``): Vast rents another ask
-of the overlay's physical cluster and joins it to the same overlay. A RunPod instant
-cluster adds no pod: that is refused (exit 2) with what to do instead.
+``pod-status`` (``tidy``). A member that is down is replaced alone where the provider lets a
+pod join the network (``replace_member``; ``pool.replace``, ``sweep-recover --replace``):
+Vast rents another ask of the overlay's physical cluster and joins it to the same overlay.
+A RunPod instant cluster adds no pod: that is refused (exit 2) with what to do instead.
 """
 
 from __future__ import annotations

@@ -266,7 +266,8 @@ class VastProvider(Provider):
     def join_cluster(self, cluster: Cluster, offer: Offer, request: CreateRequest) -> PodInfo:
         pod = self.create(offer, request)
         try:
-            self._call(f"join instance {pod.id} to overlay {cluster.id}", self.sdk.join_overlay, cluster.id, int(pod.id))
+            self._call(f"join instance {pod.id} to overlay {cluster.id}", self.sdk.join_overlay,
+                       cluster.id, int(pod.id))
         except BaseException:
             self.destroy(pod.id)  # only what this attempt created
             raise
