@@ -7,6 +7,7 @@ ended alone deleted; a failure midway leaves nothing billing; Lium is refused.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -64,12 +65,10 @@ def ok_json(r):
     return json.loads(r.stdout)
 
 
-def _rendezvous_over_the_network(cp, monkeypatch):
-    """As a 2-node run starts (in-process, through the pods' agents): each pod's address
-    (``multinode.pod_addr``), the interface holding node 0's, and the TCP probe that node 1
-    reaches node 0 there (``multinode.probe_rendezvous``). Returns (addrs, iface)."""
+@contextlib.contextmanager
+def _in_project(cp, monkeypatch):
+    """This process as ``wf`` in ``cp`` (its directory, its API variables): yields the pods."""
     from workflow import pool, runtime
-    from workflow.sweep import multinode
 
     monkeypatch.chdir(cp.root)
     for k, v in cp.env.items():
@@ -77,7 +76,20 @@ def _rendezvous_over_the_network(cp, monkeypatch):
             monkeypatch.setenv(k, v)
     runtime.reset()
     try:
-        pods = pool.pods(runtime.config())
+        yield pool.pods(runtime.config())
+    finally:
+        runtime.disconnect()
+        runtime.reset()
+
+
+def _rendezvous_over_the_network(cp, monkeypatch):
+    """As a 2-node run starts (in-process, through the pods' agents): each pod's address
+    (``multinode.pod_addr``), the interface holding node 0's, and the TCP probe that node 1
+    reaches node 0 there (``multinode.probe_rendezvous``). Returns (addrs, iface)."""
+    from workflow import runtime
+    from workflow.sweep import multinode
+
+    with _in_project(cp, monkeypatch) as pods:
         addrs = []
         for pod in pods:
             with runtime.on_pod(pod):
@@ -87,9 +99,6 @@ def _rendezvous_over_the_network(cp, monkeypatch):
         node = multinode.Node(0, tuple(p.name for p in pods), f"{addrs[0]}:{facts['ports'][0]}", "x-1")
         multinode.probe_rendezvous({"x": node}, {p.name: p for p in pods})  # raises when p1 cannot reach it
         return addrs, facts["iface"]
-    finally:
-        runtime.disconnect()
-        runtime.reset()
 
 
 def test_runpod_rents_one_instant_cluster_and_ends_it_whole(network, monkeypatch):
@@ -220,6 +229,13 @@ def test_vast_rents_an_overlay_a_preempted_member_is_replaced_on_it_and_the_over
     # (an SSH host of its own, loopback, where the machine has none), and reach each other there
     eth0 = net.iface_addr("eth0")
     assert _rendezvous_over_the_network(cp, monkeypatch) == ([eth0 or "127.0.0.1"] * 2, "eth0" if eth0 else "lo")
+    with _in_project(cp, monkeypatch) as pods:  # each member's watchdog knows its overlay
+        from workflow import runtime
+        from workflow.money import watchdog
+
+        with runtime.on_pod(pods[1]):
+            assert watchdog.settings(runtime.config(), provider="vastai", pod_id="1",
+                                     created_at=None)["overlay"] == overlay["name"]
 
     # p1 preempted mid-sweep (pool.replace): another ask of physical cluster 5 is rented in its
     # place and joined to the same overlay; the runs finish there and on p0
@@ -264,6 +280,48 @@ def test_vast_rents_an_overlay_a_preempted_member_is_replaced_on_it_and_the_over
     assert r.returncode == 0 and f"network {overlay['name']}: every pod of it ended" in r.stderr, r.stdout + r.stderr
     assert not cp.api.overlays and not cp.live_pods()
     assert {p["state"] for p in ok_json(cp.wf("cost", "--json"))["pods"]} == {"destroyed"}
+
+
+class _NoSshd:
+    """A rented instance nobody logs in to (only the API is used here)."""
+
+    port = 0
+
+    def inject_env(self, env):
+        pass
+
+    def authorize_key(self, yes=True):
+        pass
+
+    def cleanup(self):
+        pass
+
+
+def test_the_last_vast_overlay_member_whose_watchdog_holds_the_account_key_deletes_the_overlay(monkeypatch):
+    """The watchdog's API call (``autostop.api_act``): with only the instance's own key it
+    ends its instance, the overlay stays (the next pod-status deletes it, above); with the
+    account key (``autostop.allow_account_key``) the last member deletes the overlay first."""
+    from fakes.harness import SECRET
+    from fakes.vast import FakeVast
+    from workflow.agent import autostop
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    api = FakeVast(SECRET["vastai"], _NoSshd, [VastOffer(i, cluster_id=5, timeline=Timeline(port=None))
+                                                for i in (1, 2, 3)]).start()
+    try:
+        api.create_overlay({"cluster_id": 5, "name": "ovl"}, {})
+        ids = [api.rent({"label": f"m{i}"}, {}, str(i))["new_contract"] for i in (1, 2, 3)]
+        for iid in ids:
+            api.join_overlay({"name": "ovl", "instance_id": iid}, {})
+        cfg = {"provider": "vastai", "api_base": api.url, "overlay": "ovl"}
+        own = api.pods[str(ids[0])].container_key
+        autostop.api_act(cfg, "destroy", (str(ids[0]), own), "pod")  # others alive, and no key for it anyway
+        autostop.api_act(cfg, "destroy", (str(ids[1]), SECRET["vastai"]), "account")  # one other is alive
+        assert api.pods[str(ids[0])].fake.destroyed and api.pods[str(ids[1])].fake.destroyed and "ovl" in api.overlays
+        autostop.api_act(cfg, "destroy", (str(ids[2]), SECRET["vastai"]), "account")  # the last one
+        assert api.pods[str(ids[2])].fake.destroyed and not api.overlays
+    finally:
+        api.close()
 
 
 def _vast_call(cp, method, path, key, body=None) -> int:

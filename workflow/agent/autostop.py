@@ -197,7 +197,8 @@ def pod_credential(provider):
     return None
 
 
-def _http(method, url, headers, body=None):
+def _http(method, url, headers, body=None, answer=False):
+    """The status of one API call (``answer``: its JSON body instead)."""
     import urllib.request
 
     data = json.dumps(body).encode() if body is not None else None
@@ -206,11 +207,32 @@ def _http(method, url, headers, body=None):
         hdrs["Content-Type"] = "application/json"
     req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
     with urllib.request.urlopen(req, timeout=30) as resp:
-        return resp.status
+        return json.loads(resp.read().decode("utf-8") or "null") if answer else resp.status
 
 
-def api_act(cfg, action, credential):
-    """Stop or destroy this pod through the provider's API with ``credential`` (id, key)."""
+def _last_of_overlay(base, auth, overlay, pod_id):
+    """Whether every other instance of the Vast overlay ``overlay`` is gone (this one ends
+    next). Needs the account key: an instance's own key reads only that instance."""
+    found = _http("GET", "%s/api/v0/overlay/" % base, auth, answer=True) or []
+    mine = [o for o in found if isinstance(o, dict) and o.get("name") == overlay]
+    if not mine:
+        return False
+    for iid in mine[0].get("instances") or []:
+        if str(iid) == str(pod_id):
+            continue
+        inst = (_http("GET", "%s/api/v0/instances/%s/" % (base, iid), auth, answer=True) or {}).get("instances")
+        if isinstance(inst, list):
+            inst = inst[0] if inst else None
+        if inst and (inst.get("actual_status") or inst.get("cur_state")) not in ("destroyed", "deleted"):
+            return False
+    return True
+
+
+def api_act(cfg, action, credential, kind="pod"):
+    """Stop or destroy this pod through the provider's API with ``credential`` (id, key;
+    ``kind``: ``pod`` for the provider's pod-scoped one, ``account``). On Vast, the last
+    instance of its overlay (``cfg["overlay"]``) deletes the overlay first, when the
+    account key allows it; otherwise the client's next ``pod-status`` does."""
     provider = cfg["provider"]
     base = (cfg.get("api_base") or DEFAULT_BASES.get(provider, "")).rstrip("/")
     pod_id, key = credential
@@ -223,6 +245,14 @@ def api_act(cfg, action, credential):
         auth = {"Authorization": "Bearer " + key}
         if action == "stop":
             return _http("PUT", "%s/api/v0/instances/%s/" % (base, pod_id), auth, {"state": "stopped"})
+        overlay = cfg.get("overlay")
+        if overlay and kind == "account":  # before this instance (and this process) ends
+            try:
+                if _last_of_overlay(base, auth, overlay, pod_id):
+                    _http("DELETE", "%s/api/v0/overlay/" % base, auth, {"overlay_name": overlay})
+                    log("autostop: deleted overlay %s (its other instances are gone)" % overlay)
+            except Exception as exc:  # noqa: BLE001 - the overlay is the client's to delete then
+                log("autostop: overlay %s not deleted (%s); the next 'wf pod-status' deletes it" % (overlay, exc))
         return _http("DELETE", "%s/api/v0/instances/%s/" % (base, pod_id), auth)
     if provider == "lium" and action == "destroy":
         return _http("DELETE", "%s/pods/%s" % (base, pod_id), {"X-API-KEY": key})
@@ -377,7 +407,7 @@ class Watchdog(object):
         log("autostop: %s: %s through the %s API (%s credential)" % (why, action, self.cfg.get("provider"), kind))
         for attempt in range(5):
             try:
-                api_act(self.cfg, action, credential)
+                api_act(self.cfg, action, credential, kind)
                 return True
             except Exception as exc:  # noqa: BLE001 - an API or network failure: retry, bounded
                 log("autostop: %s failed (attempt %d): %s" % (action, attempt + 1, exc))

@@ -116,6 +116,11 @@ def settings(config, *, provider: str, pod_id: str, created_at: Optional[float],
         doc["budget"] = dict(pool_spend(config, now), max_usd=float(budget))
     if config.get("autostop.allow_account_key", False) and provider in spend.API_KEYS:
         doc["account_key"] = config.secret(spend.API_KEYS[provider])
+    from workflow import session as sessions
+
+    held = sessions.load(config)
+    if provider == "vastai" and held is not None and held.cluster:
+        doc["overlay"] = held.cluster  # its last member's watchdog deletes it (with the account key)
     return doc
 
 
