@@ -387,11 +387,17 @@ def _cmdline(pid):
         return []
 
 
+def _agent_command(pid):
+    """A podagent's op or command (the word after its .pyz), or None."""
+    args = _cmdline(pid)
+    return next((args[i + 1] for i, arg in enumerate(args[:-1]) if arg.endswith(b".pyz")), None)
+
+
 def served_agents(pod, settle=True):
     """PIDs of the pod's long-lived agents (``podagent serve``); with ``settle``, once the
     set stopped changing (a direct command's own agent ends when its connection closes)."""
     def now():
-        return sorted(p for p in pod.user_pids() if b"serve" in _cmdline(p)[2:3] and alive(p))
+        return sorted(p for p in pod.user_pids() if _agent_command(p) == b"serve" and alive(p))
     seen, deadline = now(), time.monotonic() + 10
     while settle and time.monotonic() < deadline:
         time.sleep(0.3)

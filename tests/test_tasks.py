@@ -496,6 +496,35 @@ def test_the_bundle_carries_bytecode_for_this_python_and_source_for_any_other(tm
         assert r.returncode == 0 and '"state": "INIT"' in r.stdout, (python, r.stderr)
 
 
+def test_an_agent_starts_without_site_packages_and_imports_only_its_ops_module(tmp_path):
+    """Every op's python start is the agent's fixed cost: the engine starts it with -S (no
+    .pth file of the pod's site-packages runs) and it imports the module of its op alone;
+    every op and command the agent has is mapped to its module (else it is looked up in all)."""
+    import importlib
+    import re
+
+    from workflow.agent import __main__ as entry
+    from workflow.agent_client import AgentClient
+    from workflow.transport.local import LocalTransport
+
+    for name in entry.MODULES:
+        module = importlib.import_module(f"workflow.agent.{name}")
+        assert all(entry.OP_MODULES[op.split(".")[0]] == name for op in module.OPS), name
+        assert all(entry.COMMAND_MODULES[c] == name for c in getattr(module, "COMMANDS", {})), name
+    python = tmp_path / "python"  # records how the engine starts it, then runs it so, telling its imports
+    python.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/argv\nexec {sys.executable} -X importtime "$@"\n')
+    python.chmod(0o755)
+    agent = AgentClient(LocalTransport(), str(tmp_path / "out"), python=str(python))
+    agent.transport.write_file_atomic(agent.agent_path, b"", mode=0o644)  # its first call installs it
+    (tmp_path / "out" / "_control" / "agent" / Path(agent.agent_path).name).unlink()
+    assert agent.call("state.read")["state"] == "INIT"
+    assert (tmp_path / "argv").read_text().splitlines()[-1].startswith(f"-S {agent.agent_path} state.read")
+    res = agent.transport.run(agent.argv("state.read"), input=b"{}")
+    imported = re.findall(r"\| +(\S+)$", res.stderr, re.M)  # (importlib's own imports are not listed)
+    assert "podagent.__main__" in imported and "site" not in imported, res.stderr
+    assert not {"podagent.procs", "podagent.job_status", "podagent.metrics", "podagent.net"} & set(imported), imported
+
+
 # ---------------------------------------------------------------- the CLI
 
 

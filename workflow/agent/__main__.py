@@ -6,21 +6,39 @@ between markers; the exit code is 0 either way unless the agent itself broke.
 """
 
 import errno
+import importlib
 import json
 import sys
 import traceback
 
-from . import autostop, data, net, prepare, serve, state, sweep, tasks
+from . import serve
 from .protocol import AgentError, encode
 
-OPS = {}
-for _module in (state, tasks, sweep, data, prepare, autostop, net):
-    OPS.update(_module.OPS)
+#: The modules that register ops (``OPS``) and long-running entry points that take argv,
+#: not JSON (``COMMANDS``: the task wrapper, the sweep runner).
+MODULES = ("state", "tasks", "sweep", "data", "prepare", "autostop", "net")
+#: The module of each op's prefix (``sweep.status`` -> ``sweep``) and of each command: a
+#: python started for one op imports only its module (all of them cost a busy pod's
+#: python ~0.05-0.2 s). An op or command not listed here is looked up in every module.
+OP_MODULES = {"state": "state", "task": "tasks", "sweep": "sweep", "data": "data", "run": "data",
+              "prepare": "prepare", "autostop": "autostop", "net": "net"}
+COMMAND_MODULES = {"task-wrap": "tasks", "node-word": "tasks", "sweep-run": "sweep", "bootstrap-run": "prepare",
+                   "checkout-run": "prepare"}
 
-#: Long-running entry points (the task wrapper, the sweep runner) take argv, not JSON.
-COMMANDS = {}
-for _module in (tasks, sweep, prepare):
-    COMMANDS.update(getattr(_module, "COMMANDS", {}))
+
+def _registered(kind, module=None):
+    """``OPS`` or ``COMMANDS`` of ``module``, or of every module."""
+    out = {}
+    for name in [module] if module else MODULES:
+        out.update(getattr(importlib.import_module("." + name, __package__), kind, {}))
+    return out
+
+
+def find(kind, name):
+    """The function of op (``kind`` ``OPS``) or command (``COMMANDS``) ``name``, or None."""
+    module = (OP_MODULES.get(name.split(".", 1)[0]) if kind == "OPS" else COMMAND_MODULES.get(name))
+    found = _registered(kind, module).get(name) if module else None
+    return found or _registered(kind).get(name)
 
 
 def os_message(exc):
@@ -37,14 +55,15 @@ def answer(op, read_request):
     """The response document of one op; ``read_request()`` gives the request's JSON text
     (stdin for a one-shot call, a frame for ``serve``). Never raises for an op's error."""
     try:
-        if op not in OPS:
+        function = find("OPS", op)
+        if function is None:
             raise AgentError("input", "unknown podagent op %r" % op)
         raw = read_request()
         try:
             request = json.loads(raw) if raw.strip() else {}
         except ValueError as exc:
             raise AgentError("protocol", "request is not JSON: %s" % exc)
-        return {"ok": True, "result": OPS[op](request)}
+        return {"ok": True, "result": function(request)}
     except AgentError as exc:
         return {"ok": False, "error": exc.to_doc()}
     except OSError as exc:
@@ -59,13 +78,14 @@ def answer(op, read_request):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        sys.stderr.write("usage: podagent OP  (ops: %s)\n" % ", ".join(sorted(OPS)))
+        sys.stderr.write("usage: podagent OP  (ops: %s)\n" % ", ".join(sorted(_registered("OPS"))))
         return 2
     op, rest = argv[0], argv[1:]
     if op == serve.COMMAND:
         return serve.main(rest, answer)
-    if op in COMMANDS:
-        return COMMANDS[op](rest) or 0
+    command = find("COMMANDS", op) if "." not in op else None  # ops are dotted (sweep.status), commands not
+    if command is not None:
+        return command(rest) or 0
     doc = answer(op, sys.stdin.read)
     sys.stdout.write(encode(doc))
     sys.stdout.flush()

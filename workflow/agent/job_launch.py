@@ -72,10 +72,11 @@ def prepare(d, job_id, command, timeout_secs=None, workdir=None, attempt=1, extr
 
 
 def agent_argv():
-    """How to start this podagent again (the zipapp we run from, or the package)."""
+    """How to start this podagent again (the zipapp we run from, without site-packages as
+    the engine starts it, or the package)."""
     main = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if main and os.path.isfile(main) and not main.endswith(".py"):
-        return [sys.executable, main]
+        return [sys.executable, "-S", main]
     return [sys.executable, "-m", __package__]
 
 
