@@ -1,5 +1,10 @@
 """Shared fixtures. Each test gets a fresh project dir and HOME; nothing of the user's
-(``~/.ssh/config``, tmux server, known_hosts) is read or touched."""
+(``~/.ssh/config``, tmux server, known_hosts, GPU leases) is read or touched.
+
+``scripts/test`` runs the suite on several pytest-xdist workers; a session fixture runs
+once per worker. Tests sharing something machine-wide that another test would disturb
+(a fixed unix user's home, the browser) carry ``@pytest.mark.xdist_group("<what>")``:
+``--dist loadgroup`` runs a group's tests on one worker, one after another."""
 
 from __future__ import annotations
 
@@ -9,6 +14,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+#: The reliability figures (``tests/reliability/figures.py``) pytest-xdist workers handed back.
+_WORKER_FIGURES: list = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    _WORKER_FIGURES.extend(getattr(node, "workeroutput", {}).get("reliability_figures", ()))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _WORKER_FIGURES:
+        from reliability import figures
+
+        figures.write(_WORKER_FIGURES)
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +42,9 @@ def isolated_home(tmp_path, monkeypatch):
     for var in list(os.environ):
         if var.startswith("WF__"):
             monkeypatch.delenv(var, raising=False)
+    # The local "pod" of this test has GPUs of its own: fake GPU ids of tests running at
+    # the same time (pytest-xdist workers) never wait on each other's pod-wide leases.
+    monkeypatch.setenv("PODFLOW_GPU_LEASE_DIR", str(tmp_path / "gpu-leases"))
     from workflow import runtime
 
     runtime.keep_connections(False)

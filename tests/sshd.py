@@ -26,8 +26,9 @@ What you get
   processes: a network fault mid-command), ``run_as_user(argv)`` (runs a command on
   this machine as the pod user with the pod's environment, for assertions; returns a
   ``CompletedProcess`` with text output), ``write_config(project_dir, **overrides)``.
-- Every SSH session of this pod has ``WF_TEST_POD=<id>`` and its own ``TMUX_TMPDIR``
-  (sshd ``SetEnv``), so tmux servers started through it are private to the test. At
+- Every SSH session of this pod has ``WF_TEST_POD=<id>``, its own ``TMUX_TMPDIR`` and
+  ``PODFLOW_GPU_LEASE_DIR`` (sshd ``SetEnv``), so tmux servers and fake GPUs' leases are
+  private to the test (a pod is a machine of its own, tests run at once). At
   teardown every process of the test user whose environment carries this pod's
   ``WF_TEST_POD`` is killed by PID (tmux servers, runners, sleeps), then ``remote_dir``
   is removed. Nothing else of the user is touched (other engineers' test runs share it).
@@ -195,7 +196,8 @@ class SshPod:
     @property
     def env(self) -> Dict[str, str]:
         """The variables every session of this pod gets (sshd ``SetEnv``)."""
-        env = {"WF_TEST_POD": self.id, "TMUX_TMPDIR": str(self.tmux_dir), **self.provider_env}
+        env = {"WF_TEST_POD": self.id, "TMUX_TMPDIR": str(self.tmux_dir),
+               "PODFLOW_GPU_LEASE_DIR": str(self.remote_dir / ".gpu-leases"), **self.provider_env}
         if self.path_dir is not None:
             env["PATH"] = f"{self.path_dir}:/usr/local/bin:/usr/bin:/bin"
         return env

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,7 @@ def kill_pod(p) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.xdist_group("wfrecover")  # users wfrecover0/1 and their ~/wft, shared with reliability/test_rel_recover.py
 def test_a_pod_killed_mid_sweep_its_runs_finish_elsewhere_attempt_2_and_no_ok_run_twice(two_ssh_pods, project):
     import time
 
@@ -283,6 +285,7 @@ def record_of(project) -> dict:
 from gitrepo import git_daemon, git_repo  # noqa: E402,F401 - fixtures
 
 
+@pytest.mark.xdist_group("wfrecover")  # users wfrecover2..
 def test_a_preempted_cloud_pod_is_replaced_and_the_replacement_finishes_its_runs(
         tmp_path, ssh_client_keys, ssh_session_dir, git_repo, git_daemon):
     import time
@@ -292,6 +295,7 @@ def test_a_preempted_cloud_pod_is_replaced_and_the_replacement_finishes_its_runs
     from sshd import SshPod
 
     made = []
+    rec = f"wfrec-{uuid.uuid4().hex[:8]}"  # in the users' homes: another run's (before, or at once) is not this one's
 
     def make_sshd():  # each rented pod logs in its own user (the API names it), as pools need
         p = SshPod(ssh_client_keys, ssh_session_dir, user=f"wfrecover{2 + len(made)}")
@@ -303,12 +307,12 @@ def test_a_preempted_cloud_pod_is_replaced_and_the_replacement_finishes_its_runs
     with contextlib.ExitStack() as stack:
         cp = stack.enter_context(CloudProject("runpod", tmp_path / "p", ssh_client_keys, ssh_session_dir, [gpu],
                                               count=2, user=None))
-        stack.callback(lambda: [shutil.rmtree(p.home / "wfrec", ignore_errors=True) for p in made])
+        stack.callback(lambda: [shutil.rmtree(p.home / rec, ignore_errors=True) for p in made])
         stack.callback(lambda: [p.cleanup() for p in made])
         cp.api.make_sshd = make_sshd
         sha = cp.job_sweep(git_repo, git_daemon, "".join(f"c{i},steps=3 sleep=1\n" for i in range(6)),
-                           remote={"workdir": "~/wfrec/repo", "outputs_dir": "~/wfrec/outputs",
-                                   "data_dir": "~/wfrec/data"},
+                           remote={"workdir": f"~/{rec}/repo", "outputs_dir": f"~/{rec}/outputs",
+                                   "data_dir": f"~/{rec}/data"},
                            pool={"down_after_secs": 3, "replace": True})
 
         def ok(*args, timeout=180):

@@ -239,6 +239,7 @@ def ssh_pool_config(project, pods, tag, **extra):
     })
 
 
+@pytest.mark.xdist_group("wfpools")  # users wfpools0/1
 def test_ssh_pool_one_line_per_pod_and_a_dead_pod_named(ssh_pool, project):
     pods, tag = ssh_pool
     ssh_pool_config(project, pods, tag)

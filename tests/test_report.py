@@ -19,7 +19,10 @@ from test_sweep_run_helpers import WF, SweepProject
 CHROMIUM = shutil.which("chromium")
 NO_NETWORK = '--host-resolver-rules=MAP * ~NOTFOUND'
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)"),
+    pytest.mark.xdist_group("chromium"),  # one browser at a time, and the module's report made once
+]
 
 
 @pytest.fixture(scope="module")

@@ -6,4 +6,7 @@ from netns import netns_pod  # noqa: F401
 def pytest_sessionfinish(session, exitstatus):
     import figures
 
-    figures.write()
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: the controller writes
+        session.config.workeroutput["reliability_figures"] = figures.TALLY
+    else:
+        figures.write()

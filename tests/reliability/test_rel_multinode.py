@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 TORCH_VENV = (REPO / ".venv-torch").resolve()
 WF = str(Path(sys.executable).with_name("wf"))
 
+pytestmark = pytest.mark.xdist_group("wfmn")  # users wfmn0/1
+
 
 class MnPod(NetnsPod):
     """A ``NetnsPod`` logging in its own user (two pods share the file system)."""

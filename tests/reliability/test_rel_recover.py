@@ -17,6 +17,8 @@ from netns import NetnsPod, netns_available
 from sshd import SshPod
 from test_balance import WF, record_of, ssh_sweep_pool, wf
 
+pytestmark = pytest.mark.xdist_group("wfrecover")  # users wfrecover0/1 and their ~/wft, as in test_balance.py
+
 
 class RecoverNetnsPod(NetnsPod):
     """A netns pod logging in its own user."""
