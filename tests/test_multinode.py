@@ -1,19 +1,30 @@
 """Multi-node runs (SPEC §9): one run over several pods, joined by torchrun's c10d
 rendezvous (gloo on the CPU here).
 
-The pods are real: ``local`` pods (each its own directories and its own loopback
-address) driven by ``wf`` as a user would; the training is ``examples/train.py``
-unchanged, under real torchrun. Runs are a few steps long.
+The pods are real, driven by ``wf`` as a user would: loopback sshds, one unix user each,
+reached over SSH (the rendezvous on 127.0.0.1), and ``local`` pods where a pod is taken
+down or refuses a start. The training is ``examples/train.py`` unchanged, under real
+torchrun. Runs are a few steps long.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pwd
 import shutil
+import signal
+import subprocess
 import time
+import uuid
+from pathlib import Path
 
 import pytest
+from sshd import SshPod
+from test_sweep_run_helpers import REPO, TORCH_VENV, SweepProject
 
+from workflow.agent.fsutil import parse_time
 from workflow.sweep import multinode
 from workflow.sweep.plan import RunPlan
 from workflow.sweep.pooled import PodOffer, place_nodes
@@ -104,14 +115,226 @@ def test_a_pods_private_address_and_the_interface_holding_it(monkeypatch):
     assert net.iface_of("10.255.255.254") is None  # no interface here holds it: the variables stay unset
 
 
-# ---------------------------------------------------------------- two pods, for real
+# ---------------------------------------------------------------- pods over SSH, for real
+
+
+#: A multi-node job: all ranks all-reduce ``steps`` times (default 600: ~2 minutes) unless
+#: a node leaves (a launch after the first: ``again`` times, default 5); ``fail_node=i``
+#: makes node i exit 3 after a few steps.
+MNJOB = """\
+import os, sys, time
+import torch
+import torch.distributed as dist
+kv = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("--"))
+dist.init_process_group("gloo")
+print("world_size", dist.get_world_size(), "node", os.environ.get("WF_NODE_RANK", "-"), flush=True)
+t = torch.ones(1)
+steps = kv.get("steps", 600) if os.environ.get("WF_ATTEMPT", "1") == "1" else kv.get("again", 5)
+for step in range(int(steps)):
+    dist.all_reduce(t)
+    if step == 3 and kv.get("fail_node") == os.environ.get("WF_NODE_RANK", "-"):
+        print("node", os.environ.get("WF_NODE_RANK", "-"), "failing on purpose", flush=True)
+        sys.exit(3)
+    time.sleep(0.2)
+"""
+
+
+@pytest.fixture(scope="module")
+def node_users():
+    """The SSH pods' unix users: unique to this file and this run (no other test, nor this
+    file in another pytest process, shares them), so every process of theirs is this
+    run's; removed with their homes at the end."""
+    names = [f"wfmns{os.getpid()}x{i}" for i in range(3)]
+    yield names
+    for name in names:
+        _remove_user(name)
+
+
+def _remove_user(name):
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return
+    for _ in range(20):
+        pids = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _owner(e) == uid]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if subprocess.run(["userdel", "-r", name], capture_output=True).returncode in (0, 6):  # 6: no such user
+            break
+        time.sleep(0.1)
+    for left in Path("/tmp").glob("torchelastic_*"):  # torchrun leaves its run dirs behind
+        if _owner(left) == uid:
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def _owner(path):
+    try:
+        return path.stat().st_uid
+    except OSError:
+        return None
+
+
+class SshNodes(SweepProject):
+    """A project whose pool is loopback sshd pods (one unix user each) reached over SSH by
+    ``wf``; each pod has examples/ and ``MNJOB`` checked out, ``.venv`` -> the CPU torch
+    venv (no GPU device node here: the placement probe imports no torch)."""
+
+    def __init__(self, root, pods, tag):
+        self.root, self.pods, self.tag = root, pods, tag
+        self.pod_outputs = [p.home / f"wfmn-{tag}" / "outputs" for p in pods]
+        for pod in pods:
+            repo = pod.home / f"wfmn-{tag}" / "repo"
+            shutil.copytree(REPO / "examples", repo / "examples", ignore=shutil.ignore_patterns("out", "__pycache__"))
+            (repo / "examples" / "mnjob.py").write_text(MNJOB)
+            (repo / ".venv").symlink_to(TORCH_VENV.resolve())
+            subprocess.run(["chown", "-R", f"{pod.uid}:{pod.gid}", str(repo.parent)], check=True)
+        (root / "sweeps").mkdir(exist_ok=True)
+
+    def start(self, csv, count=2, **sweep):
+        """The first ``count`` pods as the pool, ``sweep`` over the defaults (MNJOB, one
+        process per node), ``csv`` as the sweep; every pod CHECKED_OUT."""
+        self.outputs_of = self.pod_outputs[:count]
+        self.write_config({"project": f"mn{self.tag}",
+                           "pod": {"provider": "ssh", "identity_file": str(self.pods[0].key_path),
+                                   "known_hosts": ".podflow/known_hosts", "connect_timeout_secs": 10,
+                                   "hosts": [{"host": p.host, "port": p.port, "user": p.user}
+                                             for p in self.pods[:count]]},
+                           "remote": {"workdir": f"~/wfmn-{self.tag}/repo", "outputs_dir": f"~/wfmn-{self.tag}/outputs",
+                                      "data_dir": f"~/wfmn-{self.tag}/data", "env": {"OMP_NUM_THREADS": "1"}},
+                           "sweep": {"launcher": "torchrun", "entrypoint": "mnjob.py", "nproc_per_node": 1,
+                                     "args": ["{config}"], **sweep}})
+        self.write_csv(csv)
+        self.wf("fsm-reset", "CHECKED_OUT", "--reason", "checkout made by hand (test)", check=0)
+
+
+@pytest.fixture
+def ssh_nodes(project, ssh_client_keys, ssh_session_dir, node_users):
+    """Three loopback sshd pods, one user each (``SshNodes``); a test pools 2 or 3."""
+    if not (TORCH_VENV / "bin" / "python").exists():
+        pytest.skip("needs .venv-torch (bash scripts/setup)")
+    pods, tag = [], uuid.uuid4().hex[:8]
+    try:
+        for user in node_users:
+            pods.append(SshPod(ssh_client_keys, ssh_session_dir, user=user).start())
+        yield SshNodes(project, pods, tag)
+    finally:
+        for pod in pods:
+            pod.cleanup()
+            shutil.rmtree(pod.home / f"wfmn-{tag}", ignore_errors=True)
+
+
+def test_two_nodes_train_with_world_size_4_and_the_run_is_shown_once(ssh_nodes):
+    sp = ssh_nodes
+    sp.start("run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,steps=4 log_every=1,,2\n",
+             entrypoint="train.py", nproc_per_node=2, args=["{config}", "--seed={seed}", "--out_dir={out_dir}"])
+    dry = sp.wf("sweep-start", "--dry-run", check=0).stdout
+    for i in (0, 1):
+        assert f"p{i}: line 2: mn  [run]  node {i} of 2" in dry, dry
+        assert f"--nnodes=2 --node_rank={i} --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:" in dry
+        assert "GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo " in dry.split(f"p{i}: line 2")[1]
+        assert f"WF_NNODES=2 WF_NODE_RANK={i} WF_NODE_WATCH=127.0.0.1:" in dry
+    assert not (sp.outputs_of[0] / "mn").exists()
+
+    sp.wf("sweep-start", check=0)
+    text = sp.wf("sweep-wait", "--timeout-secs", "150", check=0).stdout
+    [line] = [x for x in text.splitlines() if x.startswith("  mn ")]  # the run once, then its nodes
+    assert line.split()[:3] == ["mn", "p0", "success"], text
+    assert text.splitlines()[text.splitlines().index(line) + 1].split() == [
+        "nodes:", "0", "p0", "success", "(0),", "1", "p1", "success", "(0)"], text
+    doc = sp.status()
+    [run] = doc["runs"]
+    assert (run["id"], run["state"], run["pod"]) == ("mn", "success", "p0")
+    assert [(n["rank"], n["pod"], n["state"]) for n in run["nodes"]] == [(0, "p0", "success"), (1, "p1", "success")]
+    first = json.loads((sp.outputs_of[0] / "mn" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["world_size"] == 4 and first["backend"] == "gloo"  # torch's rank 0 ran on node 0
+    for i, (pod, out) in enumerate(zip(sp.pods, sp.outputs_of)):  # each node ran on its own pod, as its user
+        status = json.loads((out / "mn" / "status.json").read_text())
+        assert status["state"] == "success" and f"--node_rank={i}" in " ".join(status["argv"])
+        assert (out / "mn" / "stdout.log").stat().st_uid == pod.uid
+
+    got = json.loads(sp.wf("fetch-run", "mn", "--json", check=0).stdout)
+    assert got["run_id"] == "mn"
+    art = sp.root / "artifacts" / "mn"
+    assert (art / "metrics.jsonl").exists()
+    assert (art / "stdout.node1.log").read_text() == (sp.outputs_of[1] / "mn" / "stdout.log").read_text()
+
+
+def test_a_failing_node_ends_the_other_and_the_run_fails(ssh_nodes):
+    sp = ssh_nodes
+    sp.start("run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,fail_node=1,,2\n",
+             max_retries=1)  # a node alone is never retried
+    sp.wf("sweep-start", check=0)
+    res = sp.wf("sweep-wait", "--timeout-secs", "90")
+    assert res.returncode == 1, res.stdout + res.stderr
+    [run] = sp.status()["runs"]
+    assert run["state"] == "failed" and [n["state"] for n in run["nodes"]] == ["failed", "failed"]
+    assert [n["exit_code"] for n in run["nodes"]][1] == 1
+    log1 = (sp.outputs_of[1] / "mn" / "stdout.log").read_text()
+    assert "node 1 failing on purpose" in log1
+    docs = [json.loads((out / "mn" / "status.json").read_text()) for out in sp.outputs_of]
+    assert [d["attempt"] for d in docs] == [1, 1]
+    # the job would all-reduce for 2 minutes: by the nodes' own records, node 0 ended
+    # within 30 s of node 1's failure
+    ended = [parse_time(d["finished_at"]) for d in docs]
+    assert (ended[0] - ended[1]).total_seconds() <= 30, docs
+
+
+def test_a_killed_node_makes_the_run_lost_and_nothing_is_left_running(ssh_nodes):
+    from test_sweep_run_helpers import marked_pids
+
+    sp = ssh_nodes
+    sp.start("run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,,,2\n")
+    sp.wf("sweep-start", check=0)
+    status1 = sp.outputs_of[1] / "mn" / "status.json"
+    end = time.monotonic() + 90
+    while time.monotonic() < end and "world_size 2" not in _read(sp.outputs_of[1] / "mn" / "stdout.log"):
+        time.sleep(0.2)
+    nonces = [json.loads((out / "mn" / "status.json").read_text())["nonce"] for out in sp.outputs_of]
+    runner1 = json.loads((sp.outputs_of[1] / "_control" / "sweep" / "runner" / "status.json").read_text())
+    for pid in [runner1["wrapper_pid"], runner1["pid"]] + marked_pids([nonces[1]]):  # p1's processes die
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    res = sp.wf("sweep-wait", "--timeout-secs", "90")
+    assert res.returncode == 1, res.stdout + res.stderr
+    [run] = sp.status()["runs"]
+    assert run["state"] == "lost", run
+    assert [n["state"] for n in run["nodes"]][1] == "lost" and json.loads(status1.read_text())["state"] == "lost"
+    status0 = json.loads((sp.outputs_of[0] / "mn" / "status.json").read_text())  # the run's status.json
+    assert status0["state"] == "lost" and status0["error"].startswith("node 1 was lost: "), status0
+    end = time.monotonic() + 30
+    while marked_pids(nonces) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not marked_pids(nonces), "a node's processes were left running"
+
+
+def _read(path):
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def test_multi_node_runs_queued_with_single_runs_on_3_pods_never_deadlock(ssh_nodes):
+    sp = ssh_nodes
+    rows = [("s1", 1), ("mn", 2), ("s2", 1), ("s3", 1), ("mn2", 2), ("s4", 1)]
+    sp.start("run_id,config,seed,overrides,notes,nodes\n"
+             + "".join(f"{r},configs/tiny.json,0,steps=5,,{n}\n" for r, n in rows), count=3)
+    sp.wf("sweep-start", check=0)
+    placed = json.loads((sp.root / ".podflow" / "pool-sweep.json").read_text())
+    assert placed["nodes"] == {"mn": ["p1", "p2"], "mn2": ["p0", "p2"]}  # each pod's queue: single runs around them
+    sp.wf("sweep-wait", "--timeout-secs", "240", check=0)
+    doc = sp.status()
+    assert [(r["id"], r["state"]) for r in doc["runs"]] == [(r, "success") for r, _ in rows]
+    assert doc["counts"] == {"success": 6} and doc["state"] == "completed"
+
+
+# ---------------------------------------------------------------- local pods: taken down, refusing a start
 
 
 @pytest.fixture
 def two_pods(project):
     """Two ``local`` pods with examples/ checked out (``.venv`` -> the CPU torch venv)."""
-    from test_sweep_run_helpers import TORCH_VENV, SweepProject
-
     if not (TORCH_VENV / "bin" / "python").exists():
         pytest.skip("needs .venv-torch (bash scripts/setup)")
     sp = SweepProject(project, {"pod": {"provider": "local", "count": 2},
@@ -134,59 +357,6 @@ def _checked_out(sp, i):
     keep_torch_count(str(repo / ".venv" / "bin" / "python"), cache_path(str(sp.outputs_of[i])), [])
 
 
-def test_two_nodes_train_with_world_size_4_and_the_run_is_shown_once(two_pods):
-    sp = two_pods
-    dry = sp.wf("sweep-start", "--dry-run", check=0).stdout
-    for i in (0, 1):
-        assert f"p{i}: line 2: mn  [run]  node {i} of 2" in dry, dry
-        assert f"--nnodes=2 --node_rank={i} --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:" in dry
-        assert f"GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo PATH=" in dry.split(f"p{i}: line 2")[1]
-        assert f"WF_NNODES=2 WF_NODE_RANK={i} WF_NODE_WATCH=127.0.0.1:" in dry
-    assert not (sp.outputs_of[0] / "mn").exists()
-
-    sp.wf("sweep-start", check=0)
-    text = sp.wf("sweep-wait", "--timeout-secs", "150", check=0).stdout
-    [line] = [x for x in text.splitlines() if x.startswith("  mn ")]  # the run once, then its nodes
-    assert line.split()[:3] == ["mn", "p0", "success"], text
-    assert text.splitlines()[text.splitlines().index(line) + 1].split() == [
-        "nodes:", "0", "p0", "success", "(0),", "1", "p1", "success", "(0)"], text
-    doc = sp.status()
-    [run] = doc["runs"]
-    assert (run["id"], run["state"], run["pod"]) == ("mn", "success", "p0")
-    assert [(n["rank"], n["pod"], n["state"]) for n in run["nodes"]] == [(0, "p0", "success"), (1, "p1", "success")]
-    first = json.loads((sp.outputs_of[0] / "mn" / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["world_size"] == 4 and first["backend"] == "gloo"  # torch's rank 0 ran on node 0
-    for i, out in enumerate(sp.outputs_of):
-        status = json.loads((out / "mn" / "status.json").read_text())
-        assert status["state"] == "success" and f"--node_rank={i}" in " ".join(status["argv"])
-
-    got = json.loads(sp.wf("fetch-run", "mn", "--json", check=0).stdout)
-    assert got["run_id"] == "mn"
-    art = sp.root / "artifacts" / "mn"
-    assert (art / "metrics.jsonl").exists() and (art / "stdout.node1.log").exists()
-
-
-#: A multi-node job: all ranks all-reduce ``steps`` times (default 600: ~2 minutes) unless
-#: a node leaves (a launch after the first: ``again`` times, default 5); ``fail_node=i``
-#: makes node i exit 3 after a few steps.
-MNJOB = '''\
-import os, sys, time
-import torch
-import torch.distributed as dist
-kv = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("--"))
-dist.init_process_group("gloo")
-print("world_size", dist.get_world_size(), "node", os.environ.get("WF_NODE_RANK", "-"), flush=True)
-t = torch.ones(1)
-steps = kv.get("steps", 600) if os.environ.get("WF_ATTEMPT", "1") == "1" else kv.get("again", 5)
-for step in range(int(steps)):
-    dist.all_reduce(t)
-    if step == 3 and kv.get("fail_node") == os.environ.get("WF_NODE_RANK", "-"):
-        print("node", os.environ.get("WF_NODE_RANK", "-"), "failing on purpose", flush=True)
-        sys.exit(3)
-    time.sleep(0.2)
-'''
-
-
 def _mnjob(sp, csv, pods=2):
     for i in range(pods):
         repo = sp.pod / ("repo" if i == 0 else f"repo-p{i}")
@@ -201,79 +371,6 @@ def _mnjob(sp, csv, pods=2):
     for i in range(2, pods):  # a pod the fixture did not have: checked out by hand too
         _checked_out(sp, i)
         sp.wf("fsm-reset", "CHECKED_OUT", "--pod", f"p{i}", "--reason", "checkout made by hand (test)", check=0)
-
-
-def test_a_failing_node_ends_the_other_and_the_run_fails(two_pods):
-    sp = two_pods
-    _mnjob(sp, "run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,fail_node=1,,2\n")
-    sp.write_config({"pod": {"provider": "local", "count": 2},  # a node alone is never retried
-                     "sweep": {"launcher": "torchrun", "entrypoint": "mnjob.py", "nproc_per_node": 1,
-                               "args": ["{config}"], "max_retries": 1}})
-    sp.wf("sweep-start", check=0)
-    # the job would all-reduce for 2 minutes: only node 1's failure ends node 0 this soon
-    res = sp.wf("sweep-wait", "--timeout-secs", "90")
-    assert res.returncode == 1, res.stdout + res.stderr
-    [run] = sp.status()["runs"]
-    assert run["state"] == "failed" and [n["state"] for n in run["nodes"]] == ["failed", "failed"]
-    assert [n["exit_code"] for n in run["nodes"]][1] == 1
-    log1 = (sp.outputs_of[1] / "mn" / "stdout.log").read_text()
-    assert "node 1 failing on purpose" in log1
-    assert [json.loads((out / "mn" / "status.json").read_text())["attempt"] for out in sp.outputs_of] == [1, 1]
-
-
-
-def test_a_killed_node_makes_the_run_lost_and_nothing_is_left_running(two_pods):
-    import os
-    import signal
-
-    from test_sweep_run_helpers import marked_pids
-
-    sp = two_pods
-    _mnjob(sp, "run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,,,2\n")
-    sp.wf("sweep-start", check=0)
-    status1 = sp.outputs_of[1] / "mn" / "status.json"
-    end = time.monotonic() + 90
-    while time.monotonic() < end and "world_size 2" not in _read(sp.outputs_of[1] / "mn" / "stdout.log"):
-        time.sleep(0.2)
-    nonces = [json.loads((out / "mn" / "status.json").read_text())["nonce"] for out in sp.outputs_of]
-    runner1 = json.loads((sp.outputs_of[1] / "_control" / "sweep" / "runner" / "status.json").read_text())
-    for pid in [runner1["wrapper_pid"], runner1["pid"]] + marked_pids([nonces[1]]):  # p1's processes die
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    res = sp.wf("sweep-wait", "--timeout-secs", "90")
-    assert res.returncode == 1, res.stdout + res.stderr
-    [run] = sp.status()["runs"]
-    assert run["state"] == "lost", run
-    assert [n["state"] for n in run["nodes"]][1] == "lost" and json.loads(status1.read_text())["state"] == "lost"
-    status0 = json.loads((sp.outputs_of[0] / "mn" / "status.json").read_text())  # the run's status.json
-    assert status0["state"] == "lost" and status0["error"].startswith("node 1 was lost: "), status0
-    end = time.monotonic() + 30
-    while marked_pids(nonces) and time.monotonic() < end:
-        time.sleep(0.1)
-    assert not marked_pids(nonces), "a node's processes were left running"
-
-
-def _read(path):
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
-def test_multi_node_runs_queued_with_single_runs_on_3_pods_never_deadlock(two_pods):
-    sp = two_pods
-    rows = [("s1", 1), ("mn", 2), ("s2", 1), ("s3", 1), ("mn2", 2), ("s4", 1)]
-    _mnjob(sp, "run_id,config,seed,overrides,notes,nodes\n"
-           + "".join(f"{r},configs/tiny.json,0,steps=5,,{n}\n" for r, n in rows), pods=3)
-    sp.wf("sweep-start", check=0)
-    placed = json.loads((sp.root / ".podflow" / "pool-sweep.json").read_text())
-    assert placed["nodes"] == {"mn": ["p1", "p2"], "mn2": ["p0", "p2"]}  # each pod's queue: single runs around them
-    sp.wf("sweep-wait", "--timeout-secs", "240", check=0)
-    doc = sp.status()
-    assert [(r["id"], r["state"]) for r in doc["runs"]] == [(r, "success") for r, _ in rows]
-    assert doc["counts"] == {"success": 6} and doc["state"] == "completed"
 
 
 # ---------------------------------------------------------------- the nodes' watchdogs, on the pod
