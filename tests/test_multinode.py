@@ -198,8 +198,10 @@ class SshNodes(SweepProject):
         self.write_config({"project": f"mn{self.tag}",
                            "pod": {"provider": "ssh", "identity_file": str(self.pods[0].key_path),
                                    "known_hosts": ".podflow/known_hosts", "connect_timeout_secs": 10,
-                                   "hosts": [{"host": p.host, "port": p.port, "user": p.user}
-                                             for p in self.pods[:count]]},
+                                   # each pod's own loopback address: torch's c10d rendezvous
+                                   # ranks the nodes by address (then pid), not by --node_rank
+                                   "hosts": [{"host": p.host, "port": p.port, "user": p.user, "addr": f"127.0.0.{i + 1}"}
+                                             for i, p in enumerate(self.pods[:count])]},
                            "remote": {"workdir": f"~/wfmn-{self.tag}/repo", "outputs_dir": f"~/wfmn-{self.tag}/outputs",
                                       "data_dir": f"~/wfmn-{self.tag}/data", "env": {"OMP_NUM_THREADS": "1"}},
                            "sweep": {"launcher": "torchrun", "entrypoint": "mnjob.py", "nproc_per_node": 1,
