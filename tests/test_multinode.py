@@ -142,8 +142,8 @@ for step in range(int(steps)):
 @pytest.fixture(scope="module")
 def node_users():
     """The SSH pods' unix users: unique to this file and this run (no other test, nor this
-    file in another pytest process, shares them), so every process of theirs is this
-    run's; removed with their homes at the end."""
+    file in another pytest process or xdist worker, shares them: no ``xdist_group``), so
+    every process of theirs is this run's; removed with their homes at the end."""
     names = [f"wfmns{os.getpid()}x{i}" for i in range(3)]
     yield names
     for name in names:
