@@ -191,16 +191,18 @@ class SshNodes(SweepProject):
             subprocess.run(["chown", "-R", f"{pod.uid}:{pod.gid}", str(repo.parent)], check=True)
         (root / "sweeps").mkdir(exist_ok=True)
 
-    def start(self, csv, count=2, **sweep):
+    def start(self, csv, count=2, addrs=True, **sweep):
         """The first ``count`` pods as the pool, ``sweep`` over the defaults (MNJOB, one
-        process per node), ``csv`` as the sweep; every pod CHECKED_OUT."""
+        process per node), ``csv`` as the sweep; every pod CHECKED_OUT. ``addrs``: each pod
+        its ``pod.hosts[].addr`` (else all are reached at 127.0.0.1)."""
         self.outputs_of = self.pod_outputs[:count]
         self.write_config({"project": f"mn{self.tag}",
                            "pod": {"provider": "ssh", "identity_file": str(self.pods[0].key_path),
                                    "known_hosts": ".podflow/known_hosts", "connect_timeout_secs": 10,
                                    # each pod's own loopback address: torch's c10d rendezvous
                                    # ranks the nodes by address (then pid), not by --node_rank
-                                   "hosts": [{"host": p.host, "port": p.port, "user": p.user, "addr": f"127.0.0.{i + 1}"}
+                                   "hosts": [dict({"host": p.host, "port": p.port, "user": p.user},
+                                                  **({"addr": f"127.0.0.{i + 1}"} if addrs else {}))
                                              for i, p in enumerate(self.pods[:count])]},
                            "remote": {"workdir": f"~/wfmn-{self.tag}/repo", "outputs_dir": f"~/wfmn-{self.tag}/outputs",
                                       "data_dir": f"~/wfmn-{self.tag}/data", "env": {"OMP_NUM_THREADS": "1"}},
@@ -228,8 +230,13 @@ def ssh_nodes(project, ssh_client_keys, ssh_session_dir, node_users):
 
 def test_two_nodes_train_with_world_size_4_and_the_run_is_shown_once(ssh_nodes):
     sp = ssh_nodes
-    sp.start("run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,steps=4 log_every=1,,2\n",
-             entrypoint="train.py", nproc_per_node=2, args=["{config}", "--seed={seed}", "--out_dir={out_dir}"])
+    csv = "run_id,config,seed,overrides,notes,nodes\nmn,configs/tiny.json,0,steps=4 log_every=1,,2\n"
+    sweep = dict(entrypoint="train.py", nproc_per_node=2, args=["{config}", "--seed={seed}", "--out_dir={out_dir}"])
+    # both pods at one address: which would run torch's rank 0 is chance -> refused before launch
+    sp.start(csv, addrs=False, **sweep)
+    same = sp.wf("sweep-start", "--dry-run", check=2)
+    assert "run mn: p0 and p1 both have address 127.0.0.1" in same.stderr, same.stderr
+    sp.start(csv, **sweep)
     dry = sp.wf("sweep-start", "--dry-run", check=0).stdout
     for i in (0, 1):
         assert f"p{i}: line 2: mn  [run]  node {i} of 2" in dry, dry

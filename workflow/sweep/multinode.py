@@ -22,8 +22,9 @@ Why the extra flags: ``is_host`` says which node's torchrun hosts the rendezvous
 others while their pods finish the runs queued before it (each pod's runner keeps CSV
 order and starts nothing past a multi-node run that waits for GPUs, so nodes meet
 without deadlock). torch ignores ``--node_rank`` under c10d and numbers the nodes in
-the order of their ``--local_addr``, so a run's nodes are ranked by address (then pod
-order): node 0 then runs torch's rank 0, which writes the run's files into node 0's run
+the order of their ``--local_addr`` (as strings; then its own pids), so a run's nodes
+are ranked by address, and a run two of whose pods share one is refused
+(``check_distinct_addrs``): node 0 then runs torch's rank 0, which writes the run's files into node 0's run
 dir, the run dir. Pods on one machine (the ``local`` provider) each get their own
 loopback address (127.0.0.1, 127.0.0.2, ...) for that.
 
@@ -131,6 +132,24 @@ def check_fits(run_id: str, nodes: int, pods: int) -> None:
     if nodes > pods:
         raise InputError(f"run {run_id} spans {nodes} nodes but the pool has {pods} pod(s)",
                          hint="raise pod.count (or list more pod.hosts), or lower the run's nodes")
+
+
+def check_distinct_addrs(gangs: Mapping[str, Sequence[str]], addrs: Mapping[str, str]) -> None:
+    """Refuse (``InputError``, exit 2) a run two of whose pods have one address: torch's
+    c10d rendezvous ranks nodes by address, then by its own pid, so which of them runs
+    torch's rank 0 (the run's files, node 0's dir) would be chance."""
+    problems = []
+    for run_id, chosen in gangs.items():
+        seen: Dict[str, str] = {}
+        for name in chosen:
+            if addrs[name] in seen:
+                problems.append(f"run {run_id}: {seen[addrs[name]]} and {name} both have address {addrs[name]}")
+            seen.setdefault(addrs[name], name)
+    if problems:
+        raise InputError("a multi-node run's pods need an address each (torch ranks its nodes by address):\n  "
+                         + "\n  ".join(problems),
+                         hint="set pod.hosts[].addr to each pod's own (private) address, "
+                              "or rent the pods on a private network (pod.network: cluster)")
 
 
 def combine(nodes: Sequence[Mapping[str, Any]]) -> str:

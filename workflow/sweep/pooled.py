@@ -187,9 +187,9 @@ def rendezvous(gangs: Mapping[str, Tuple[str, ...]], probed: Mapping[str, Any],
 
     involved = [p for p in selected if any(p.name in chosen for chosen in gangs.values())]
     addrs = pool.values(pool.fan_out(involved, lambda pod: multinode.pod_addr(runtime.config(), pod)))
-    index = {p.name: p.index for p in selected}
-    # torch ranks a run's nodes by address: node 0 is the lowest (see multinode)
-    gangs = {run_id: tuple(sorted(chosen, key=lambda name: (addrs[name], index[name])))
+    multinode.check_distinct_addrs(gangs, addrs)
+    # torch ranks a run's nodes by address (a string): node 0 is the lowest (see multinode)
+    gangs = {run_id: tuple(sorted(chosen, key=lambda name: addrs[name]))
              for run_id, chosen in gangs.items()}
     # two ports per run on its node 0: the rendezvous and the nodes' watchdogs (node_watch)
     ports_wanted = {p.name: 2 * sum(1 for chosen in gangs.values() if chosen[0] == p.name) for p in involved}
