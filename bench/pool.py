@@ -5,7 +5,7 @@
 1. makespan of RUNS sleep-bound runs on 1 pod vs 3 pods (sweep-start to the end of
    sweep-wait); the ratio is the speed-up (target >= 2.6);
 2. sweep-status --json of 3 pods x N runs vs 1 pod x N runs (the pods are read at once;
-   target <= 1.5x);
+   target <= 1.5x): ``local`` pods, then loopback sshd pods (users wfbench0-2; needs root);
 3. a pod's death (two loopback sshd pods, users wfrecover0/1; p1 killed: its sshd and every
    process of its user) to its first run relaunched on p0 by sweep-wait, with
    pool.down_after_secs DOWN_AFTER (target <= DOWN_AFTER + 10 s). Needs root.
@@ -77,6 +77,42 @@ def bench_status(base: Path, runs: int, repeat: int = 5) -> dict:
     return out
 
 
+def bench_status_ssh(base: Path, runs: int, repeat: int = 5) -> dict:
+    """``bench_status`` on three loopback sshd pods (users wfbench0-2): each pod's read is
+    served on its own side of a kept connection, as on rented pods, where ``local`` pods'
+    reads each start a python on the same two cores as the client. 1 pod = ``--pod p0``."""
+    import os
+
+    from sshd import ClientKeys, SshPod
+    from test_balance import ssh_sweep_pool, wf
+
+    os.chmod(base, 0o755)  # the pod users traverse it to their sshd's keys
+    os.environ["HOME"] = str(base / "home")  # as in the tests: no ~/.ssh of this machine's user
+    (base / "home").mkdir(exist_ok=True)
+    keys = ClientKeys(base / "client-status")
+    project = base / "status-ssh"
+    (project / "configs").mkdir(parents=True)
+    rows = "".join(f"s{i:04d},configs/tiny.json,{i},steps=1,\n" for i in range(min(runs, 999)))
+    with ssh_sweep_pool([SshPod(keys, base, user=f"wfbench{i}") for i in range(3)], project):
+        wf(project, "fsm-reset", "CHECKED_OUT", "--reason", "bench", check=0)
+        for i in range(3):
+            (project / "sweeps" / "sweep.csv").write_text("run_id,config,seed,overrides,notes\n"
+                                                          + rows.replace("s0", f"p{i}s0"))
+            wf(project, "sweep-start", "--pod", f"p{i}", check=0, timeout=600)
+            wf(project, "sweep-wait", "--pod", f"p{i}", "--timeout-secs", "1200", check=0, timeout=1300)
+        out = {}
+        for pods, select in ((1, ["--pod", "p0"]), (3, [])):
+            times = []
+            for _ in range(repeat):
+                t0 = time.monotonic()
+                doc = json.loads(wf(project, "sweep-status", "--json", *select).stdout)
+                times.append(time.monotonic() - t0)
+            out[f"pods{pods}_runs"] = len(doc["runs"])
+            out[f"pods{pods}_s"] = round(statistics.median(times), 3)
+    out["ratio"] = round(out["pods3_s"] / out["pods1_s"], 2)
+    return out
+
+
 def bench_death(base: Path, down_after: float) -> dict:
     import os
     import subprocess
@@ -129,11 +165,12 @@ def main() -> None:
     ap.add_argument("--sleep", type=float, default=2.0)
     ap.add_argument("--status-runs", type=int, default=300)
     ap.add_argument("--down-after", type=float, default=10.0)
-    ap.add_argument("--only", choices=("makespan", "status", "death"), help="one part of the bench")
+    ap.add_argument("--only", choices=("makespan", "status", "status-ssh", "death"), help="one part of the bench")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="podflow-bench-pool-"))
     parts = {"makespan": lambda: bench_makespan(base, args.runs, args.sleep),
              "status": lambda: bench_status(base, args.status_runs),
+             "status-ssh": lambda: bench_status_ssh(base, args.status_runs),
              "death": lambda: bench_death(base, args.down_after)}
     try:
         result = {name: part() for name, part in parts.items() if args.only in (None, name)}
