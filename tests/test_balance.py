@@ -153,6 +153,24 @@ def test_idle_pods_take_pending_runs_and_two_clients_never_place_one_run_twice(p
         assert st["attempt"] == 1 and st["state"] == "success"
 
 
+def test_a_run_placed_since_a_client_read_the_record_is_left_alone_even_on_the_same_pod(project):
+    """A client whose reads predate another client's placement of a run leaves that run
+    alone, even when it was placed again on the pod it had (a withdrawn run re-placed
+    where it was): the race above once started such a run on a second pod."""
+    from test_pool import local_pool
+    from workflow import runtime
+
+    local_pool(project, 3)
+    runtime.reset()
+    cfg = runtime.config()
+    pooled.save(cfg, {"r": "p2"})
+    seen = pooled.load(cfg)  # the second client's view, taken before its reads
+    pooled.save(cfg, {"r": "p2"})  # the first client re-places the (withdrawn) run on p2
+    said = []
+    assert balance.execute(cfg, balance.Move(("r",), "p0", None, "stranded"), seen, said.append) == []
+    assert pooled.load(cfg).pod_of("r") == "p2" and said == []
+
+
 # ---------------------------------------------------------------- a pod dies: its runs go on elsewhere
 
 

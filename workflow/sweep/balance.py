@@ -289,8 +289,9 @@ def relaunch(pod: pool.Pod, keep: Sequence[str], runs: Sequence[str], attempts: 
 
 def execute(cfg, move: Move, seen: pooled.Placement, say: Say,
             present: Optional[Sequence[str]] = None) -> List[str]:
-    """Do one move (withdraw, start, record); the runs it moved. A run another client moved
-    since ``seen`` was read is left alone; a start that fails leaves its runs to a later
+    """Do one move (withdraw, start, record); the runs it moved. A run another client placed
+    since ``seen`` was read is left alone (``Placement.same_placement``); a start that
+    fails leaves its runs to a later
     round (withdrawn ones are then ``stranded``), and says why. ``present``: for a target
     that replaced a down pod, the runs its sweep lists (the old pod's are not there)."""
     pods = _by_name(cfg)
@@ -298,7 +299,7 @@ def execute(cfg, move: Move, seen: pooled.Placement, say: Say,
         return _execute_gang(cfg, move, seen, say, pods)
     with turn(cfg):
         now = pooled.load(cfg)
-        runs = [r for r in move.runs if now.pod_of(r) == seen.pod_of(r) and r not in now.ended]
+        runs = [r for r in move.runs if now.same_placement(seen, r) and r not in now.ended]
         if move.source is not None and runs:
             try:
                 runs = list(withdraw(pods[move.source], runs)["withdrawn"])
@@ -340,7 +341,7 @@ def _execute_gang(cfg, move: Move, seen: pooled.Placement, say: Say, pods: Mappi
     [run_id] = move.runs
     with turn(cfg):
         now = pooled.load(cfg)
-        if list(now.nodes.get(run_id) or ()) != list(seen.nodes.get(run_id) or ()) or run_id in now.ended:
+        if not now.same_placement(seen, run_id) or run_id in now.ended:
             return []  # another client moved it since
         attempt = now.attempt_of(run_id) + 1
         targets = [pods[name] for name in move.nodes]
@@ -458,6 +459,9 @@ class Keeper:
                                                                           timeout=timeout, wait_secs=wait_secs)))
 
     def round(self, balance: bool = True, wait_secs: float = 0.0) -> Round:
+        # the record as it was before the pods were read: a run another client placed
+        # meanwhile is left alone this round (these reads may predate its new start)
+        seen = pooled.load(self.cfg)
         results = self.read(wait_secs)
         for r in results:
             self.health.observe(r, provider_says)
@@ -477,7 +481,7 @@ class Keeper:
             gone = [name for name in down if name not in up] + list(self.replaced)
             moves = plan_moves(up, gone, placement, self.recover)
             for move in moves:
-                done = execute(self.cfg, move, placement, self.say,
+                done = execute(self.cfg, move, seen, self.say,
                                [r.id for r in up[move.to].runs] if move.to in self.replaced else None)
                 moved += done
                 if move.why == "recover" and len(done) < len(move.runs):

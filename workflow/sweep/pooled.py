@@ -244,6 +244,16 @@ class Placement:
     back is not given it again (its copy there is stale)."""
     nodes: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """run id -> its pods, node 0 first (multi-node runs only)."""
+    placed: Mapping[str, int] = field(default_factory=dict)
+    """run id -> how many times it was placed: a client whose view is older than the last
+    placement leaves the run alone, even one placed on the same pod again (a withdrawn run
+    re-placed where it was, while another client meant to move it)."""
+
+    def same_placement(self, other: "Placement", run_id: str) -> bool:
+        """Whether ``run_id`` was placed no more since ``other`` was read."""
+        return (self.pod_of(run_id) == other.pod_of(run_id)
+                and list(self.nodes.get(run_id) or ()) == list(other.nodes.get(run_id) or ())
+                and self.placed.get(run_id, 0) == other.placed.get(run_id, 0))
 
     def pod_of(self, run_id: str, default: Optional[str] = None) -> Optional[str]:
         return self.runs.get(run_id, default)
@@ -274,7 +284,8 @@ def load(config) -> Placement:
     return Placement(runs=dict(doc.get("runs") or {}), sweep_id=doc.get("sweep_id"),
                      attempts=dict(doc.get("attempts") or {}), ended=dict(doc.get("ended") or {}), csv=doc.get("csv"),
                      left={k: list(v) for k, v in (doc.get("left") or {}).items()},
-                     nodes={k: list(v) for k, v in (doc.get("nodes") or {}).items()})
+                     nodes={k: list(v) for k, v in (doc.get("nodes") or {}).items()},
+                     placed=dict(doc.get("placed") or {}))
 
 
 def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
@@ -293,6 +304,9 @@ def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
             if pod not in gone[run_id]:
                 gone[run_id].append(pod)
     runs.update(placed)
+    count = dict(before.placed)
+    for run_id in placed:
+        count[run_id] = count.get(run_id, 0) + 1
     for run_id in placed:
         if placed[run_id] != before.runs.get(run_id):
             done.pop(run_id, None)
@@ -301,7 +315,7 @@ def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
     gangs = {k: list(v) for k, v in before.nodes.items() if k not in placed}
     gangs.update({k: list(v) for k, v in (nodes or {}).items()})
     doc = {"sweep_id": sweep_id or before.sweep_id, "at": time.time(), "runs": runs, "attempts": tries,
-           "ended": done, "csv": csv or before.csv, "left": gone, "nodes": gangs}
+           "ended": done, "csv": csv or before.csv, "left": gone, "nodes": gangs, "placed": count}
     p = record_path(config)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".pool-sweep.", suffix=".tmp")
@@ -315,7 +329,7 @@ def save(config, placed: Mapping[str, str], sweep_id: Optional[str] = None, *,
             os.unlink(tmp)
         raise
     return Placement(runs=runs, sweep_id=doc["sweep_id"], attempts=tries, ended=done, csv=doc["csv"], left=gone,
-                     nodes=gangs)
+                     nodes=gangs, placed=count)
 
 
 # ---------------------------------------------------------------- one status of many pods
