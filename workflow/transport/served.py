@@ -8,8 +8,11 @@ each other, and gives it back when answered. An agent whose op was interrupted (
 a time-out) is closed with its channel, as a one-shot exec's would be.
 
 ``NotServed`` (``transport.base``): no agent took the op, so nothing ran: none could
-start (not installed yet, no python), or the channel died before the agent took it. The
-caller then runs the op one-shot. Once an agent has acknowledged an op (``A``), its fate
+start (not installed yet, no python), the op could not be sent, or the agent had ended
+(exit status 0) before it read it. The caller then runs the op one-shot. A channel that
+closes with no status after the op was sent (a dropped link may have lost the agent's
+``A``) is reported as the link's loss (or 255), never run again one-shot: a task would be
+started twice. Once an agent has acknowledged an op (``A``), its fate
 is reported like a one-shot exec's: its answer, 124 on a time-out, 130 when cancelled,
 255 with no answer when the agent died, ``ConnectionFailed`` when the link did. An agent
 that stays silent instead of acknowledging may have taken the op: it is closed and the op
@@ -42,6 +45,7 @@ class _Agent:
     def __init__(self, chan):
         self.chan = chan
         self.reader = FrameReader()
+        self.unsent = False  # the last send failed: the agent never had that op
 
     def recv_frame(self, until: Optional[float], cancel: Optional[threading.Event] = None):
         """The next frame; None when ``until`` passed or ``cancel`` was set; ``_Gone`` on EOF."""
@@ -66,11 +70,11 @@ class _Agent:
             self.reader.feed(data)
 
     def send(self, data: bytes) -> None:
+        """``_Gone`` when the channel was closed: the agent never had ``data`` whole."""
         try:
             self.chan.sendall(data)
-        except (OSError, EOFError) as exc:
-            raise _Gone(str(exc)) from None
-        except Exception as exc:  # paramiko's SSHException: the channel is closed
+        except Exception as exc:  # OSError, EOFError, paramiko's SSHException: the channel is closed
+            self.unsent = True
             raise _Gone(str(exc)) from None
 
     def close(self) -> None:
@@ -78,6 +82,18 @@ class _Agent:
             self.chan.close()
         except Exception:
             pass
+
+
+def _left_unasked(agent: _Agent) -> bool:
+    """Whether ``agent`` ended without reading an op: its channel closed with exit status 0
+    (``serve.main``: idle too long, or its input closed) or we could not even send. An
+    agent that took an op writes ``A`` before running it, so only a link that dropped can
+    lose that; then no exit status comes either."""
+    chan = agent.chan
+    try:
+        return bool(agent.unsent or (chan.exit_status_ready() and chan.recv_exit_status() == 0))
+    except Exception:  # noqa: BLE001 - a closed channel without a status
+        return False
 
 
 class ServedAgents:
@@ -160,11 +176,16 @@ class ServedAgents:
                 agent.send(frame(b"Q", payload))
                 got = agent.recv_frame(time.monotonic() + self.start_secs)
                 break
-            except _Gone as exc:  # its channel closed before it took the op: nothing ran
+            except _Gone as exc:
+                left = _left_unasked(agent)
                 agent.close()
-                if fresh or not self._link_ok():
+                if not left:  # it may have taken the op and acknowledged it into a link that dropped
+                    if not self._link_ok():
+                        raise self._lost() from None
+                    return 255, b"", b"podagent serve ended before it acknowledged the op\n"
+                if fresh or not self._link_ok():  # it had ended before it read the op: nothing ran
                     raise NotServed(f"podagent serve did not take the op: {exc}") from None
-                # an idle agent that died meanwhile (killed, or idle too long): a fresh one
+                # an idle agent that ended meanwhile (idle too long): a fresh one
         if got is None or got[0] != b"A":  # silent or out of step: it may have taken the op
             agent.close()
             return 255, b"", b"podagent serve did not acknowledge the op\n"
