@@ -109,6 +109,7 @@ def bench_status_ssh(base: Path, runs: int, repeat: int = 5) -> dict:
                 times.append(time.monotonic() - t0)
             out[f"pods{pods}_runs"] = len(doc["runs"])
             out[f"pods{pods}_s"] = round(statistics.median(times), 3)
+        wf(project, "disconnect", check=0)  # the kept connections end with the pods
     out["ratio"] = round(out["pods3_s"] / out["pods1_s"], 2)
     return out
 
