@@ -49,6 +49,10 @@ quiet_ssh_library()
 __all__ = ["SshTransport", "open_ssh_transport", "build_command", "quote_path", "sftp_path", "dead_link_secs",
            "PASSWORD_ENV"]
 
+#: How long a command's output may still come after its exit status (sshd sends the status
+#: when the command exits; what its pipe still held follows).
+EOF_AFTER_STATUS_SECS = 2.0
+
 # ---------------------------------------------------------------- connecting
 
 
@@ -361,6 +365,12 @@ class SshTransport(ShellTransport):
                     chan.status_event.wait(step)  # output done; the exit status follows
                 else:
                     select.select([chan], [], [], step)
+            # sshd sends the exit status when the command exits, while its pipe may still
+            # hold output: read on until EOF (bounded: a background child can hold it open)
+            until = time.monotonic() + EOF_AFTER_STATUS_SECS
+            while not (chan.eof_received or chan.closed) and time.monotonic() < until:
+                drain()
+                select.select([chan], [], [], 0.02)
             drain()
         except (socket.error, EOFError, paramiko.SSHException) as exc:
             raise self._lost(exc) from None
