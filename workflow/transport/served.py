@@ -180,6 +180,8 @@ class ServedAgents:
                 left = _left_unasked(agent)
                 agent.close()
                 if not left:  # it may have taken the op and acknowledged it into a link that dropped
+                    if started is not None:
+                        started.set()  # (the kept connection's caller must not run it again)
                     if not self._link_ok():
                         raise self._lost() from None
                     return 255, b"", b"podagent serve ended before it acknowledged the op\n"
