@@ -291,9 +291,9 @@ def execute(cfg, move: Move, seen: pooled.Placement, say: Say,
             present: Optional[Sequence[str]] = None) -> List[str]:
     """Do one move (withdraw, start, record); the runs it moved. A run another client placed
     since ``seen`` was read is left alone (``Placement.same_placement``); a start that
-    fails leaves its runs to a later
-    round (withdrawn ones are then ``stranded``), and says why. ``present``: for a target
-    that replaced a down pod, the runs its sweep lists (the old pod's are not there)."""
+    fails leaves its runs to a later round (withdrawn ones are then ``stranded``), and
+    says why. ``present``: for a target that replaced a down pod, the runs its sweep lists
+    (the old pod's are not there)."""
     pods = _by_name(cfg)
     if move.nodes:
         return _execute_gang(cfg, move, seen, say, pods)
